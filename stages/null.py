@@ -1,0 +1,23 @@
+"""`null`: a sink that discards frames, for benchmarks.
+
+It runs on the host, so the runner waits (in this stage's thread) for each item's CUDA event before
+handing it over: a benchmark that ends in `null` counts finished GPU work, not queued work.
+
+Example (YAML):
+    - name: sink
+      type: null
+"""
+
+from __future__ import annotations
+
+from streamflow.frame import Batch, Frame
+from streamflow.stage import Stage
+
+__all__ = ["NullSink"]
+
+
+class NullSink(Stage):
+    """Consumes and discards every frame."""
+
+    def process(self, item: Frame | Batch) -> None:
+        return None

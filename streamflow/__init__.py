@@ -1,0 +1,34 @@
+"""streamflow: asyncio video pipelines that keep NVIDIA GPUs busy, and run on CPUs too.
+
+Example:
+    >>> from streamflow import Pipeline, Stage, StageConfig
+    >>> Pipeline.__name__, Stage.__name__, StageConfig.__name__
+    ('Pipeline', 'Stage', 'StageConfig')
+"""
+
+from streamflow.edge import Edge
+from streamflow.frame import Batch, EndOfStream, Frame, Item, PixelFormat, StreamInfo
+from streamflow.observers import Observer, RunStats, StageStats
+from streamflow.pipeline import Pipeline, PipelineError
+from streamflow.stage import Overflow, Source, Stage, StageConfig
+
+__all__ = [
+    "Batch",
+    "Edge",
+    "EndOfStream",
+    "Frame",
+    "Item",
+    "Observer",
+    "Overflow",
+    "PixelFormat",
+    "Pipeline",
+    "PipelineError",
+    "RunStats",
+    "Source",
+    "Stage",
+    "StageConfig",
+    "StageStats",
+    "StreamInfo",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,227 @@
+"""`streamflow bench`: the configured pipeline against a baseline, same input, same process.
+
+The `serial` baseline is what a user writes by hand with the same stages: one frame at a time, in a
+plain loop, every stage on one CUDA stream, each frame finished (device synchronised) before the next
+starts. Both runs exclude the first `warmup` frames from timing (model loads, CUDA graph capture,
+allocator growth) and time the next `frames` frames as they leave the last stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from streamflow.config import build_pipeline, load_config
+from streamflow.frame import Batch, EndOfStream, Frame, Item
+from streamflow.observers import Observer, RunStats, percentile
+from streamflow.pipeline import Pipeline, _as_items
+from streamflow.report import summary_table
+from streamflow.stage import Source, Stage, resolve_device
+
+__all__ = ["BenchError", "BenchResult", "run_bench"]
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not produce a figure (e.g. the input has fewer frames than warm-up)."""
+
+
+class _DoneTimes(Observer):
+    """Records when each frame leaves the last stage."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._sink: str | None = None
+
+    def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
+        self._sink = stages[-1].name
+
+    def on_processed(self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float) -> None:
+        if stage.name == self._sink and frames_in:
+            now = time.perf_counter()
+            self.times.extend([now] * len(frames_in))
+
+
+def _steady_fps(times: list[float], warmup: int) -> tuple[float, int, float]:
+    """(fps, frames timed, seconds) over the frames after `warmup`."""
+    if len(times) <= warmup + 1:
+        raise BenchError(f"only {len(times)} frames reached the last stage; need more than warm-up ({warmup}) + 1")
+    timed = times[warmup:]
+    seconds = timed[-1] - times[warmup - 1] if warmup > 0 else timed[-1] - timed[0]
+    count = len(timed) if warmup > 0 else len(timed) - 1
+    return (count / seconds if seconds > 0 else float("inf")), count, seconds
+
+
+@dataclass
+class SerialStats:
+    fps: float
+    frames: int
+    seconds: float
+    busy_s: dict[str, float] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    config: str
+    device: str
+    pipeline_fps: float
+    pipeline_frames: int
+    pipeline_stats: RunStats
+    baseline: SerialStats | None
+    peak_gpu_mib: float | None
+    host: dict[str, str]
+
+    @property
+    def ratio(self) -> float | None:
+        return self.pipeline_fps / self.baseline.fps if self.baseline else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "config": self.config,
+            "device": self.device,
+            "host": self.host,
+            "pipeline": {"fps": round(self.pipeline_fps, 2), "frames": self.pipeline_frames,
+                         "stages": self.pipeline_stats.to_dict()["stages"]},
+            "peak_gpu_mib": self.peak_gpu_mib,
+        }
+        if self.baseline:
+            lat = self.baseline.latency_ms
+            data["baseline_serial"] = {
+                "fps": round(self.baseline.fps, 2), "frames": self.baseline.frames,
+                "busy_s": {k: round(v, 4) for k, v in self.baseline.busy_s.items()},
+                "latency_ms": {f"p{q}": round(percentile(lat, q) or 0.0, 3) for q in (50, 95, 99)},
+            }
+            data["ratio"] = round(self.ratio or 0.0, 3)
+        return data
+
+    def print(self, console: Console) -> None:
+        console.print(summary_table(self.pipeline_stats, title=f"pipeline ({self.config}, {self.device})"))
+        table = Table(title="bench", title_justify="left")
+        for column in ("run", "frames timed", "fps", "latency p50 ms", "p95", "p99"):
+            table.add_column(column, justify="left" if column == "run" else "right")
+        sink = self.pipeline_stats.stages[-1].latency_ms
+        table.add_row("pipeline", str(self.pipeline_frames), f"{self.pipeline_fps:.1f}",
+                      *(f"{percentile(sink, q) or 0:.1f}" for q in (50, 95, 99)))
+        if self.baseline:
+            lat = self.baseline.latency_ms
+            table.add_row("serial baseline", str(self.baseline.frames), f"{self.baseline.fps:.1f}",
+                          *(f"{percentile(lat, q) or 0:.1f}" for q in (50, 95, 99)))
+        console.print(table)
+        if self.baseline:
+            busy = ", ".join(f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame"
+                             for k, v in self.baseline.busy_s.items())
+            console.print(f"serial baseline host time per stage: {busy}")
+            console.print(f"[bold]ratio pipeline / serial: {self.ratio:.2f}x[/]")
+        if self.peak_gpu_mib is not None:
+            console.print(f"peak GPU memory allocated: {self.peak_gpu_mib:.0f} MiB")
+        console.print(f"host: {', '.join(f'{k}={v}' for k, v in self.host.items())}")
+
+
+def _host_info(device: torch.device) -> dict[str, str]:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": str(os.cpu_count())}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def _split_frames(item: Item) -> list[Item]:
+    if isinstance(item, Batch):
+        return list(item.frames)
+    return [item]
+
+
+def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialStats:
+    """The hand-written-loop baseline over the pipeline's own stages (see module docstring)."""
+    device = resolve_device(pipeline.device_spec)
+    stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
+    stages = pipeline.stages
+    source = stages[0]
+    assert isinstance(source, Source)  # guaranteed by Pipeline's validation
+    busy = {stage.name: 0.0 for stage in stages}
+    done_times: list[float] = []
+    latency: list[float] = []
+    for stage in stages:
+        stage.device = device
+        stage.stream = stream if stage.uses_gpu else None
+        stage.batch_size = 1  # one frame at a time, as a hand-written loop does
+
+    def through(start: int, items: list[Item]) -> None:
+        for index in range(start, len(stages)):
+            stage, next_items = stages[index], []
+            began = time.perf_counter()
+            for item in items:
+                if not isinstance(item, EndOfStream):
+                    next_items.extend(_as_items(stage.process(item)))
+            busy[stage.name] += time.perf_counter() - began
+            items = next_items
+
+    def synchronize() -> None:
+        if stream is not None:
+            stream.synchronize()
+
+    context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with context:
+        for stage in stages:
+            stage.setup()
+        try:
+            generator = source.generate()
+            produced = 0
+            while produced < total_frames:
+                began = time.perf_counter()
+                item = next(generator, None)
+                busy[source.name] += time.perf_counter() - began
+                if item is None:
+                    break
+                for frame_item in _split_frames(item):
+                    if produced >= total_frames or isinstance(frame_item, EndOfStream):
+                        continue
+                    born = time.perf_counter()
+                    through(1, [frame_item])
+                    synchronize()  # each frame finished before the next starts
+                    now = time.perf_counter()
+                    done_times.append(now)
+                    latency.append((now - born) * 1000)
+                    produced += 1
+            close = getattr(generator, "close", None)
+            if close is not None:
+                close()
+            for index in range(1, len(stages)):
+                flushed = _as_items(stages[index].flush())
+                if flushed:
+                    through(index + 1, flushed)
+            synchronize()
+        finally:
+            for stage in stages:
+                stage.teardown()
+    fps, count, seconds = _steady_fps(done_times, warmup)
+    return SerialStats(fps=fps, frames=count, seconds=seconds, busy_s=busy, latency_ms=latency[warmup:])
+
+
+def run_bench(config_path: str | os.PathLike[str], *, frames: int, warmup: int, baseline: str,
+              overrides: Sequence[str] = ()) -> BenchResult:
+    config = load_config(config_path, overrides)
+    total = frames + warmup
+    done = _DoneTimes()
+    pipeline = build_pipeline(config, observers=[done], max_frames=total)
+    device = resolve_device(pipeline.device_spec)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stats = pipeline.run_sync()
+    fps, count, _ = _steady_fps(done.times, warmup)
+    serial = None
+    if baseline == "serial":
+        serial = run_serial(build_pipeline(config), total_frames=total, warmup=warmup)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return BenchResult(config=str(config_path), device=str(device), pipeline_fps=fps, pipeline_frames=count,
+                       pipeline_stats=stats, baseline=serial, peak_gpu_mib=peak, host=_host_info(device))

@@ -1,0 +1,171 @@
+"""The `streamflow` command.
+
+Exit codes: 0 success; 2 invalid config or usage; 1 failure while running; 130 after SIGINT and
+143 after SIGTERM (outputs drained and finalized first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
+from streamflow.registry import registered_types, resolve_stage_type
+from streamflow.report import LiveDisplay, summary_table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="GPU video pipelines from YAML configs.")
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="streamflow: %(levelname)s: %(name)s: %(message)s", force=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _describe_failure(error: BaseException) -> str:
+    stage = getattr(error, "stage_name", None)
+    text = str(error).splitlines()[0] if str(error) else ""
+    where = f"stage {stage!r}: " if stage else ""
+    return f"{where}{type(error).__name__}: {text}"
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    set_: SetOption = None,
+    stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    _configure_logging(verbose)
+    try:
+        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    try:
+        if err.is_terminal and not quiet:
+            with LiveDisplay(pipeline, err):
+                stats = pipeline.run_sync(handle_signals=True)
+        else:
+            stats = pipeline.run_sync(handle_signals=True)
+    except KeyboardInterrupt:
+        raise _fail("interrupted", SIGNAL_EXIT["SIGINT"]) from None
+    except Exception as error:
+        if verbose:
+            err.print_exception()
+        stats = pipeline.snapshot()
+        if stats_json:
+            stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
+        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+    if stats_json:
+        stats_json.parent.mkdir(parents=True, exist_ok=True)
+        stats_json.write_text(json.dumps(stats.to_dict(), indent=2))
+    if not quiet:
+        err.print(summary_table(stats))
+    if stats.stopped_by in SIGNAL_EXIT:
+        err.print(f"stopped by {stats.stopped_by}; outputs finalized")
+        raise typer.Exit(SIGNAL_EXIT[stats.stopped_by])
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Check a config (every stage and option) without running anything."""
+    try:
+        pipeline = build_pipeline(load_config(config, set_ or []))
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    out.print(f"{config}: valid ({len(pipeline.stages)} stages: {' -> '.join(s.name for s in pipeline.stages)})")
+
+
+@app.command()
+def stages() -> None:
+    """List registered stage types with their options and defaults."""
+    table = Table(title="registered stage types", title_justify="left")
+    for column in ("type", "class", "option", "type of value", "default"):
+        table.add_column(column)
+    for type_name in registered_types():
+        cls = resolve_stage_type(type_name)
+        options = stage_options(cls)
+        first = True
+        for option, (kind, default) in options.items() or {"": ("", "")}.items():
+            table.add_row(type_name if first else "", f"{cls.__module__}:{cls.__qualname__}" if first else "",
+                          option, kind, repr(default) if option else "")
+            first = False
+    out.print(table)
+
+
+@app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames measured (after warm-up).")] = 600,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Frames excluded from timing.")] = 60,
+    baseline: Annotated[str, typer.Option("--baseline", help="Baseline to compare with: serial | none.")] = "serial",
+    set_: SetOption = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
+    from streamflow.bench import BenchError, run_bench
+
+    _configure_logging(verbose)
+    if baseline not in ("serial", "none"):
+        raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
+    try:
+        result = run_bench(config, frames=frames, warmup=warmup, baseline=baseline, overrides=set_ or [])
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    except BenchError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    except Exception as error:
+        if verbose:
+            err.print_exception()
+        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+    result.print(out)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _register_optional_commands() -> None:
+    try:
+        from streamflow.inference.engine_cli import register
+    except ImportError:  # the inference package is part of streamflow; absent only in a broken install
+        return
+    register(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

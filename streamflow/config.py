@@ -1,0 +1,238 @@
+"""YAML pipeline configs: load, expand `${VAR}`, validate every stage, build a `Pipeline`.
+
+Shape::
+
+    name: face_detect
+    device: auto          # auto | cpu | cuda | cuda:N
+    queue_size: 4         # default bound of every edge
+    stages:
+      - name: source      # unique
+        type: decode      # a registered stage type, or "package.module:ClassName"
+        uri: input.mp4    # options sit beside name/type and are validated by the stage's Config
+      - name: infer
+        type: infer
+        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device
+
+Every problem is a `ConfigError` whose message is one line naming the file, the stage and the
+field, with the closest valid name for a typo.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "p.yaml"
+    >>> _ = path.write_text("name: t\\nstages:\\n  - {name: src, type: 'streamflow.testing:ListSource'}\\n")
+    >>> load_config(path).stages[0].name
+    'src'
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamflow.observers import Observer
+from streamflow.pipeline import Pipeline
+from streamflow.registry import UnknownStageType, resolve_stage_type
+from streamflow.stage import Overflow, Stage
+
+__all__ = ["ConfigError", "PipelineConfig", "StageSpec", "build_pipeline", "load_config", "parse_override"]
+
+# Keys of a stage entry that belong to the runner; everything else is a stage option.
+RUNNER_KEYS = ("name", "type", "queue_size", "overflow", "batch_size", "device")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """An invalid pipeline config. `str()` is one line: file, stage, field and what is wrong."""
+
+    def __init__(self, message: str, *, file: str | os.PathLike[str] | None = None, stage: str | None = None,
+                 stage_type: str | None = None, field: str | None = None) -> None:
+        self.file = str(file) if file is not None else None
+        self.stage = stage
+        self.field = field
+        parts = [p for p in (self.file,) if p]
+        if stage is not None:
+            parts.append(f"stage {stage!r}" + (f" ({stage_type})" if stage_type else ""))
+        if field is not None:
+            parts.append(f"field {field!r}")
+        super().__init__(": ".join([*parts, message]))
+
+
+class StageSpec(BaseModel):
+    """One entry of `stages:`: runner settings plus the stage's own options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    queue_size: int | None = Field(default=None, ge=1)
+    overflow: Overflow | None = None
+    batch_size: int = Field(default=1, ge=1)
+    device: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PipelineConfig(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "pipeline"
+    device: str = "auto"
+    queue_size: int = Field(default=4, ge=1)
+    overflow: Overflow | None = None
+    max_frames: int | None = Field(default=None, ge=1)
+    stages: list[StageSpec] = Field(min_length=1)
+    source_file: str | None = Field(default=None, exclude=True)
+
+
+def expand_env(value: Any, *, where: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable ${{{name}}} is not set and has no default ({where})")
+        return _VAR.sub(substitute, value)
+    if isinstance(value, list):
+        return [expand_env(v, where=where) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, where=f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    return value
+
+
+def parse_override(text: str) -> tuple[str, list[str], Any]:
+    """`STAGE.FIELD[.SUB]=VALUE` -> (stage, [field, sub...], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {text!r} must look like STAGE.FIELD=VALUE")
+    return parts[0], parts[1:], yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _first_validation_error(error: ValidationError, choices: Sequence[str]) -> tuple[str, str]:
+    """(field path, message) for the first pydantic error, with a typo suggestion."""
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(root)"
+    if first["type"] == "extra_forbidden":
+        leaf = str(first["loc"][-1])
+        return field, "unknown option" + _suggest(leaf, choices)
+    message = first["msg"]
+    if first["type"] not in ("missing",) and "input" in first:
+        message += f" (got {first['input']!r})"
+    return field, message
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read, expand and validate a config file (top level and runner keys; options in `build`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("config file not found", file=file)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {where}{problem}", file=file) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the top level must be a mapping with 'name' and 'stages'", file=file)
+    try:
+        raw = expand_env(raw)
+    except ConfigError as error:
+        raise ConfigError(str(error), file=file) from None
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError("'stages' must be a non-empty list", file=file, field="stages")
+    for index, entry in enumerate(stages_raw):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"stage #{index + 1} must be a mapping with 'name' and 'type'", file=file)
+        for key in ("name", "type"):
+            if key not in entry:
+                label = entry.get("name", f"#{index + 1}")
+                raise ConfigError(f"missing required key {key!r}", file=file, stage=str(label), field=key)
+    names = [str(entry["name"]) for entry in stages_raw]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError("duplicate stage name: stage names must be unique", file=file, stage=name, field="name")
+    for override in overrides:
+        stage_name, keys, value = parse_override(override)
+        if stage_name not in names:
+            raise ConfigError(f"--set names unknown stage {stage_name!r}" + _suggest(stage_name, names), file=file)
+        target = stages_raw[names.index(stage_name)]
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {override!r}: {key!r} is not a mapping", file=file, stage=stage_name)
+        target[keys[-1]] = value
+    try:
+        return PipelineConfig(**raw, source_file=str(file))
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = list(first["loc"])
+        if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+            stage = names[loc[1]]
+            field, message = _first_validation_error(error, RUNNER_KEYS)
+            field = ".".join(str(p) for p in loc[2:]) or field
+            raise ConfigError(message, file=file, stage=stage, field=field) from None
+        field, message = _first_validation_error(error, list(PipelineConfig.model_fields))
+        raise ConfigError(message, file=file, field=field) from None
+    except TypeError as error:
+        raise ConfigError(str(error), file=file) from None
+
+
+def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
+    """Instantiate and validate one stage from its spec (no GPU memory is touched)."""
+    try:
+        cls = resolve_stage_type(spec.type)
+    except UnknownStageType as error:
+        raise ConfigError(str(error), file=file, stage=spec.name, field="type") from None
+    try:
+        return cls(name=spec.name, queue_size=spec.queue_size, overflow=spec.overflow,
+                   batch_size=spec.batch_size, device=spec.device, **spec.options)
+    except ValidationError as error:
+        field, message = _first_validation_error(error, [*cls.Config.model_fields, *RUNNER_KEYS[2:]])
+        raise ConfigError(message, file=file, stage=spec.name, stage_type=spec.type, field=field) from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error), file=file, stage=spec.name, stage_type=spec.type) from None
+
+
+def build_pipeline(config: PipelineConfig | str | os.PathLike[str], *, overrides: Sequence[str] = (),
+                   observers: Sequence[Observer] = (), max_frames: int | None = None) -> Pipeline:
+    """A ready-to-run `Pipeline` from a config (object or path); every stage validated first."""
+    if not isinstance(config, PipelineConfig):
+        config = load_config(config, overrides)
+    stages = [build_stage(spec, file=config.source_file) for spec in config.stages]
+    try:
+        return Pipeline(stages, name=config.name, device=config.device, queue_size=config.queue_size,
+                        overflow=config.overflow, observers=observers,
+                        max_frames=max_frames if max_frames is not None else config.max_frames)
+    except ValueError as error:
+        raise ConfigError(str(error), file=config.source_file) from None
+
+
+def stage_options(cls: type[Stage]) -> Mapping[str, tuple[str, Any]]:
+    """Option name -> (type, default) for `streamflow stages`."""
+    result: dict[str, tuple[str, Any]] = {}
+    for name, info in cls.Config.model_fields.items():
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        default = "(required)" if info.is_required() else info.get_default(call_default_factory=True)
+        result[name] = (annotation.replace("typing.", ""), default)
+    return result

@@ -1,0 +1,75 @@
+"""Human-readable run figures: the live per-stage line and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streamflow.observers import RunStats, percentile
+
+if TYPE_CHECKING:
+    from streamflow.pipeline import Pipeline
+
+__all__ = ["LiveDisplay", "summary_table"]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary_table(stats: RunStats, title: str | None = None) -> Table:
+    """One row per stage: frames, fps, busy %, latency p50/p95/p99, queue, drops, counters."""
+    table = Table(title=title or f"{stats.pipeline}: {stats.wall_s:.2f} s", title_justify="left")
+    for column in ("stage", "device", "frames", "fps", "busy %", "lat p50 ms", "p95", "p99", "queue max/cap",
+                   "drops", "counters"):
+        table.add_column(column, justify="left" if column in ("stage", "device", "counters") else "right")
+    for stage in stats.stages:
+        frames = stage.frames_out or stage.frames_in
+        busy = 100 * stage.busy_s / stats.wall_s if stats.wall_s > 0 else 0.0
+        samples = stage.latency_ms
+        queue = f"{stage.queue_max_depth}/{stage.queue_capacity}" if stage.queue_capacity else "-"
+        counters = ", ".join(f"{k}={v:g}" for k, v in sorted(stage.counters.items()))
+        table.add_row(stage.name, stage.device, str(frames), f"{stage.fps(stats.wall_s):.1f}", f"{busy:.0f}",
+                      _ms(percentile(samples, 50)), _ms(percentile(samples, 95)), _ms(percentile(samples, 99)),
+                      queue, str(stage.dropped), counters)
+    return table
+
+
+def _live_line(stats: RunStats) -> str:
+    parts = []
+    for stage in stats.stages:
+        queue = f" q{stage.queue_depth}/{stage.queue_capacity}" if stage.queue_capacity else ""
+        drops = f" drop {stage.dropped}" if stage.dropped else ""
+        parts.append(f"{stage.name} {stage.fps(stats.wall_s):.0f}fps{queue}{drops}")
+    return " | ".join(parts)
+
+
+class LiveDisplay:
+    """Redraws one status line per half second from the pipeline's live snapshot, in a thread.
+
+    Reading the snapshot from another thread is safe for display purposes: it only reads counters.
+    """
+
+    def __init__(self, pipeline: Pipeline, console: Console, interval: float = 0.5) -> None:
+        self.pipeline = pipeline
+        self.console = console
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="streamflow-live", daemon=True)
+
+    def __enter__(self) -> LiveDisplay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
+
+    def _loop(self) -> None:
+        with Live(console=self.console, refresh_per_second=4, transient=True) as live:
+            while not self._done.wait(self.interval):
+                live.update(_live_line(self.pipeline.snapshot()))
