@@ -44,7 +44,9 @@ class _DoneTimes(Observer):
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
         self._sink = stages[-1].name
 
-    def on_processed(self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float) -> None:
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
         if stage.name == self._sink and frames_in:
             now = time.perf_counter()
             self.times.extend([now] * len(frames_in))
@@ -89,14 +91,18 @@ class BenchResult:
             "config": self.config,
             "device": self.device,
             "host": self.host,
-            "pipeline": {"fps": round(self.pipeline_fps, 2), "frames": self.pipeline_frames,
-                         "stages": self.pipeline_stats.to_dict()["stages"]},
+            "pipeline": {
+                "fps": round(self.pipeline_fps, 2),
+                "frames": self.pipeline_frames,
+                "stages": self.pipeline_stats.to_dict()["stages"],
+            },
             "peak_gpu_mib": self.peak_gpu_mib,
         }
         if self.baseline:
             lat = self.baseline.latency_ms
             data["baseline_serial"] = {
-                "fps": round(self.baseline.fps, 2), "frames": self.baseline.frames,
+                "fps": round(self.baseline.fps, 2),
+                "frames": self.baseline.frames,
                 "busy_s": {k: round(v, 4) for k, v in self.baseline.busy_s.items()},
                 "latency_ms": {f"p{q}": round(percentile(lat, q) or 0.0, 3) for q in (50, 95, 99)},
             }
@@ -109,16 +115,25 @@ class BenchResult:
         for column in ("run", "frames timed", "fps", "latency p50 ms", "p95", "p99"):
             table.add_column(column, justify="left" if column == "run" else "right")
         sink = self.pipeline_stats.stages[-1].latency_ms
-        table.add_row("pipeline", str(self.pipeline_frames), f"{self.pipeline_fps:.1f}",
-                      *(f"{percentile(sink, q) or 0:.1f}" for q in (50, 95, 99)))
+        table.add_row(
+            "pipeline",
+            str(self.pipeline_frames),
+            f"{self.pipeline_fps:.1f}",
+            *(f"{percentile(sink, q) or 0:.1f}" for q in (50, 95, 99)),
+        )
         if self.baseline:
             lat = self.baseline.latency_ms
-            table.add_row("serial baseline", str(self.baseline.frames), f"{self.baseline.fps:.1f}",
-                          *(f"{percentile(lat, q) or 0:.1f}" for q in (50, 95, 99)))
+            table.add_row(
+                "serial baseline",
+                str(self.baseline.frames),
+                f"{self.baseline.fps:.1f}",
+                *(f"{percentile(lat, q) or 0:.1f}" for q in (50, 95, 99)),
+            )
         console.print(table)
         if self.baseline:
-            busy = ", ".join(f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame"
-                             for k, v in self.baseline.busy_s.items())
+            busy = ", ".join(
+                f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame" for k, v in self.baseline.busy_s.items()
+            )
             console.print(f"serial baseline host time per stage: {busy}")
             console.print(f"[bold]ratio pipeline / serial: {self.ratio:.2f}x[/]")
         if self.peak_gpu_mib is not None:
@@ -208,8 +223,9 @@ def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialS
     return SerialStats(fps=fps, frames=count, seconds=seconds, busy_s=busy, latency_ms=latency[warmup:])
 
 
-def run_bench(config_path: str | os.PathLike[str], *, frames: int, warmup: int, baseline: str,
-              overrides: Sequence[str] = ()) -> BenchResult:
+def run_bench(
+    config_path: str | os.PathLike[str], *, frames: int, warmup: int, baseline: str, overrides: Sequence[str] = ()
+) -> BenchResult:
     config = load_config(config_path, overrides)
     total = frames + warmup
     done = _DoneTimes()
@@ -223,5 +239,13 @@ def run_bench(config_path: str | os.PathLike[str], *, frames: int, warmup: int, 
     if baseline == "serial":
         serial = run_serial(build_pipeline(config), total_frames=total, warmup=warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return BenchResult(config=str(config_path), device=str(device), pipeline_fps=fps, pipeline_frames=count,
-                       pipeline_stats=stats, baseline=serial, peak_gpu_mib=peak, host=_host_info(device))
+    return BenchResult(
+        config=str(config_path),
+        device=str(device),
+        pipeline_fps=fps,
+        pipeline_frames=count,
+        pipeline_stats=stats,
+        baseline=serial,
+        peak_gpu_mib=peak,
+        host=_host_info(device),
+    )

@@ -20,22 +20,33 @@ from streamflow.config import ConfigError, build_pipeline, load_config, stage_op
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.report import LiveDisplay, summary_table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="GPU video pipelines from YAML configs.")
-err = Console(stderr=True)
-out = Console()
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="GPU video pipelines from YAML configs.",
+)
+# Without a terminal (CI logs, pipes) rich would wrap tables at 80 columns and hide stage names.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="streamflow: %(levelname)s: %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="streamflow: %(levelname)s: %(name)s: %(message)s",
+        force=True,
+    )
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -114,8 +125,13 @@ def stages() -> None:
         options = stage_options(cls)
         first = True
         for option, (kind, default) in options.items() or {"": ("", "")}.items():
-            table.add_row(type_name if first else "", f"{cls.__module__}:{cls.__qualname__}" if first else "",
-                          option, kind, repr(default) if option else "")
+            table.add_row(
+                type_name if first else "",
+                f"{cls.__module__}:{cls.__qualname__}" if first else "",
+                option,
+                kind,
+                repr(default) if option else "",
+            )
             first = False
     out.print(table)
 

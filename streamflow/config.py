@@ -51,8 +51,15 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class ConfigError(ValueError):
     """An invalid pipeline config. `str()` is one line: file, stage, field and what is wrong."""
 
-    def __init__(self, message: str, *, file: str | os.PathLike[str] | None = None, stage: str | None = None,
-                 stage_type: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        stage: str | None = None,
+        stage_type: str | None = None,
+        field: str | None = None,
+    ) -> None:
         self.file = str(file) if file is not None else None
         self.stage = stage
         self.field = field
@@ -98,6 +105,7 @@ class PipelineConfig(BaseModel):
 def expand_env(value: Any, *, where: str = "") -> Any:
     """Replace `${VAR}` / `${VAR:-default}` in every string of a parsed YAML tree."""
     if isinstance(value, str):
+
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in os.environ:
@@ -105,6 +113,7 @@ def expand_env(value: Any, *, where: str = "") -> Any:
             if default is not None:
                 return default
             raise ConfigError(f"environment variable ${{{name}}} is not set and has no default ({where})")
+
         return _VAR.sub(substitute, value)
     if isinstance(value, list):
         return [expand_env(v, where=where) for v in value]
@@ -205,8 +214,14 @@ def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
     except UnknownStageType as error:
         raise ConfigError(str(error), file=file, stage=spec.name, field="type") from None
     try:
-        return cls(name=spec.name, queue_size=spec.queue_size, overflow=spec.overflow,
-                   batch_size=spec.batch_size, device=spec.device, **spec.options)
+        return cls(
+            name=spec.name,
+            queue_size=spec.queue_size,
+            overflow=spec.overflow,
+            batch_size=spec.batch_size,
+            device=spec.device,
+            **spec.options,
+        )
     except ValidationError as error:
         field, message = _first_validation_error(error, [*cls.Config.model_fields, *RUNNER_KEYS[2:]])
         raise ConfigError(message, file=file, stage=spec.name, stage_type=spec.type, field=field) from None
@@ -214,16 +229,27 @@ def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
         raise ConfigError(str(error), file=file, stage=spec.name, stage_type=spec.type) from None
 
 
-def build_pipeline(config: PipelineConfig | str | os.PathLike[str], *, overrides: Sequence[str] = (),
-                   observers: Sequence[Observer] = (), max_frames: int | None = None) -> Pipeline:
+def build_pipeline(
+    config: PipelineConfig | str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    observers: Sequence[Observer] = (),
+    max_frames: int | None = None,
+) -> Pipeline:
     """A ready-to-run `Pipeline` from a config (object or path); every stage validated first."""
     if not isinstance(config, PipelineConfig):
         config = load_config(config, overrides)
     stages = [build_stage(spec, file=config.source_file) for spec in config.stages]
     try:
-        return Pipeline(stages, name=config.name, device=config.device, queue_size=config.queue_size,
-                        overflow=config.overflow, observers=observers,
-                        max_frames=max_frames if max_frames is not None else config.max_frames)
+        return Pipeline(
+            stages,
+            name=config.name,
+            device=config.device,
+            queue_size=config.queue_size,
+            overflow=config.overflow,
+            observers=observers,
+            max_frames=max_frames if max_frames is not None else config.max_frames,
+        )
     except ValueError as error:
         raise ConfigError(str(error), file=config.source_file) from None
 

@@ -49,7 +49,9 @@ class Observer:
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
         """The pipeline is set up and about to run."""
 
-    def on_processed(self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float) -> None:
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
         """A stage hook returned. `frames_in` is empty for sources and flushes."""
 
     def on_end(self, stats: RunStats) -> None:
@@ -139,7 +141,9 @@ class StatsCollector(Observer):
                 stats.queue_overflow = edge.overflow.value
             self._stats[stage.name] = stats
 
-    def on_processed(self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float) -> None:
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
         now = time.perf_counter()
         stats = self._stats[stage.name]
         stats.calls += 1

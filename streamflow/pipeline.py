@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -264,8 +265,12 @@ class Pipeline:
         self.edges = {}
         previous: Stage | None = None
         for stage in self.stages:
-            stage.device = resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else pipeline_device
-            stage.stream = torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
+            stage.device = (
+                resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else pipeline_device
+            )
+            stage.stream = (
+                torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
+            )
             stage.stopping.clear()
             stage.counters.clear()
             if previous is not None:
@@ -386,7 +391,7 @@ class Pipeline:
             await self._emit(stage, outputs, output)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        installed = []
+        installed: list[int] = []
         for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
 
             def handler(label: str = label) -> None:
@@ -406,10 +411,9 @@ class Pipeline:
 
 def _annotate(error: BaseException, stage: Stage) -> BaseException:
     if getattr(error, "stage_name", None) is None:
-        try:
+        # Exceptions with __slots__ refuse new attributes: the note still names the stage.
+        with contextlib.suppress(AttributeError):
             error.stage_name = stage.name  # type: ignore[attr-defined]
-        except AttributeError:  # exceptions with __slots__: the note still names the stage
-            pass
         error.add_note(f"raised in stage {stage.name!r} ({type(stage).__name__})")
     return error
 
@@ -422,4 +426,3 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(error, asyncio.CancelledError):
             return error
     return group.exceptions[0]
-

@@ -44,7 +44,9 @@ def resolve_stage_type(type_name: str) -> type[Stage]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise UnknownStageType(f"cannot import module {module_name!r} for stage type {type_name!r}: {error}") from None
+            raise UnknownStageType(
+                f"cannot import module {module_name!r} for stage type {type_name!r}: {error}"
+            ) from None
         cls = getattr(module, attr, None)
         if cls is None:
             raise UnknownStageType(f"module {module_name!r} has no attribute {attr!r}")

@@ -24,8 +24,19 @@ def _ms(value: float | None) -> str:
 def summary_table(stats: RunStats, title: str | None = None) -> Table:
     """One row per stage: frames, fps, busy %, latency p50/p95/p99, queue, drops, counters."""
     table = Table(title=title or f"{stats.pipeline}: {stats.wall_s:.2f} s", title_justify="left")
-    for column in ("stage", "device", "frames", "fps", "busy %", "lat p50 ms", "p95", "p99", "queue max/cap",
-                   "drops", "counters"):
+    for column in (
+        "stage",
+        "device",
+        "frames",
+        "fps",
+        "busy %",
+        "lat p50 ms",
+        "p95",
+        "p99",
+        "queue max/cap",
+        "drops",
+        "counters",
+    ):
         table.add_column(column, justify="left" if column in ("stage", "device", "counters") else "right")
     for stage in stats.stages:
         frames = stage.frames_out or stage.frames_in
@@ -33,9 +44,19 @@ def summary_table(stats: RunStats, title: str | None = None) -> Table:
         samples = stage.latency_ms
         queue = f"{stage.queue_max_depth}/{stage.queue_capacity}" if stage.queue_capacity else "-"
         counters = ", ".join(f"{k}={v:g}" for k, v in sorted(stage.counters.items()))
-        table.add_row(stage.name, stage.device, str(frames), f"{stage.fps(stats.wall_s):.1f}", f"{busy:.0f}",
-                      _ms(percentile(samples, 50)), _ms(percentile(samples, 95)), _ms(percentile(samples, 99)),
-                      queue, str(stage.dropped), counters)
+        table.add_row(
+            stage.name,
+            stage.device,
+            str(frames),
+            f"{stage.fps(stats.wall_s):.1f}",
+            f"{busy:.0f}",
+            _ms(percentile(samples, 50)),
+            _ms(percentile(samples, 95)),
+            _ms(percentile(samples, 99)),
+            queue,
+            str(stage.dropped),
+            counters,
+        )
     return table
 
 

@@ -123,7 +123,9 @@ class Stage:
         if config is None:
             config = self.Config(**options)
         elif not isinstance(config, self.Config):
-            raise TypeError(f"{type(self).__name__}: config must be {self.Config.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: config must be {self.Config.__name__}, got {type(config).__name__}"
+            )
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
         if queue_size is not None and queue_size < 1:
@@ -145,7 +147,7 @@ class Stage:
         self.log = logging.getLogger(f"streamflow.stage.{self.name}")
 
     # -- the four hooks ---------------------------------------------------------------------------
-    def setup(self) -> None:  # noqa: B027  (an optional hook: empty on purpose)
+    def setup(self) -> None:
         """Acquire resources. Runs in the stage's thread, with its CUDA stream current."""
 
     def process(self, item: Frame | Batch) -> StageOutput:
@@ -156,7 +158,7 @@ class Stage:
         """End of stream arrived: return what is still buffered. Default: nothing."""
         return None
 
-    def teardown(self) -> None:  # noqa: B027  (an optional hook: empty on purpose)
+    def teardown(self) -> None:
         """Release resources. Always called, also after errors."""
 
     # -- helpers for stage authors ---------------------------------------------------------------

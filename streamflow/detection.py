@@ -1,0 +1,188 @@
+"""Compare detections: box IoU matching, precision/recall against ground truth, and agreement of two runs.
+
+Used by the accuracy tests (CenterFace on the face sample against its true boxes) and to check that the
+CPU and GPU pipelines find the same faces. Evaluation code, not the hot path: a plain greedy matcher.
+
+Example:
+    >>> import torch
+    >>> truth = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    >>> pred = [torch.tensor([[1.0, 0.0, 11.0, 10.0], [50.0, 50.0, 60.0, 60.0]])]
+    >>> r = precision_recall(pred, truth, iou_threshold=0.5)
+    >>> (r.true_positives, r.false_positives, r.false_negatives, r.recall)
+    (1, 1, 0, 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torchvision
+
+__all__ = ["Agreement", "Match", "PrecisionRecall", "agreement", "box_iou", "match_boxes", "precision_recall"]
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU matrix (len(a), len(b)) of xyxy boxes, computed in float32 on `a`'s device.
+
+    Example:
+        >>> import torch
+        >>> box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]])).tolist()
+        [[0.3333333432674408]]
+    """
+    a = a.float().reshape(-1, 4)
+    b = b.float().reshape(-1, 4).to(a.device)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return torch.zeros(a.shape[0], b.shape[0], device=a.device)
+    return torchvision.ops.box_iou(a, b)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Pairs of indices (pred, truth) matched at IoU >= the threshold, with their IoUs."""
+
+    pairs: list[tuple[int, int]]
+    ious: list[float]
+    unmatched_pred: list[int]
+    unmatched_truth: list[int]
+
+
+def match_boxes(
+    pred: torch.Tensor, truth: torch.Tensor, *, iou_threshold: float = 0.5, scores: torch.Tensor | None = None
+) -> Match:
+    """Greedy one-to-one matching: predictions in descending score order (given order without
+    scores) each take the unmatched true box they overlap most, if that IoU reaches the threshold
+    (the PASCAL VOC rule).
+
+    Example:
+        >>> import torch
+        >>> m = match_boxes(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[0.0, 0, 10, 9], [20.0, 20, 30, 30]]))
+        >>> m.pairs, m.unmatched_truth
+        ([(0, 0)], [1])
+    """
+    iou = box_iou(pred, truth).cpu()
+    n_pred, n_truth = iou.shape
+    order = list(range(n_pred)) if scores is None else scores.float().cpu().argsort(descending=True).tolist()
+    taken = torch.zeros(n_truth, dtype=torch.bool)
+    pairs: list[tuple[int, int]] = []
+    ious: list[float] = []
+    for p in order:
+        if n_truth == 0:
+            break
+        row = iou[p].masked_fill(taken, -1.0)
+        best = int(row.argmax())
+        if float(row[best]) >= iou_threshold:
+            taken[best] = True
+            pairs.append((p, best))
+            ious.append(float(row[best]))
+    matched_pred = {p for p, _ in pairs}
+    return Match(
+        pairs=pairs,
+        ious=ious,
+        unmatched_pred=[p for p in range(n_pred) if p not in matched_pred],
+        unmatched_truth=[t for t in range(n_truth) if not taken[t]],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisionRecall:
+    """Detection counts over a set of frames at one IoU threshold."""
+
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    mean_iou: float  # over the true positives; 0.0 when there are none
+
+    @property
+    def precision(self) -> float:
+        found = self.true_positives + self.false_positives
+        return self.true_positives / found if found else 1.0
+
+    @property
+    def recall(self) -> float:
+        present = self.true_positives + self.false_negatives
+        return self.true_positives / present if present else 1.0
+
+    def __str__(self) -> str:
+        return (
+            f"precision {self.precision:.4f} recall {self.recall:.4f} "
+            f"(tp {self.true_positives}, fp {self.false_positives}, fn {self.false_negatives}, "
+            f"mean IoU {self.mean_iou:.3f})"
+        )
+
+
+def precision_recall(
+    pred: Sequence[torch.Tensor],
+    truth: Sequence[torch.Tensor],
+    *,
+    iou_threshold: float = 0.5,
+    scores: Sequence[torch.Tensor] | None = None,
+) -> PrecisionRecall:
+    """Precision and recall over frames: `pred[i]` and `truth[i]` are the (K, 4) xyxy boxes of frame i.
+
+    Example:
+        >>> import torch
+        >>> str(precision_recall([torch.zeros(0, 4)], [torch.tensor([[0.0, 0, 5, 5]])]))
+        'precision 1.0000 recall 0.0000 (tp 0, fp 0, fn 1, mean IoU 0.000)'
+    """
+    if len(pred) != len(truth):
+        raise ValueError(f"precision_recall: {len(pred)} predicted frames but {len(truth)} true frames")
+    tp = fp = fn = 0
+    iou_sum = 0.0
+    for i, (p, t) in enumerate(zip(pred, truth, strict=True)):
+        m = match_boxes(p, t, iou_threshold=iou_threshold, scores=None if scores is None else scores[i])
+        tp += len(m.pairs)
+        fp += len(m.unmatched_pred)
+        fn += len(m.unmatched_truth)
+        iou_sum += sum(m.ious)
+    return PrecisionRecall(tp, fp, fn, iou_sum / tp if tp else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """How two detectors' boxes (for example CPU and GPU runs) correspond over frames."""
+
+    matched: int
+    only_a: int
+    only_b: int
+    min_iou: float  # lowest IoU among matched pairs (1.0 when nothing matched)
+    mean_iou: float
+
+    @property
+    def fraction(self) -> float:
+        """Matched boxes over all distinct boxes (1.0 = identical sets)."""
+        total = self.matched + self.only_a + self.only_b
+        return self.matched / total if total else 1.0
+
+    def __str__(self) -> str:
+        return (
+            f"matched {self.matched}, only in a {self.only_a}, only in b {self.only_b}, "
+            f"IoU min {self.min_iou:.3f} mean {self.mean_iou:.3f}"
+        )
+
+
+def agreement(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], *, iou_threshold: float = 0.5) -> Agreement:
+    """Match two runs' boxes frame by frame (IoU >= `iou_threshold` pairs them) and summarise.
+
+    Check `min_iou` (for example >= 0.9) for "the same boxes", and `only_a`/`only_b` for faces
+    one run found and the other did not.
+
+    Example:
+        >>> import torch
+        >>> str(agreement([torch.tensor([[0.0, 0, 10, 10]])], [torch.tensor([[0.0, 0, 10, 10.5]])]))
+        'matched 1, only in a 0, only in b 0, IoU min 0.952 mean 0.952'
+    """
+    if len(a) != len(b):
+        raise ValueError(f"agreement: {len(a)} frames against {len(b)}")
+    matched = only_a = only_b = 0
+    ious: list[float] = []
+    for boxes_a, boxes_b in zip(a, b, strict=True):
+        m = match_boxes(boxes_a, boxes_b, iou_threshold=iou_threshold)
+        matched += len(m.pairs)
+        only_a += len(m.unmatched_pred)
+        only_b += len(m.unmatched_truth)
+        ious.extend(m.ious)
+    return Agreement(
+        matched, only_a, only_b, min(ious) if ious else 1.0, sum(ious) / len(ious) if ious else 1.0
+    )

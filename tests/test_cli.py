@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", *args], capture_output=True, text=True, env=env, timeout=120, **kwargs
+    )
+
+
+def config(tmp_path: Path, *, count: int = 5, interval: float = 0.0, extra: str = "") -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""
+name: cli
+device: cpu
+stages:
+  - name: source
+    type: support_stages:CountingSource
+    count: {count}
+    interval: {interval}
+{extra}  - name: writer
+    type: support_stages:LinesSink
+    path: {tmp_path / "out.jsonl"}
+""")
+    return path
+
+
+def test_run_succeeds_and_writes_stats_json(tmp_path: Path) -> None:
+    result = cli("run", str(config(tmp_path)), "--stats-json", str(tmp_path / "stats.json"))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    writer = next(s for s in stats["stages"] if s["name"] == "writer")
+    assert writer["frames_in"] == 5 and "p95" in writer["latency_ms"]
+    assert "writer" in result.stderr  # the summary table
+
+
+def test_invalid_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    path.write_text(path.read_text().replace("count: 5", "cuont: 5"))
+    result = cli("run", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "field 'cuont'" in lines[0] and "did you mean 'count'" in lines[0]
+    assert cli("validate", str(path)).returncode == 2
+    assert cli("run", str(tmp_path / "missing.yaml")).returncode == 2
+
+
+def test_failure_while_running_exits_1_naming_the_stage(tmp_path: Path) -> None:
+    extra = "  - name: checker\n    type: support_stages:FailOn\n    index: 2\n"
+    result = cli("run", str(config(tmp_path, extra=extra)))
+    assert result.returncode == 1
+    assert "stage 'checker': KeyError" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out.jsonl").read_text().splitlines()[-1] == '{"end": true}'
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_input_drains_and_finalizes(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    path = config(tmp_path, count=0, interval=0.01)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamflow.cli", "run", str(path), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    out = tmp_path / "out.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    lines = out.read_text().splitlines()
+    assert lines[-1] == '{"end": true}', "the output was finalized"
+    indices = [json.loads(line)["index"] for line in lines[:-1]]
+    assert indices == list(range(len(indices))), "every frame taken in was written, in order"
+
+
+def test_stages_lists_registered_types_with_options() -> None:
+    result = cli("stages")
+    assert result.returncode == 0
+    assert "null" in result.stdout

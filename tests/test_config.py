@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamflow.config import ConfigError, build_pipeline, load_config, parse_override
+
+SOURCE = "support_stages:CountingSource"
+SINK = "support_stages:LinesSink"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+def valid(tmp_path: Path) -> str:
+    return f"""
+name: demo
+device: cpu
+queue_size: 3
+stages:
+  - name: source
+    type: {SOURCE}
+    count: 5
+  - name: writer
+    type: {SINK}
+    path: {tmp_path / "out.jsonl"}
+    queue_size: 7
+"""
+
+
+def test_valid_config_builds_a_pipeline_with_runner_settings(tmp_path: Path) -> None:
+    pipeline = build_pipeline(write(tmp_path, valid(tmp_path)))
+    assert [s.name for s in pipeline.stages] == ["source", "writer"]
+    assert pipeline.queue_size == 3 and pipeline.stages[1].queue_size == 7
+    pipeline.run_sync()
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 5 + 1
+
+
+def test_environment_variables_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAMES", "9")
+    text = valid(tmp_path).replace("count: 5", "count: ${FRAMES}\n    interval: ${GAP:-0.0}")
+    config = load_config(write(tmp_path, text))
+    assert config.stages[0].options == {"count": "9", "interval": "0.0"}
+    assert build_pipeline(config).stages[0].config.count == 9
+
+
+def test_missing_environment_variable_without_default_is_an_error(tmp_path: Path) -> None:
+    text = valid(tmp_path).replace("count: 5", "count: ${STREAMFLOW_SURELY_UNSET}")
+    with pytest.raises(ConfigError, match="STREAMFLOW_SURELY_UNSET"):
+        load_config(write(tmp_path, text))
+
+
+def test_overrides_set_stage_fields(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, valid(tmp_path)), ["source.count=2", "writer.queue_size=1"])
+    pipeline = build_pipeline(config)
+    assert pipeline.stages[0].config.count == 2 and pipeline.stages[1].queue_size == 1
+    assert parse_override("a.b.c=[1, 2]") == ("a", ["b", "c"], [1, 2])
+    with pytest.raises(ConfigError, match="did you mean 'source'"):
+        load_config(write(tmp_path, valid(tmp_path)), ["sorce.count=2"])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda t: t.replace(SOURCE, "decdoe"), r"stage 'source': field 'type': unknown stage type 'decdoe'"),
+        (
+            lambda t: t.replace("count: 5", "cuont: 5"),
+            r"stage 'source' \(support_stages:CountingSource\): field 'cuont': unknown option; did you mean 'count'\?",
+        ),
+        (lambda t: t.replace("count: 5", "count: many"), r"stage 'source' .*field 'count': .*integer"),
+        (lambda t: t.replace("name: writer", "name: source"), r"stage 'source': field 'name': duplicate stage name"),
+        (lambda t: t.replace("queue_size: 7", "queue_size: 0"), r"stage 'writer': field 'queue_size'"),
+        (
+            lambda t: t.replace("queue_size: 3", "queue_sise: 3"),
+            r"field 'queue_sise': unknown option; did you mean 'queue_size'",
+        ),
+        (
+            lambda t: t.replace("    type: " + SINK, "    kind: x"),
+            r"stage 'writer': field 'type': missing required key",
+        ),
+        (lambda t: t + "  - [oops\n", r"invalid YAML: line"),
+    ],
+)
+def test_invalid_configs_give_one_line_errors_naming_file_stage_and_field(tmp_path: Path, change, expected) -> None:
+    path = write(tmp_path, change(valid(tmp_path)))
+    with pytest.raises(ConfigError, match=expected) as caught:
+        build_pipeline(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

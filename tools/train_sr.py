@@ -1,0 +1,545 @@
+"""Train, evaluate and export the x2 video super-resolution model (`streamflow.models.vsr.VSRNet`).
+
+Data: photographs that PyPI packages ship (scikit-image's data images; scikit-learn's sample
+images and matplotlib's sample data when those packages are installed). Each photograph becomes
+short video sequences by sub-pixel camera motion (a random pan with per-frame jitter and a slight
+zoom drift, resampled bicubically), and each high-resolution frame is degraded into the
+low-resolution input by a realistic capture kernel (Gaussian blur, then area or antialiased
+bicubic x2 downscale, a little sensor noise, 8-bit quantisation). Some photographs are held out
+and never trained on; the evaluation reports PSNR on the Y channel of the model's x2 output and
+of bicubic upscaling for a fixed sequence made from each of them.
+
+Subcommands (run from the repository root):
+
+    python tools/train_sr.py data --out .gpudata_sr              # extract the photographs (.npz + manifest)
+    python tools/train_sr.py train --data .gpudata_sr --steps 20000 --max-seconds 240 --device cuda \\
+        --checkpoint out/vsr_x2.pt --eval-json out/vsr_eval.json --eval-md out/vsr_eval.md
+    python tools/train_sr.py evaluate --checkpoint out/vsr_x2.pt --data .gpudata_sr
+    python tools/train_sr.py export --checkpoint out/vsr_x2.pt --onnx models/vsr_x2.onnx --data .gpudata_sr
+
+Without `--data` the photographs are read from the installed packages directly. Seeds are fixed;
+a run is bit-for-bit repeatable on one device unless `--max-seconds` stops it early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _load_vsr_module() -> ModuleType:
+    """`streamflow/models/vsr.py`, loaded by path: importing the `streamflow` package pulls in the
+    pipeline core (pydantic, ...), which a bare training host does not have; the model needs only torch."""
+    path = Path(__file__).resolve().parents[1] / "streamflow" / "models" / "vsr.py"
+    spec = importlib.util.spec_from_file_location("_streamflow_models_vsr", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_vsr = _load_vsr_module()
+VSRNet = _vsr.VSRNet
+export_onnx = _vsr.export_onnx
+load_checkpoint = _vsr.load_checkpoint
+stack_window = _vsr.stack_window
+
+log = logging.getLogger("train_sr")
+
+SCALE = 2
+#: Photographs never trained on; evaluation uses exactly these.
+HELD_OUT = ("coffee", "rocket", "china", "flower", "grace_hopper")
+
+
+@dataclass(slots=True)
+class Photo:
+    """One photograph: uint8 RGB `(H, W, 3)` and where it came from."""
+
+    name: str
+    package: str
+    licence: str
+    image: np.ndarray
+
+    @property
+    def held_out(self) -> bool:
+        return self.name in HELD_OUT
+
+
+# --------------------------------------------------------------------------------------------- data
+_SKIMAGE_PHOTOS: dict[str, str] = {
+    # name -> licence as the package's docstring states it
+    "astronaut": "NASA Great Images database; no known copyright restrictions",
+    "chelsea": "CC0 by the photographer (Stefan van der Walt)",
+    "coffee": "CC0 by the photographer (Rachel Michetti)",
+    "rocket": "SpaceX photo, released into the public domain",
+    "hubble_deep_field": "NASA/HubbleSite, may be freely used in the public domain",
+    "immunohistochemistry": "CMMI; no known copyright restrictions",
+    "retina": "Wikimedia, CC0 1.0 (Mikael Haggstrom)",
+    "camera": "CC0 by the photographer (Lav Varshney)",
+    "brick": "CC0Textures, CC0",
+    "grass": "DeviantArt (linolafett), CC0",
+    "gravel": "CC0Textures, CC0",
+    "coins": "Brooklyn Museum collection; no known copyright restrictions",
+    "text": "Wikipedia, released into the public domain",
+}
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def collect_photos() -> list[Photo]:
+    """Photographs from the installed packages. scikit-image is required; the others are optional."""
+    import skimage.data
+
+    photos = [Photo(n, "scikit-image", lic, _rgb(getattr(skimage.data, n)())) for n, lic in _SKIMAGE_PHOTOS.items()]
+    left, right, _ = skimage.data.stereo_motorcycle()
+    middlebury = "Middlebury stereo 2014 (Scharstein et al.), shipped by scikit-image"
+    photos += [
+        Photo("motorcycle_left", "scikit-image", middlebury, _rgb(left)),
+        Photo("motorcycle_right", "scikit-image", middlebury, _rgb(right)),
+    ]
+    try:
+        from sklearn.datasets import load_sample_image
+    except ImportError:
+        log.warning("scikit-learn not installed: its sample images china.jpg and flower.jpg are not used")
+    else:
+        cc_by = "CC BY 2.0, {} (Flickr)"
+        photos.append(Photo("china", "scikit-learn", cc_by.format("danielbuechele"), load_sample_image("china.jpg")))
+        photos.append(Photo("flower", "scikit-learn", cc_by.format("vultilion"), load_sample_image("flower.jpg")))
+    try:
+        from matplotlib import cbook
+        from matplotlib.image import imread
+    except ImportError:
+        log.warning("matplotlib not installed: its sample image grace_hopper.jpg is not used")
+    else:
+        with cbook.get_sample_data("grace_hopper.jpg") as fh:
+            hopper = imread(fh, format="jpg")
+        photos.append(Photo("grace_hopper", "matplotlib", "matplotlib sample_data (states no licence)", _rgb(hopper)))
+    return photos
+
+
+def save_photos(photos: Sequence[Photo], out: Path) -> None:
+    """Write each photograph as a compressed .npz plus `manifest.json`, for hosts without the packages."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for p in photos:
+        np.savez_compressed(out / f"{p.name}.npz", image=p.image)
+        manifest.append({"name": p.name, "package": p.package, "licence": p.licence, "shape": list(p.image.shape)})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def load_photos(data: Path | None) -> list[Photo]:
+    """Photographs from a folder written by `save_photos`, or from the packages when `data` is None."""
+    if data is None:
+        return collect_photos()
+    manifest = json.loads((data / "manifest.json").read_text())
+    return [Photo(m["name"], m["package"], m["licence"], np.load(data / f"{m['name']}.npz")["image"]) for m in manifest]
+
+
+def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).to(device, torch.float32).div_(255.0)
+
+
+# ------------------------------------------------------------------------------ sequence synthesis
+def render_sequence(
+    photo: torch.Tensor, centre: tuple[float, float], size: tuple[int, int], shifts: torch.Tensor, zooms: torch.Tensor
+) -> torch.Tensor:
+    """Frames `(T, 3, h, w)` of a camera looking at `photo` `(3, H, W)`.
+
+    Frame k samples the photo around `centre` (x, y in pixels) moved by `shifts[k]` (x, y) with
+    magnification `1 / zooms[k]` (zoom > 1 sees more of the photo). Bicubic resampling gives true
+    sub-pixel motion, which is what lets a multi-frame model recover detail. A batch of photos
+    `(B, 3, H, W)` gives `B * T / B` frames per photo, in order (T must be a multiple of B).
+    """
+    photos = photo.unsqueeze(0) if photo.dim() == 3 else photo
+    height, width = photos.shape[-2:]
+    h, w = size
+    dev = photos.device
+    ys = torch.arange(h, device=dev, dtype=torch.float32) - (h - 1) / 2
+    xs = torch.arange(w, device=dev, dtype=torch.float32) - (w - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    z = zooms.to(dev).view(-1, 1, 1)
+    sh = shifts.to(dev)
+    src_x = centre[0] + sh[:, 0].view(-1, 1, 1) + z * gx
+    src_y = centre[1] + sh[:, 1].view(-1, 1, 1) + z * gy
+    # grid_sample, align_corners=False: pixel i's centre sits at (2i + 1) / size - 1.
+    grid = torch.stack(((2 * src_x + 1) / width - 1, (2 * src_y + 1) / height - 1), dim=-1)
+    per_photo = len(z) // len(photos)
+    source = photos.repeat_interleave(per_photo, dim=0)
+    frames = F.grid_sample(source, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+    return frames.clamp_(0.0, 1.0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample separable Gaussian blur of `x` (N, C, H, W); `sigma` (N,) in pixels, 0 = none."""
+    n, c, h, w = x.shape
+    radius = 3
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.device, x.dtype).clamp_min(1e-3).view(n, 1)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (N, K); sigma ~0 -> a delta
+    k = kernel.repeat_interleave(c, dim=0)  # one kernel per (sample, channel) for a grouped conv
+    flat = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, k.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(flat, k.view(n * c, 1, -1, 1), groups=n * c)
+    return flat.view(n, c, h, w)
+
+
+def degrade(
+    hr: torch.Tensor, sigma: torch.Tensor, use_area: torch.Tensor, noise: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """Low-resolution frames from HR `(N, 3, H, W)`: blur, x2 downscale, noise, 8-bit quantisation.
+
+    `sigma`, `use_area` (bool) and `noise` (std in [0, 1] units) are per sample. Area (2x2 mean)
+    models a sensor binning pixels; antialiased bicubic models a software scaler.
+    """
+    blurred = gaussian_blur(hr, sigma)
+    h, w = hr.shape[-2] // SCALE, hr.shape[-1] // SCALE
+    area = F.avg_pool2d(blurred, SCALE)
+    cubic = F.interpolate(blurred, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    lr = torch.where(use_area.to(hr.device).view(-1, 1, 1, 1), area, cubic)
+    eps = torch.randn(lr.shape, generator=gen).to(lr.device)
+    lr = lr + eps * noise.to(lr.device).view(-1, 1, 1, 1)
+    return lr.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+
+
+def make_batch(
+    photos: Sequence[torch.Tensor], batch: int, window: int, patch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random training batch: input `(B, 3 * window, patch, patch)`, target `(B, 3, 2 patch, 2 patch)`.
+
+    All random numbers come from the CPU generator `gen`, so the batch is the same on any device.
+    The work is batched (one crop per sample, then one resampling and one degradation call for
+    the whole batch): per-sample kernel launches would make the GPU wait on Python.
+    """
+    device = photos[0].device
+    hr_size = patch * SCALE
+    centre_idx = (window - 1) // 2
+    rel = torch.arange(window, dtype=torch.float32) - centre_idx
+    # sqrt of the area: big photographs get more crops, but do not drown the small ones
+    areas = torch.tensor([float(p.shape[1] * p.shape[2]) ** 0.5 for p in photos])
+    picks = torch.multinomial(areas, batch, replacement=True, generator=gen)
+    u = torch.rand(batch, 12, generator=gen)
+    jitter = torch.randn(batch, window, 2, generator=gen) * 0.35
+    zoom = 0.75 + 0.5 * u[:, 0]  # content seen at 0.75x..1.25x the photo's resolution
+    velocity = (u[:, 1:3] * 2 - 1) * 2.5  # HR pixels per frame
+    shifts = rel.view(1, -1, 1) * velocity.view(-1, 1, 2) + jitter
+    shifts[:, centre_idx] = 0.0
+    zooms = zoom.view(-1, 1) * (1 + (u[:, 3:4] * 2 - 1) * 0.01 * rel.view(1, -1))  # (B, T): a slight zoom drift
+    # Every sample's frames fit in a crop of side `crop` around its centre.
+    reach = (hr_size / 2 + 2) * 1.25 * 1.02 + float(rel.abs().max() * 2.5 + 4 * 0.35 * 1.5) + 3
+    crop = math.ceil(2 * reach) + 2
+    crops = []
+    for b in range(batch):
+        photo = photos[int(picks[b])]
+        _, height, width = photo.shape
+        if height < crop or width < crop:
+            photo = F.pad(photo.unsqueeze(0), (0, max(crop - width, 0), 0, max(crop - height, 0)), mode="reflect")[0]
+            _, height, width = photo.shape
+        y0 = int(float(u[b, 5]) * (height - crop))
+        x0 = int(float(u[b, 4]) * (width - crop))
+        crops.append(photo[:, y0 : y0 + crop, x0 : x0 + crop])
+    stacked = torch.stack(crops)  # (B, 3, crop, crop)
+    centre = ((crop - 1) / 2, (crop - 1) / 2)
+    seq = render_sequence(stacked, centre, (hr_size, hr_size), shifts.view(-1, 2), zooms.view(-1))
+    seq = seq.view(batch, window, 3, hr_size, hr_size)
+    flips = (u[:, 6:9] < 0.5).to(device).view(-1, 3, 1, 1, 1, 1)
+    seq = torch.where(flips[:, 0], seq.flip(-1), seq)
+    seq = torch.where(flips[:, 1], seq.flip(-2), seq)
+    seq = torch.where(flips[:, 2], seq.transpose(-1, -2), seq)
+    # One camera per sequence: the same kernel and noise level for all its frames.
+    sigma = (u[:, 9] * 1.1).repeat_interleave(window)
+    use_area = (u[:, 10] < 0.5).repeat_interleave(window)
+    noise = (u[:, 11] * 2.0 / 255.0).repeat_interleave(window)
+    lr = degrade(seq.reshape(-1, 3, hr_size, hr_size), sigma, use_area, noise, gen)
+    return lr.view(batch, 3 * window, patch, patch), seq[:, centre_idx].contiguous()
+
+
+@dataclass(slots=True)
+class EvalSequence:
+    name: str
+    hr: torch.Tensor  # (T, 3, H, W)
+    lr: torch.Tensor  # (T, 3, H/2, W/2)
+
+
+def make_eval_sequence(photo: Photo, frames: int, seed: int, device: torch.device) -> EvalSequence:
+    """A fixed sequence from a held-out photograph: a slow diagonal pan with sub-pixel jitter.
+
+    The degradation is fixed (Gaussian sigma 0.8 HR pixels, area x2, no noise, 8-bit) so every
+    model and the bicubic baseline see the same input.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    img = _to_tensor(photo.image, device)
+    _, height, width = img.shape
+    rel = torch.arange(frames, dtype=torch.float32) - (frames - 1) // 2
+    shifts = rel.view(-1, 1) * torch.tensor([0.9, 0.6]) + torch.randn(frames, 2, generator=gen) * 0.3
+    zooms = 1 + 0.003 * rel
+    margin = math.ceil(float(shifts.abs().max()) + 0.02 * max(height, width)) + 4
+    h = (height - 2 * margin) // 4 * 4
+    w = (width - 2 * margin) // 4 * 4
+    hr = render_sequence(img, ((width - 1) / 2, (height - 1) / 2), (h, w), shifts, zooms)
+    hr = hr.mul(255).round_().div_(255)  # a real HR video is 8-bit as well
+    n = len(hr)
+    lr = degrade(hr, torch.full((n,), 0.8), torch.ones(n, dtype=torch.bool), torch.zeros(n), gen)
+    return EvalSequence(photo.name, hr, lr)
+
+
+def psnr_y(a: torch.Tensor, b: torch.Tensor, shave: int = 4) -> float:
+    """PSNR in dB on the BT.601 luma (as in the SR literature) of 8-bit-rounded `(3, H, W)` images in [0, 1]."""
+    weights = torch.tensor([65.481, 128.553, 24.966], device=a.device).view(3, 1, 1) / 255.0
+
+    def luma(x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(0, 1).mul(255).round().div(255)
+        return (x * weights).sum(0)[shave:-shave, shave:-shave] + 16 / 255
+
+    mse = float(F.mse_loss(luma(a).double(), luma(b).double()))
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: VSRNet, seqs: Sequence[EvalSequence], device: torch.device) -> list[dict[str, Any]]:
+    """Per sequence: mean PSNR-Y over all frames (edges padded like the `window` stage) for bicubic and model."""
+    model = model.to(device).eval()
+    rows = []
+    for seq in seqs:
+        frames = list(seq.lr)
+        bic, net = [], []
+        for i in range(len(frames)):
+            x = stack_window(frames, i, model.window).unsqueeze(0)
+            out = model(x)[0]
+            up = F.interpolate(frames[i].unsqueeze(0), scale_factor=SCALE, mode="bicubic", align_corners=False)[0]
+            bic.append(psnr_y(up, seq.hr[i]))
+            net.append(psnr_y(out, seq.hr[i]))
+        row = {
+            "sequence": seq.name,
+            "frames": len(frames),
+            "lr_size": f"{frames[0].shape[2]}x{frames[0].shape[1]}",
+            "bicubic_psnr_y": round(sum(bic) / len(bic), 3),
+            "model_psnr_y": round(sum(net) / len(net), 3),
+        }
+        row["gain_db"] = round(row["model_psnr_y"] - row["bicubic_psnr_y"], 3)
+        rows.append(row)
+    return rows
+
+
+def eval_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| held-out sequence | frames | LR size | bicubic PSNR-Y (dB) | model PSNR-Y (dB) | gain (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sequence']} | {r['frames']} | {r['lr_size']} | {r['bicubic_psnr_y']:.2f} "
+            f"| {r['model_psnr_y']:.2f} | {r['gain_db']:+.2f} |"
+        )
+    mb = sum(r["bicubic_psnr_y"] for r in rows) / len(rows)
+    mm = sum(r["model_psnr_y"] for r in rows) / len(rows)
+    lines.append(f"| **mean** | | | {mb:.2f} | {mm:.2f} | {mm - mb:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- training
+def charbonnier(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    return torch.sqrt((a - b) ** 2 + eps * eps).mean()
+
+
+def train(
+    model: VSRNet,
+    photos: Sequence[torch.Tensor],
+    *,
+    steps: int,
+    batch: int,
+    patch: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    max_seconds: float = 0.0,
+    log_every: int = 100,
+) -> list[float]:
+    """Train in place with Adam and a cosine schedule; returns the loss of every step.
+
+    The schedule follows progress = max(step / steps, elapsed / max_seconds) so a time-capped
+    run still anneals to the end; `max_seconds=0` disables the cap (fully deterministic).
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses: list[torch.Tensor] = []
+    start = time.perf_counter()
+    step = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        progress = max(step / steps, elapsed / max_seconds if max_seconds > 0 else 0.0)
+        if progress >= 1.0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+        x, y = make_batch(photos, batch, model.window, patch, gen)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = charbonnier(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(loss.detach())  # kept on the device: no host sync per step
+        if step % log_every == 0 or step == 1:
+            log.info("step %d loss %.5f lr %.2e (%.0f s)", step, loss.item(), opt.param_groups[0]["lr"], elapsed)
+    model.eval()
+    return torch.stack(losses).cpu().tolist() if losses else []
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _held_out(photos: Sequence[Photo]) -> list[Photo]:
+    held = [p for p in photos if p.held_out]
+    if not held:
+        raise SystemExit("no held-out photograph available: install scikit-image (and scikit-learn, matplotlib)")
+    return held
+
+
+def _eval_and_write(model: VSRNet, photos: Sequence[Photo], args: argparse.Namespace, device: torch.device) -> None:
+    seqs = [make_eval_sequence(p, args.eval_frames, 1000 + i, device) for i, p in enumerate(_held_out(photos))]
+    rows = evaluate(model, seqs, device)
+    table = eval_markdown(rows)
+    print(table)
+    if args.eval_json:
+        Path(args.eval_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.eval_json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.eval_md:
+        Path(args.eval_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.eval_md).write_text(table)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    photos = collect_photos()
+    save_photos(photos, Path(args.out))
+    for p in photos:
+        print(f"{p.name:22s} {p.package:13s} {'held-out' if p.held_out else 'train':8s} {p.image.shape}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    photos = load_photos(Path(args.data) if args.data else None)
+    train_set = [_to_tensor(p.image, device) for p in photos if not p.held_out]
+    log.info("training on %d photographs, %d held out", len(train_set), len(photos) - len(train_set))
+    model = VSRNet(window=args.window, features=args.features, blocks=args.blocks).to(device)
+    log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    t0 = time.perf_counter()
+    losses = train(
+        model,
+        train_set,
+        steps=args.steps,
+        batch=args.batch,
+        patch=args.patch,
+        lr=args.lr,
+        seed=args.seed,
+        max_seconds=args.max_seconds,
+        log_every=args.log_every,
+    )
+    log.info("trained %d steps in %.1f s", len(losses), time.perf_counter() - t0)
+    ckpt = Path(args.checkpoint)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    meta = {"steps": len(losses), "batch": args.batch, "patch": args.patch, "seed": args.seed, "lr": args.lr}
+    torch.save({"config": model.config(), "state_dict": state, "train": meta}, ckpt)
+    _eval_and_write(model, photos, args, device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    model = load_checkpoint(args.checkpoint).to(device)
+    _eval_and_write(model, load_photos(Path(args.data) if args.data else None), args, device)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import onnxruntime as ort
+
+    model = load_checkpoint(args.checkpoint)
+    path = export_onnx(model, args.onnx)
+    photo = _held_out(load_photos(Path(args.data) if args.data else None))[0]
+    seq = make_eval_sequence(photo, model.window, 1000, torch.device("cpu"))
+    x = torch.stack([stack_window(list(seq.lr), i, model.window) for i in range(2)])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"frames": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    size_mb = path.stat().st_size / 1e6
+    print(f"exported {path} ({size_mb:.2f} MB); ONNX Runtime vs torch on {tuple(x.shape)}: max |diff| {diff:.2e}")
+    if diff > args.atol:
+        raise SystemExit(f"ONNX Runtime output differs from torch by {diff:.2e} > {args.atol:.0e}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="extract the photographs into a folder (.npz + manifest.json)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_data)
+
+    def add_eval(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=None, help="folder from `data`; default: the installed packages")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--eval-frames", type=int, default=9, help="frames per held-out sequence")
+        p.add_argument("--eval-json", default=None)
+        p.add_argument("--eval-md", default=None)
+
+    p = sub.add_parser("train", help="train, save a checkpoint, evaluate on the held-out sequences")
+    add_eval(p)
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop (annealed) after this long; 0 = no cap")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--patch", type=int, default=48, help="low-resolution patch side")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--features", type=int, default=32)
+    p.add_argument("--blocks", type=int, default=6)
+    p.add_argument("--log-every", type=int, default=200)
+    p.add_argument("--checkpoint", default="out/vsr_x2.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the held-out sequences")
+    add_eval(p)
+    p.add_argument("--checkpoint", default="out/vsr_x2.pt")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and check ONNX Runtime against torch")
+    p.add_argument("--checkpoint", default="out/vsr_x2.pt")
+    p.add_argument("--onnx", default="models/vsr_x2.onnx")
+    p.add_argument("--data", default=None)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
