@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Pack the Python packages an offline GPU host lacks (PyNvVideoCodec, PyAV, pydantic, onnx2torch,
+# pytest-asyncio) for CPython 3.12 into one compressed tree, .gpu/site.tar.xz (~32 MB), small enough to
+# travel with the working tree. On the host:
+#   tar -xJf .gpu/site.tar.xz -C /tmp && export PYTHONPATH=/tmp/gpusite:$PWD
+#   python3 -m pytest -m gpu tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$work/wheels" pynvvideocodec av onnx2torch pydantic pydantic-core annotated-types typing-inspection \
+    pytest-asyncio
+mkdir -p "$work/gpusite" .gpu
+for wheel in "$work"/wheels/*.whl; do
+    unzip -q -o "$wheel" -d "$work/gpusite"
+done
+# Sources, notebooks and sample scripts the wheels carry are not needed to run.
+rm -rf "$work"/gpusite/pynvvideocodec-*.data/data/external "$work/gpusite/samples" "$work/gpusite/benchmarks"
+tar -cJf .gpu/site.tar.xz -C "$work" gpusite
+du -h .gpu/site.tar.xz
