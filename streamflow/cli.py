@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
+from streamflow.inference.engine_cli import register as register_build_engine
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.report import LiveDisplay, summary_table
 
@@ -168,15 +169,7 @@ def bench(
         json_path.write_text(json.dumps(result.to_dict(), indent=2))
 
 
-def _register_optional_commands() -> None:
-    try:
-        from streamflow.inference.engine_cli import register
-    except ImportError:  # the inference package is part of streamflow; absent only in a broken install
-        return
-    register(app)
-
-
-_register_optional_commands()
+register_build_engine(app)
 
 
 def main() -> None:

@@ -183,6 +183,4 @@ def agreement(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], *, iou_thres
         only_a += len(m.unmatched_pred)
         only_b += len(m.unmatched_truth)
         ious.extend(m.ious)
-    return Agreement(
-        matched, only_a, only_b, min(ious) if ious else 1.0, sum(ious) / len(ious) if ious else 1.0
-    )
+    return Agreement(matched, only_a, only_b, min(ious) if ious else 1.0, sum(ious) / len(ious) if ious else 1.0)

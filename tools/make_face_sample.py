@@ -12,7 +12,9 @@ against it measures the pipeline (resize, letterbox, decode, mapping back) rathe
 between two annotators about where a face ends.
 
 Usage:
-    python tools/make_face_sample.py [--out samples/faces.mp4] [--frames 120] [--crf 27]
+    python tools/make_face_sample.py [--out samples/faces.mp4] [--frames 120] [--crf 27] [--scale 1.5]
+
+`--scale 1.5` makes the same scene at 1920x1080 (for benchmarks; the shipped sample is 1280x720).
 
 The JSON (`faces_boxes.json` beside `faces.mp4`) looks like:
     {"width": 1280, "height": 720, "fps": 30, "frames": [{"index": 0, "boxes": [[x1, y1, x2, y2], ...]}, ...]}
@@ -67,7 +69,7 @@ class Track:
 #: Three lanes (left, middle, right) so that the pasted crops never overlap.
 TRACKS = (
     Track(cx=(230.0, 60.0, 0.0), cy=(360.0, 140.0, 0.5), face_h=(60.0, 150.0)),
-    Track(cx=(640.0, 70.0, 1.0), cy=(330.0, 170.0, 2.0), face_h=(110.0, 44.0), mirror=True),
+    Track(cx=(640.0, 70.0, 1.0), cy=(330.0, 170.0, 2.0), face_h=(110.0, 56.0), mirror=True),
     Track(cx=(1050.0, 50.0, 2.5), cy=(380.0, 120.0, 4.0), face_h=(80.0, 120.0)),
 )
 
@@ -88,7 +90,7 @@ def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out[0].round().clamp(0, 255).to(torch.uint8)
 
 
-def _background(name: str) -> torch.Tensor:
+def _background(name: str, width: int, height: int) -> torch.Tensor:
     """Cover-crop a photograph to 16:9 and scale it to the frame size."""
     img = _rgb(name)
     _, h, w = img.shape
@@ -98,16 +100,22 @@ def _background(name: str) -> torch.Tensor:
     else:
         ch = round(w * HEIGHT / WIDTH)
         img = img[:, (h - ch) // 2 : (h - ch) // 2 + ch]
-    return _resize(img, HEIGHT, WIDTH)
+    return _resize(img, height, width)
 
 
-def boxes_at(t: float) -> list[tuple[tuple[int, int, int, int], tuple[float, float, float, float], bool]]:
-    """Per track at time t: the pasted crop's integer rectangle (x1, y1, x2, y2), the true face box, mirror."""
+Placement = tuple[tuple[int, int, int, int], tuple[float, float, float, float], bool]
+
+
+def boxes_at(t: float, scale: float = 1.0) -> list[Placement]:
+    """Per track at time t: the pasted crop's integer rectangle (x1, y1, x2, y2), the true face box, mirror.
+
+    `scale` scales the whole 1280x720 scene (positions and sizes).
+    """
     cx1, cy1, cx2, cy2 = CROP
     fx1, fy1, fx2, fy2 = FACE_BOX
     out = []
     for track in TRACKS:
-        x, y, face_h = track.at(t)
+        x, y, face_h = (v * scale for v in track.at(t))
         s = face_h / (fy2 - fy1)
         w, h = round((cx2 - cx1) * s), round((cy2 - cy1) * s)
         # The face centre follows the track; the crop is placed around it.
@@ -124,13 +132,13 @@ def boxes_at(t: float) -> list[tuple[tuple[int, int, int, int], tuple[float, flo
     return out
 
 
-def _check_layout(frames: int) -> None:
+def _check_layout(frames: int, width: int, height: int, scale: float) -> None:
     """Every crop inside the frame, crops pairwise disjoint, every face at least 40 px high."""
     for i in range(frames):
-        placed = boxes_at(i / frames)
+        placed = boxes_at(i / frames, scale)
         for (x1, y1, x2, y2), box, _ in placed:
-            if x1 < 0 or y1 < 0 or x2 > WIDTH or y2 > HEIGHT:
-                raise ValueError(f"frame {i}: crop {(x1, y1, x2, y2)} leaves the {WIDTH}x{HEIGHT} frame")
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                raise ValueError(f"frame {i}: crop {(x1, y1, x2, y2)} leaves the {width}x{height} frame")
             if box[3] - box[1] < 40:
                 raise ValueError(f"frame {i}: face {box} is under 40 px high")
         rects = [p[0] for p in placed]
@@ -141,16 +149,18 @@ def _check_layout(frames: int) -> None:
                     raise ValueError(f"frame {i}: crops {ra} and {rb} overlap")
 
 
-def make_sample(out: Path, *, frames: int = 4 * FPS, crf: int = 27) -> tuple[Path, Path]:
+def make_sample(out: Path, *, frames: int = 4 * FPS, crf: int = 27, scale: float = 1.0) -> tuple[Path, Path]:
     """Write the clip and its ground truth; return (clip path, JSON path)."""
-    _check_layout(frames)
+    # Even sizes: 4:2:0 video needs them.
+    width, height = 2 * round(WIDTH * scale / 2), 2 * round(HEIGHT * scale / 2)
+    _check_layout(frames, width, height, scale)
     face = _rgb("astronaut")[:, CROP[1] : CROP[3], CROP[0] : CROP[2]]
-    backgrounds = [_background(name) for name in BACKGROUNDS]
+    backgrounds = [_background(name, width, height) for name in BACKGROUNDS]
     out.parent.mkdir(parents=True, exist_ok=True)
     truth = []
     with av.open(str(out), "w") as container:
         stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(crf), "preset": "medium"}
         # Tag BT.709 limited range, the matrix the frames are converted with below.
         cc = stream.codec_context
@@ -160,7 +170,7 @@ def make_sample(out: Path, *, frames: int = 4 * FPS, crf: int = 27) -> tuple[Pat
             t = i / frames
             canvas = backgrounds[min(i * len(backgrounds) // frames, len(backgrounds) - 1)].clone()
             boxes = []
-            for (x1, y1, x2, y2), box, mirror in boxes_at(t):
+            for (x1, y1, x2, y2), box, mirror in boxes_at(t, scale):
                 copy = _resize(face, y2 - y1, x2 - x1)
                 canvas[:, y1:y2, x1:x2] = copy.flip(2) if mirror else copy
                 boxes.append([round(v, 2) for v in box])
@@ -175,8 +185,8 @@ def make_sample(out: Path, *, frames: int = 4 * FPS, crf: int = 27) -> tuple[Pat
             container.mux(packet)
     boxes_path = out.with_name(f"{out.stem}_boxes.json")
     meta = {
-        "width": WIDTH,
-        "height": HEIGHT,
+        "width": width,
+        "height": height,
         "fps": FPS,
         "source": "tools/make_face_sample.py (scikit-image astronaut face over scikit-image photographs)",
         "face_box_in_astronaut": list(FACE_BOX),
@@ -191,8 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("samples/faces.mp4"))
     parser.add_argument("--frames", type=int, default=4 * FPS)
     parser.add_argument("--crf", type=int, default=27, help="x264 quality (lower = better, bigger)")
+    parser.add_argument("--scale", type=float, default=1.0, help="scene scale: 1.5 gives 1920x1080")
     args = parser.parse_args(argv)
-    clip, boxes = make_sample(args.out, frames=args.frames, crf=args.crf)
+    clip, boxes = make_sample(args.out, frames=args.frames, crf=args.crf, scale=args.scale)
     print(f"wrote {clip} ({clip.stat().st_size / 1e6:.2f} MB) and {boxes}")
 
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,11 +52,14 @@ def _load_vsr_module() -> ModuleType:
     return module
 
 
-_vsr = _load_vsr_module()
-VSRNet = _vsr.VSRNet
-export_onnx = _vsr.export_onnx
-load_checkpoint = _vsr.load_checkpoint
-stack_window = _vsr.stack_window
+if TYPE_CHECKING:
+    from streamflow.models.vsr import VSRNet, export_onnx, load_checkpoint, stack_window
+else:
+    _vsr = _load_vsr_module()
+    VSRNet = _vsr.VSRNet
+    export_onnx = _vsr.export_onnx
+    load_checkpoint = _vsr.load_checkpoint
+    stack_window = _vsr.stack_window
 
 log = logging.getLogger("train_sr")
 
@@ -132,8 +135,7 @@ def collect_photos() -> list[Photo]:
     except ImportError:
         log.warning("matplotlib not installed: its sample image grace_hopper.jpg is not used")
     else:
-        with cbook.get_sample_data("grace_hopper.jpg") as fh:
-            hopper = imread(fh, format="jpg")
+        hopper = imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
         photos.append(Photo("grace_hopper", "matplotlib", "matplotlib sample_data (states no licence)", _rgb(hopper)))
     return photos
 
@@ -330,7 +332,7 @@ def evaluate(model: VSRNet, seqs: Sequence[EvalSequence], device: torch.device) 
             up = F.interpolate(frames[i].unsqueeze(0), scale_factor=SCALE, mode="bicubic", align_corners=False)[0]
             bic.append(psnr_y(up, seq.hr[i]))
             net.append(psnr_y(out, seq.hr[i]))
-        row = {
+        row: dict[str, Any] = {
             "sequence": seq.name,
             "frames": len(frames),
             "lr_size": f"{frames[0].shape[2]}x{frames[0].shape[1]}",
@@ -359,6 +361,30 @@ def eval_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- training
+def init_from(model: VSRNet, path: Path) -> None:
+    """Start from a checkpoint's weights; a checkpoint with a smaller window is inflated.
+
+    Its head weights go to the frames aligned on the centre and the new neighbours get zero
+    weights, so the inflated network computes exactly what the checkpoint did and training only
+    has to learn how to use the extra frames.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    old = dict(ckpt["config"])
+    if {k: v for k, v in old.items() if k != "window"} != {k: v for k, v in model.config().items() if k != "window"}:
+        raise SystemExit(f"--init {path}: architecture {old} does not match {model.config()}")
+    state = dict(ckpt["state_dict"])
+    if old["window"] != model.window:
+        if old["window"] > model.window:
+            raise SystemExit(f"--init {path}: window {old['window']} is larger than {model.window}")
+        head = state["head.weight"]
+        inflated = torch.zeros_like(model.head.weight, device="cpu")
+        first = (model.window - 1) // 2 - (old["window"] - 1) // 2
+        inflated[:, 3 * first : 3 * (first + old["window"])] = head
+        state["head.weight"] = inflated
+    model.load_state_dict(state)
+    log.info("initialised from %s (window %d -> %d)", path, old["window"], model.window)
+
+
 def charbonnier(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt((a - b) ** 2 + eps * eps).mean()
 
@@ -438,12 +464,18 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
+    if args.threads:
+        # On a shared CPU, intra-op threads that spin-wait for each other run many times slower than one thread.
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     photos = load_photos(Path(args.data) if args.data else None)
     train_set = [_to_tensor(p.image, device) for p in photos if not p.held_out]
     log.info("training on %d photographs, %d held out", len(train_set), len(photos) - len(train_set))
-    model = VSRNet(window=args.window, features=args.features, blocks=args.blocks).to(device)
+    model = VSRNet(window=args.window, features=args.features, blocks=args.blocks)
+    if args.init:
+        init_from(model, Path(args.init))
+    model = model.to(device)
     log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
     t0 = time.perf_counter()
     losses = train(
@@ -461,7 +493,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     ckpt = Path(args.checkpoint)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    meta = {"steps": len(losses), "batch": args.batch, "patch": args.patch, "seed": args.seed, "lr": args.lr}
+    meta = {
+        "steps": len(losses),
+        "batch": args.batch,
+        "patch": args.patch,
+        "seed": args.seed,
+        "lr": args.lr,
+        "device": str(device),
+        "init": args.init,
+    }
     torch.save({"config": model.config(), "state_dict": state, "train": meta}, ckpt)
     _eval_and_write(model, photos, args, device)
 
@@ -518,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--log-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default")
+    p.add_argument("--init", default=None, help="start from this checkpoint (a smaller window is inflated)")
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
     p.set_defaults(func=cmd_train)
 

@@ -8,15 +8,19 @@ A new stage type registers a case in `CASES` (a factory building the stage and i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from streamflow import Frame, Pipeline, Source, Stage
+from inference.conftest import export_small_model
+from rtsp_server import RtspServer, server_unavailable_reason
+from streamflow import Batch, Frame, Pipeline, Source, Stage
 from streamflow.frame import Item
 from streamflow.registry import registered_types, resolve_stage_type
-from streamflow.testing import ListSink, ListSource, make_frames
+from streamflow.testing import ListSink, ListSource, make_frames, run_stage
+from streamflow.video.synth import write_clip
 
 Case = Callable[[Path], tuple[Stage, list[Item]]]
 
@@ -25,9 +29,94 @@ def _null(tmp_path: Path) -> tuple[Stage, list[Item]]:
     return resolve_stage_type("null")(name="under_test"), list(make_frames(3))
 
 
+def _decode(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    clip = write_clip(tmp_path / "clip.mp4", width=64, height=48, frames=6)
+    return resolve_stage_type("decode")(name="under_test", uri=str(clip)), []
+
+
+def _rtsp(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    reason = server_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = RtspServer(width=64, height=48)
+    server.start()
+    _SERVERS.append(server)
+    return resolve_stage_type("rtsp")(name="under_test", uri=server.uri), []
+
+
+def _encode(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    return resolve_stage_type("encode")(name="under_test", path=str(tmp_path / "out.mp4")), list(
+        make_frames(4, height=48, width=64)
+    )
+
+
+def _jsonl(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    return resolve_stage_type("jsonl")(name="under_test", path=str(tmp_path / "out.jsonl")), list(make_frames(3))
+
+
+def _preprocess(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    return resolve_stage_type("preprocess")(name="under_test", width=32, height=32), list(
+        make_frames(3, height=48, width=64)
+    )
+
+
+def _infer(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    model = export_small_model(tmp_path / "small.onnx", batch=1, height=32, width=48)
+    items = [Batch([frame], data=torch.rand(1, 3, 32, 48)) for frame in make_frames(3)]
+    return resolve_stage_type("infer")(name="under_test", model=model, backend="onnxruntime"), list(items)
+
+
+def _centerface_inputs(count: int) -> list[Item]:
+    """Real CenterFace outputs (ONNX Runtime, 64x64 input) for `count` small frames."""
+    preprocess = resolve_stage_type("preprocess")(width=64, height=64)
+    infer = resolve_stage_type("infer")(
+        model=Path("models/centerface.onnx"), backend="onnxruntime", input_shapes={"input.1": [1, 3, 64, 64]}
+    )
+    return list(run_stage(infer, run_stage(preprocess, list(make_frames(count, height=48, width=64)))))
+
+
+def _centerface(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    return resolve_stage_type("centerface")(name="under_test"), _centerface_inputs(2)
+
+
+def _annotate(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    frames = make_frames(3, height=48, width=64)
+    for frame in frames:
+        frame.results["boxes"] = torch.tensor([[4.0, 4.0, 20.0, 30.0]])
+    return resolve_stage_type("annotate")(name="under_test"), list(frames)
+
+
+def _window(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    return resolve_stage_type("window")(name="under_test", size=3), list(make_frames(4, height=8, width=8))
+
+
+def _sr_output(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    frames = make_frames(2, height=4, width=4)
+    batch = Batch(frames, data=torch.zeros(2, 15, 4, 4), results={"output": torch.rand(2, 3, 8, 8)})
+    return resolve_stage_type("sr_output")(name="under_test", result="output"), [batch]
+
+
 CASES: dict[str, Case] = {
+    "annotate": _annotate,
+    "centerface": _centerface,
+    "decode": _decode,
+    "encode": _encode,
+    "infer": _infer,
+    "jsonl": _jsonl,
     "null": _null,
+    "preprocess": _preprocess,
+    "rtsp": _rtsp,
+    "sr_output": _sr_output,
+    "window": _window,
 }
+_SERVERS: list[RtspServer] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers() -> Iterator[None]:
+    yield
+    while _SERVERS:
+        _SERVERS.pop().stop()
 
 
 class ContractError(RuntimeError):
@@ -37,7 +126,8 @@ class ContractError(RuntimeError):
 def _pipeline(stage: Stage, items: list[Item]) -> tuple[Pipeline, ListSink]:
     sink = ListSink(name="contract_sink")
     stages: list[Stage] = [stage, sink] if isinstance(stage, Source) else [ListSource(items), stage, sink]
-    return Pipeline(stages, device="cpu"), sink
+    # Live sources never end by themselves: the contract run takes a few frames, then stops.
+    return Pipeline(stages, device="cpu", max_frames=5 if getattr(stage, "live", False) else None), sink
 
 
 def _spy_teardown(stage: Stage) -> list[bool]:

@@ -1,0 +1,273 @@
+"""`decode`: a source that decodes a video file or stream into frames (NVDEC on a GPU, PyAV on CPU).
+
+On a CUDA device, H.264/HEVC/VP9 8-bit 4:2:0 inputs decode on NVDEC: local files through
+PyNvVideoCodec's batch decoder (decoder-side RGB, one copy per batch), network and raw Annex B
+streams through PyAV demux + `PacketDecoder`. Anything NVDEC can't decode falls back to PyAV with
+one warning line naming the reason (or fails if `backend: nvdec` was asked for). On CPU, PyAV.
+
+Frames carry pts and time base, index, `source_id` and a `StreamInfo`. With `emit_batch > 1` the
+stage emits `Batch`es of up to that many frames (fewer Python hand-offs per frame). Packets the
+decoder rejects are counted in the `bad_packets` counter; an input that can't be opened or yields
+no frame at all stops the pipeline with one line naming the file and the problem.
+
+Example (YAML):
+    - name: cam1
+      type: decode
+      uri: input.mp4
+      format: rgb        # or nv12
+      backend: auto      # auto | nvdec | cpu
+      emit_batch: 8
+      loop: true         # replay, for benchmarks
+      max_frames: 3000
+
+Example (Python):
+    >>> import tempfile, pathlib
+    >>> from streamflow.testing import ListSink
+    >>> from streamflow import Pipeline
+    >>> from streamflow.video.synth import write_clip
+    >>> clip = write_clip(pathlib.Path(tempfile.mkdtemp()) / "x.mp4", width=64, height=48, frames=4)
+    >>> sink = ListSink()
+    >>> _ = Pipeline([Decode(uri=str(clip), name="cam"), sink], device="cpu").run_sync()
+    >>> [(f.source_id, f.index, tuple(f.image.shape)) for f in sink.frames][:2]
+    [('cam', 0, (3, 48, 64)), ('cam', 1, (3, 48, 64))]
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from streamflow.frame import Batch, Frame, Item, PixelFormat
+from streamflow.stage import Source, StageConfig
+from streamflow.video.probe import Probe, VideoInputError, is_url, probe
+from streamflow.video.pyav_decode import PyAVDecoder
+
+__all__ = ["Decode", "DecodeBackend", "DecodeFormat"]
+
+log = logging.getLogger(__name__)
+
+# Frames per NVDEC batch call when frames are emitted one by one: enough to amortise the Python
+# round trip, small enough to keep latency and pool memory low.
+_NVDEC_BATCH = 8
+# Containers whose index gives PyNvVideoCodec's batch decoders a frame count (they need one).
+_INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+
+
+class DecodeBackend(enum.StrEnum):
+    """Which decoder to use."""
+
+    AUTO = "auto"  # NVDEC on a CUDA device when it supports the stream, else PyAV (one warning)
+    NVDEC = "nvdec"  # NVDEC or a clear error
+    CPU = "cpu"  # PyAV on the CPU (frames moved to the stage's device)
+
+
+class DecodeFormat(enum.StrEnum):
+    """Layout of the decoded frames."""
+
+    NV12 = "nv12"  # as decoded: uint8 (H*3//2, W)
+    RGB = "rgb"  # uint8 (3, H, W), converted with the stream's matrix and range
+
+
+class _Path(enum.Enum):
+    CPU = "pyav"
+    NVDEC_FILE = "nvdec-batch"
+    NVDEC_PACKETS = "nvdec-packets"
+
+
+class Decode(Source):
+    """Decode `uri` into frames; see the module docstring for the options and behaviour."""
+
+    class Config(StageConfig):
+        uri: str = Field(min_length=1)
+        backend: DecodeBackend = DecodeBackend.AUTO
+        format: DecodeFormat = DecodeFormat.RGB
+        loop: bool = False
+        max_frames: int | None = Field(default=None, ge=1)
+        start: float | None = Field(default=None, ge=0, description="seconds")
+        end: float | None = Field(default=None, gt=0, description="seconds")
+        emit_batch: int = Field(default=1, ge=1, description="frames per emitted Batch; 1 emits Frames")
+        source_id: str | None = Field(default=None, description="default: the stage name")
+
+        @model_validator(mode="after")
+        def _check_times(self) -> Decode.Config:
+            if self.start is not None and self.end is not None and self.end <= self.start:
+                raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+            return self
+
+    uses_gpu: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.probe: Probe | None = None
+        self.path: _Path = _Path.CPU
+
+    @property
+    def source_id(self) -> str:
+        return self.config.source_id or self.name
+
+    # -- setup: probe and choose the decoder ------------------------------------------------------
+    def setup(self) -> None:
+        config = self.config
+        if config.backend is DecodeBackend.NVDEC and not self.on_gpu:
+            raise VideoInputError(f"cannot decode {config.uri!r} with backend nvdec: stage device is {self.device}")
+        self.probe = probe(config.uri)
+        self.path = self._choose_path(self.probe)
+        log.debug("%s: decoding %s via %s", self.name, config.uri, self.path.value)
+
+    def _choose_path(self, found: Probe) -> _Path:
+        config = self.config
+        if config.backend is DecodeBackend.CPU or not self.on_gpu:
+            return _Path.CPU
+        from streamflow.video.nvdec import NvdecError, nvdec_unsupported_reason
+
+        try:
+            reason = nvdec_unsupported_reason(found)
+        except NvdecError as error:
+            reason = str(error)
+        if reason is not None:
+            if config.backend is DecodeBackend.NVDEC:
+                raise VideoInputError(f"cannot decode {config.uri!r} with NVDEC: {reason}")
+            log.warning("%s: %s: %s; decoding with PyAV on the CPU", self.name, config.uri, reason)
+            return _Path.CPU
+        indexed = any(name in found.container for name in _INDEXED_CONTAINERS)
+        if not is_url(config.uri) and indexed and found.info.frame_count:
+            return _Path.NVDEC_FILE
+        return _Path.NVDEC_PACKETS
+
+    # -- generate ---------------------------------------------------------------------------------
+    def generate(self) -> Iterator[Item]:
+        group: list[Frame] = []
+        size = self.config.emit_batch
+        produced = 0
+        for frame in self._frames():
+            produced += 1
+            if size == 1:
+                yield frame
+                continue
+            group.append(frame)
+            if len(group) >= size:
+                yield Batch(group)
+                group = []
+        if group:
+            yield Batch(group)
+        if produced == 0 and not self.stopping.is_set():
+            bad = int(self.counters.get("bad_packets", 0))
+            raise VideoInputError(f"cannot read video {self.config.uri!r}: no decodable frame ({bad} bad packets)")
+
+    def _frames(self) -> Iterator[Frame]:
+        """All frames over every loop pass, with pts and index continuing across passes."""
+        config = self.config
+        assert self.probe is not None, "setup() runs before generate()"
+        info = self.probe.info
+        ticks = max(1, round(1 / ((info.fps or Fraction(30)) * info.time_base)))
+        index = 0
+        pts_offset = 0
+        while True:
+            first_pts: int | None = None
+            last_pts: int | None = None
+            for frame in self._one_pass(None if config.max_frames is None else config.max_frames - index):
+                if first_pts is None:
+                    first_pts = frame.pts
+                last_pts = frame.pts
+                if frame.pts is not None:
+                    frame.pts += pts_offset
+                frame.index = index
+                frame.source_id = self.source_id
+                index += 1
+                yield frame
+                if config.max_frames is not None and index >= config.max_frames:
+                    return
+                if self.stopping.is_set():
+                    return
+            if not config.loop or last_pts is None or self.stopping.is_set():
+                return
+            # The replay continues the timeline one frame after the last frame shown.
+            pts_offset += last_pts - (first_pts or 0) + ticks
+            self.count("loops")
+
+    def _one_pass(self, limit: int | None) -> Iterator[Frame]:
+        if self.path is _Path.NVDEC_FILE:
+            yield from self._nvdec_file_pass(limit)
+        elif self.path is _Path.NVDEC_PACKETS:
+            yield from self._nvdec_packet_pass()
+        else:
+            yield from self._cpu_pass()
+
+    def _cpu_pass(self) -> Iterator[Frame]:
+        config = self.config
+        decoder = PyAVDecoder(
+            config.uri,
+            output=PixelFormat(config.format.value),
+            start=config.start,
+            end=config.end,
+            source_id=self.source_id,
+            should_stop=self.stopping.is_set,
+        )
+        reported: dict[str, int] = {}
+        for frame in decoder:
+            self._sync_counters(decoder.stats, reported)
+            if self.on_gpu:
+                frame.image = frame.image.to(self.device, non_blocking=True)
+            yield frame
+        self._sync_counters(decoder.stats, reported)
+
+    def _nvdec_file_pass(self, limit: int | None) -> Iterator[Frame]:
+        from streamflow.video.nvdec import NvdecFileDecoder
+
+        config = self.config
+        assert self.probe is not None
+        info = self.probe.info
+        start_frame = round(config.start * float(info.fps)) if config.start and info.fps else 0
+        decoder = NvdecFileDecoder(
+            config.uri,
+            self.probe,
+            output=PixelFormat(config.format.value),
+            batch_size=max(config.emit_batch, _NVDEC_BATCH),
+            gpu_id=self.device.index or 0,
+            start_frame=start_frame,
+            source_id=self.source_id,
+        )
+        for batch in decoder.batches(max_frames=limit):
+            for frame in batch:
+                if config.end is not None and frame.time is not None and frame.time >= config.end - 1e-9:
+                    return
+                yield frame
+            if self.stopping.is_set():
+                return
+
+    def _nvdec_packet_pass(self) -> Iterator[Frame]:
+        from streamflow.video.nvdec import packet_decode_frames
+
+        config = self.config
+        assert self.probe is not None
+        stats: dict[str, int] = {"bad_packets": 0}
+        reported: dict[str, int] = {}
+        for frame in packet_decode_frames(
+            config.uri,
+            self.probe,
+            gpu_id=self.device.index or 0,
+            output=PixelFormat(config.format.value),
+            source_id=self.source_id,
+            stats=stats,
+            should_stop=self.stopping.is_set,
+        ):
+            self._sync_counters(stats, reported)
+            if config.start is not None and frame.time is not None and frame.time < config.start - 1e-9:
+                continue
+            if config.end is not None and frame.time is not None and frame.time >= config.end - 1e-9:
+                return
+            yield frame
+        self._sync_counters(stats, reported)
+
+    def _sync_counters(self, stats: dict[str, int], reported: dict[str, int]) -> None:
+        """Publish what the decoder counted since the last call as stage counters."""
+        for name in ("bad_packets", "resolution_changes"):
+            value = stats.get(name, 0)
+            if value > reported.get(name, 0):
+                self.count(name, value - reported.get(name, 0))
+                reported[name] = value

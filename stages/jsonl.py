@@ -1,0 +1,110 @@
+"""`jsonl`: write one JSON object per frame (detections, scores, landmarks...) to a file.
+
+Each line holds `source_id`, `index`, `pts` (seconds, or null), `width`/`height` when known and
+`results`: everything the frame carries, with tensors and arrays converted to lists (boxes stay
+as the xyxy pixel coordinates postprocessing put there). Each line is written with a single
+unbuffered `write`, so a crash never leaves half a line and readers see lines as they come.
+
+Example (YAML):
+    - name: detections
+      type: jsonl
+      path: out/detections.jsonl
+
+Example (Python):
+    >>> import json, tempfile, pathlib, torch
+    >>> from streamflow.testing import make_frames, run_stage
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.jsonl"
+    >>> frames = make_frames(2)
+    >>> frames[0].results["boxes"] = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    >>> _ = run_stage(JsonlSink(path=str(path)), frames)
+    >>> json.loads(path.read_text().splitlines()[0])["results"]
+    {'boxes': [[1.0, 2.0, 3.0, 4.0]]}
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from streamflow.frame import Batch, Frame
+from streamflow.stage import Stage, StageConfig, StageOutput
+
+__all__ = ["JsonlSink", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert results to plain JSON types: tensors/arrays to (nested) lists, NaN/inf to null.
+
+    Example:
+        >>> to_jsonable({"s": torch.tensor([0.5, float("nan")]), "n": np.int64(3)})
+        {'s': [0.5, None], 'n': 3}
+    """
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: to_jsonable(getattr(value, name)) for name in value.__dataclass_fields__}
+    return str(value)
+
+
+class JsonlSink(Stage):
+    """Append one JSON line per frame to `path` (created or truncated at setup)."""
+
+    class Config(StageConfig):
+        path: str = Field(min_length=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._file: IO[bytes] | None = None
+
+    def setup(self) -> None:
+        path = Path(self.config.path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot write {self.config.path!r}: directory {str(path.parent)!r} does not exist")
+        # Unbuffered binary: each line goes to the OS in one write() call, never split across two.
+        self._file = path.open("wb", buffering=0)
+
+    @staticmethod
+    def record(frame: Frame) -> dict[str, Any]:
+        """The JSON object written for `frame`."""
+        line: dict[str, Any] = {"source_id": frame.source_id, "index": frame.index, "pts": frame.time}
+        if frame.info is not None:
+            line["width"], line["height"] = frame.info.width, frame.info.height
+        line["results"] = to_jsonable(frame.results)
+        return line
+
+    def process(self, item: Frame | Batch) -> StageOutput:
+        assert self._file is not None, "setup() runs before process()"
+        for frame in item.frames:
+            data = (json.dumps(self.record(frame), separators=(",", ":"), allow_nan=False) + "\n").encode()
+            written = self._file.write(data)
+            if written != len(data):
+                # A short write (disk full) would leave a partial line; a second write completes it.
+                self._file.write(data[written or 0 :])
+        self.count("lines", len(item.frames))
+        return None
+
+    def teardown(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,174 @@
+"""ONNX -> torch (onnx2torch), run eagerly or replayed from a CUDA graph on the stage's stream.
+
+The model's input dims are rewritten to the configured shapes first (`with_static_input_shape`), then
+converted and moved to the device in the chosen precision. On a GPU with fixed shapes the forward
+pass is captured once in a CUDA graph: `infer` copies the batch into the graph's static input buffer
+on the current stream, replays the graph there and copies the outputs out (the static output buffers
+are overwritten by the next replay, and downstream stages may still be reading the previous ones).
+A partial batch is copied into the first rows of the static input and its outputs sliced back, so
+no padding tensor is built.
+
+Example (CPU, eager):
+    >>> import torch, tempfile, pathlib
+    >>> from streamflow.inference.base import InputSpec
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.onnx"
+    >>> torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.rand(1, 3, 8, 8),), str(path),
+    ...                   input_names=["x"], output_names=["y"], dynamo=False)
+    >>> backend = TorchBackend(path, {"x": InputSpec.static("x", [2, 3, 8, 8])})
+    >>> backend.load()
+    >>> backend.infer({"x": torch.rand(2, 3, 8, 8)})["y"].shape
+    torch.Size([2, 2, 8, 8])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx
+import torch
+
+from streamflow.inference.base import BackendKind, CudaGraphMode, InferenceBackend, InputSpec, ModelError, Precision
+from streamflow.inference.onnx_tools import (
+    check_model_inputs,
+    graph_inputs,
+    graph_outputs,
+    load_onnx,
+    with_static_input_shape,
+)
+
+__all__ = ["TorchBackend"]
+
+log = logging.getLogger(__name__)
+
+_WARMUP_RUNS = 3  # cuDNN picks algorithms and allocators settle before capture
+
+
+class TorchBackend(InferenceBackend):
+    """onnx2torch conversion, eager or CUDA-graph replay. See the module docstring."""
+
+    kind: ClassVar[BackendKind] = BackendKind.TORCH
+
+    def __init__(
+        self,
+        model: str | Path,
+        inputs: Mapping[str, InputSpec],
+        *,
+        precision: Precision = Precision.FP32,
+        device: torch.device | str = "cpu",
+        cuda_graph: CudaGraphMode = CudaGraphMode.AUTO,
+    ) -> None:
+        super().__init__(model, inputs, precision=precision, device=device)
+        self.cuda_graph_mode = CudaGraphMode(cuda_graph)
+        if self.cuda_graph_mode is CudaGraphMode.ON and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph on needs a CUDA device, but this runs on {self.device}: use auto or off")
+        self.module: torch.nn.Module | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._graph_batch: int | None = None
+        self._static_inputs: dict[str, torch.Tensor] = {}
+        self._static_outputs: dict[str, torch.Tensor] = {}
+        self._input_order: list[str] = []
+        self._input_dtypes: dict[str, torch.dtype] = {}
+
+    @property
+    def uses_cuda_graph(self) -> bool:
+        if self.device.type != "cuda" or self.cuda_graph_mode is CudaGraphMode.OFF:
+            return False
+        return self.cuda_graph_mode is CudaGraphMode.ON or not any(s.dynamic for s in self.inputs.values())
+
+    @property
+    def fixed_batch(self) -> int | None:
+        if self.uses_cuda_graph:
+            return self.max_batch
+        return super().fixed_batch
+
+    def load(self) -> None:
+        from onnx2torch import convert  # heavy import, only when this backend is used
+
+        onnx_model = load_onnx(self.model_path)
+        check_model_inputs(graph_inputs(onnx_model), self.inputs, self.model_path)
+        dims = {n: ["batch" if s.dynamic else s.opt_batch, *s.frame_shape] for n, s in self.inputs.items()}
+        onnx_model = with_static_input_shape(onnx_model, dims)
+        self.outputs = list(graph_outputs(onnx_model))
+        try:
+            module = convert(onnx_model)
+        except Exception as error:  # onnx2torch raises NotImplementedError and others for unsupported ops
+            raise ModelError(f"onnx2torch cannot convert {self.model_path.name}: {error}") from error
+        self.module = module.eval().to(device=self.device, dtype=self.precision.dtype)
+        self._input_order = [vi.name for vi in onnx_model.graph.input]
+        self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
+        if self.uses_cuda_graph:
+            self._capture()
+        mode = f"CUDA graph at batch {self._graph_batch}" if self.graph is not None else "eager"
+        self.description = f"torch {torch.__version__} (onnx2torch) on {self.device}, {self.precision}, {mode}"
+
+    def _dtype_of(self, elem_type: int) -> torch.dtype:
+        """Float inputs take the chosen precision; others (ids, masks) keep the model's type."""
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        if np_type.kind == "f":
+            return self.precision.dtype
+        return torch.from_numpy(np.zeros(0, dtype=np_type)).dtype
+
+    def _forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        assert self.module is not None, "load() first"
+        args = [inputs[name] for name in self._input_order]
+        out = self.module(*args)
+        tensors = [out] if isinstance(out, torch.Tensor) else list(out)
+        if len(tensors) != len(self.outputs):
+            raise ModelError(f"converted model returned {len(tensors)} outputs, the graph declares {len(self.outputs)}")
+        return dict(zip(self.outputs, tensors, strict=True))
+
+    def _capture(self) -> None:
+        batch = self.max_batch
+        self._static_inputs = {
+            name: torch.zeros(spec.shape_for(batch), dtype=self._input_dtypes[name], device=self.device)
+            for name, spec in self.inputs.items()
+        }
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.no_grad():
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP_RUNS):
+                    self._forward(self._static_inputs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other stages' threads may touch CUDA while this one captures.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._static_outputs = self._forward(self._static_inputs)
+        self.graph = graph
+        self._graph_batch = batch
+
+    def infer(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_inputs(inputs)
+        return self._run(inputs)
+
+    def infer_partial(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Like `infer`, but a batch smaller than `fixed_batch` is fine (CUDA graph: no pad tensor)."""
+        if self.graph is None:
+            return super().infer_partial(inputs)
+        self.check_inputs(inputs, partial=True)
+        return self._run(inputs)
+
+    def _run(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            if self.graph is None:
+                feed = {
+                    n: t.to(device=self.device, dtype=self._input_dtypes[n], non_blocking=True)
+                    for n, t in inputs.items()
+                }
+                return self._forward(feed)
+            count = next(iter(inputs.values())).shape[0]
+            for name, tensor in inputs.items():
+                self._static_inputs[name][:count].copy_(tensor, non_blocking=True)
+            self.graph.replay()
+            return {name: out[:count].clone() for name, out in self._static_outputs.items()}
+
+    def close(self) -> None:
+        self.graph = None
+        self._static_inputs.clear()
+        self._static_outputs.clear()
+        self.module = None

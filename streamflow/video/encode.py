@@ -1,0 +1,450 @@
+"""Video writing: MP4/MKV with correct timestamps, NVENC where it exists, else PyAV libx264/libx265.
+
+`VideoWriter` takes RGB `(3, H, W)` or NV12 `(H*3//2, W)` uint8 tensors (CPU or CUDA) with their pts
+and writes them in arrival order. The backend is chosen once:
+
+- `nvenc`: PyNvVideoCodec encodes the CUDA tensor directly; PyAV muxes the Annex B bitstream.
+  NVENC is detected by `nvenc_probe()`, which opens a real encode session (NVML reports an encoder
+  on H100/H200, which have none) and caches the answer per GPU.
+- `cpu`: the frame is copied to pinned host memory on the current CUDA stream (the caller's
+  stage stream) and encoded by PyAV with libx264/libx265.
+
+The container is finalized on `close()`, also when writing failed, so the file stays playable.
+
+Example:
+    >>> import tempfile, pathlib, torch
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "out.mp4"
+    >>> with VideoWriter(path, fps=30, backend="cpu") as writer:
+    ...     for i in range(3):
+    ...         writer.write(torch.full((3, 48, 64), 40 * i, dtype=torch.uint8), pts=i, time_base=Fraction(1, 30))
+    >>> writer.frames
+    3
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import torch
+
+from streamflow.frame import PixelFormat
+from streamflow.ops.color import rgb_to_nv12
+
+if TYPE_CHECKING:
+    import av.container
+    import av.video.stream
+
+__all__ = [
+    "AnnexBMuxer",
+    "EncodeBackend",
+    "EncodeError",
+    "NvencProbe",
+    "VideoCodec",
+    "VideoWriter",
+    "nvenc_probe",
+]
+
+log = logging.getLogger(__name__)
+
+_CPU_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
+
+
+class VideoCodec(enum.StrEnum):
+    """Output video codec."""
+
+    H264 = "h264"
+    HEVC = "hevc"
+
+
+class EncodeBackend(enum.StrEnum):
+    """Which encoder writes the bitstream."""
+
+    AUTO = "auto"  # NVENC when a session opens on this GPU, else CPU (with one warning)
+    NVENC = "nvenc"  # NVENC or an error
+    CPU = "cpu"  # PyAV libx264/libx265
+
+
+class EncodeError(RuntimeError):
+    """The output cannot be written. The message is one line naming the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class NvencProbe:
+    """Result of trying to open an NVENC session."""
+
+    available: bool
+    reason: str  # why not, or the encoder that opened
+
+
+_probe_lock = threading.Lock()
+
+
+@functools.cache
+def _probe_cached(gpu_id: int, codec: str) -> NvencProbe:
+    if not torch.cuda.is_available():
+        return NvencProbe(False, "no CUDA device")
+    result: list[NvencProbe] = []
+    # A refused session (H100) leaves PyNvVideoCodec's CUDA context current in the calling thread
+    # (measured: later torch calls in that thread fail with "invalid resource handle"). Context
+    # stacks are per thread, so the probe runs in a thread of its own that ends with it.
+    worker = threading.Thread(target=lambda: result.append(_open_session(gpu_id, codec)), name="nvenc-probe")
+    worker.start()
+    worker.join()
+    return result[0] if result else NvencProbe(False, "the NVENC probe thread failed")
+
+
+def _open_session(gpu_id: int, codec: str) -> NvencProbe:
+    from streamflow.video.nvdec import NvdecError, import_nvc
+
+    try:
+        nvc = import_nvc()
+    except NvdecError as error:
+        return NvencProbe(False, str(error))
+    try:
+        with torch.cuda.device(gpu_id):
+            encoder = nvc.CreateEncoder(256, 256, "NV12", False, codec=codec, gpu_id=gpu_id)
+            del encoder
+    except Exception as error:  # a refused session (error 2 on H100) is the answer, not a failure
+        return NvencProbe(False, f"opening an NVENC session failed: {_one_line(error)}")
+    return NvencProbe(True, f"NVENC {codec} session opened on GPU {gpu_id}")
+
+
+def _one_line(error: BaseException) -> str:
+    """PyNvVideoCodec's multi-line messages ("PyNvEncoderCaps :\nError code : 2\n...\nat file:line") in one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith("at ")]
+    text = " ".join(line for line in lines if not line.endswith(":")) or type(error).__name__
+    return text[:240]
+
+
+def nvenc_probe(gpu_id: int = 0, codec: str = "h264") -> NvencProbe:
+    """Whether NVENC can encode `codec` on `gpu_id`, by opening (and closing) a real session. Cached.
+
+    Example:
+        >>> nvenc_probe().available if not torch.cuda.is_available() else False
+        False
+    """
+    with _probe_lock:
+        return _probe_cached(gpu_id, codec)
+
+
+def _container_format(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".mp4", ".m4v", ".mov"):
+        return "mp4"
+    if suffix == ".mkv":
+        return "matroska"
+    return None
+
+
+class VideoWriter:
+    """Write frames to an MP4/MKV file; see the module docstring.
+
+    - `fps`: nominal frame rate (written as the stream's rate; used for frames without pts).
+    - `crf` (CPU) or `bitrate` (bits/s; both backends): quality; default CRF 23 / NVENC's default.
+    - `preset`: encoder preset (libx264 names like `veryfast`; NVENC `P1`..`P7`).
+    - `backend`: `auto`, `nvenc` or `cpu`. `gpu_id`: GPU for NVENC and the probe.
+
+    Frames are written in arrival order. A frame whose pts is missing or not after the previous
+    one gets the previous pts plus one frame duration, so the output's timeline never goes back.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fps: float | Fraction | None = None,
+        codec: VideoCodec | str = VideoCodec.H264,
+        crf: int | None = None,
+        bitrate: int | None = None,
+        preset: str | None = None,
+        backend: EncodeBackend | str = EncodeBackend.AUTO,
+        gpu_id: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.codec = VideoCodec(codec)
+        self.fps = Fraction(fps).limit_denominator(1001000) if fps else None
+        self.crf = crf
+        self.bitrate = bitrate
+        self.preset = preset
+        self.requested = EncodeBackend(backend)
+        self.gpu_id = gpu_id
+        self.backend: EncodeBackend | None = None
+        self.frames = 0
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._time_base: Fraction | None = None
+        self._first_pts: int | None = None
+        self._last_pts: int | None = None
+        self._ticks = 1
+        self._size: tuple[int, int] | None = None
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._nvenc: Any = None
+        self._annexb: AnnexBMuxer | None = None
+        self._closed = False
+        if _container_format(self.path) is None:
+            raise EncodeError(f"cannot write {str(self.path)!r}: unsupported container (use .mp4 or .mkv)")
+        if not self.path.parent.exists():
+            raise EncodeError(f"cannot write {str(self.path)!r}: directory {str(self.path.parent)!r} does not exist")
+
+    # -- public API -------------------------------------------------------------------------------
+    def write(
+        self,
+        image: torch.Tensor,
+        fmt: PixelFormat | str = PixelFormat.RGB,
+        *,
+        pts: int | None = None,
+        time_base: Fraction | None = None,
+    ) -> None:
+        """Encode one frame: RGB `(3, H, W)` or NV12 `(H*3//2, W)` uint8, on CPU or CUDA."""
+        if self._closed:
+            raise EncodeError(f"cannot write {str(self.path)!r}: writer is closed")
+        fmt = PixelFormat(fmt)
+        width, height = _frame_size(image, fmt)
+        if self._size is None:
+            self._open(width, height, image.device, time_base)
+        elif (width, height) != self._size:
+            raise EncodeError(
+                f"cannot write {str(self.path)!r}: frame size changed from {self._size[0]}x{self._size[1]} "
+                f"to {width}x{height} mid-stream"
+            )
+        out_pts = self._next_pts(pts, time_base)
+        try:
+            if self.backend is EncodeBackend.NVENC:
+                self._write_nvenc(image, fmt, out_pts)
+            else:
+                self._write_cpu(image, fmt, out_pts)
+        except EncodeError:
+            raise
+        except Exception as error:
+            raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from error
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the container. Idempotent; finalizes also after errors."""
+        if self._closed:
+            return
+        self._closed = True
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            if self.backend is EncodeBackend.NVENC and self._nvenc is not None and self._annexb is not None:
+                self._annexb.mux(bytes(self._nvenc.EndEncode()), None)
+            elif self._stream is not None:
+                container.mux(self._stream.encode(None))
+        finally:
+            container.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- opening ----------------------------------------------------------------------------------
+    def _open(self, width: int, height: int, device: torch.device, time_base: Fraction | None) -> None:
+        import av
+
+        if width % 2 or height % 2:
+            raise EncodeError(f"cannot write {str(self.path)!r}: {width}x{height} has an odd dimension (4:2:0 output)")
+        self._size = (width, height)
+        rate = self.fps or (Fraction(1) / time_base if time_base and time_base >= Fraction(1, 240) else Fraction(30))
+        self.fps = rate
+        self._time_base = time_base or 1 / rate
+        self._ticks = max(1, round(1 / (rate * self._time_base)))
+        self.backend = self._choose_backend(device)
+        try:
+            self._container = av.open(str(self.path), "w", format=_container_format(self.path))
+        except (av.error.FFmpegError, OSError) as error:
+            raise EncodeError(
+                f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"
+            ) from error
+        if self.backend is EncodeBackend.NVENC:
+            self._open_nvenc(width, height)
+            return
+        stream = cast("av.video.stream.VideoStream", self._container.add_stream(_CPU_ENCODERS[self.codec], rate=rate))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = self._time_base
+        cc = stream.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
+        options: dict[str, object] = {"preset": self.preset or "veryfast"}
+        if self.bitrate:
+            cc.bit_rate = int(self.bitrate)
+        else:
+            options["crf"] = str(self.crf if self.crf is not None else 23)
+        if self.codec is VideoCodec.HEVC:
+            options["x265-params"] = "log-level=error"
+        stream.options = options
+        self._stream = stream
+
+    def _choose_backend(self, device: torch.device) -> EncodeBackend:
+        if self.requested is EncodeBackend.CPU:
+            return EncodeBackend.CPU
+        gpu = self.gpu_id if self.gpu_id is not None else (device.index or 0 if device.type == "cuda" else 0)
+        self.gpu_id = gpu
+        probe = nvenc_probe(gpu, self.codec.value)
+        if probe.available:
+            return EncodeBackend.NVENC
+        if self.requested is EncodeBackend.NVENC:
+            raise EncodeError(f"cannot write {str(self.path)!r} with NVENC: {probe.reason}")
+        log.warning(
+            "%s: NVENC unavailable (%s); encoding on the CPU with %s",
+            self.path,
+            probe.reason,
+            _CPU_ENCODERS[self.codec],
+        )
+        return EncodeBackend.CPU
+
+    # -- timestamps -------------------------------------------------------------------------------
+    def _next_pts(self, pts: int | None, time_base: Fraction | None) -> int:
+        assert self._time_base is not None
+        if pts is not None and time_base is not None and time_base != self._time_base:
+            pts = round(pts * time_base / self._time_base)
+        if pts is not None and self._first_pts is None:
+            self._first_pts = pts
+        if pts is None or self._last_pts is None:
+            out = 0 if self._last_pts is None else self._last_pts + self._ticks
+        else:
+            out = pts - (self._first_pts or 0)
+            if out <= self._last_pts:
+                out = self._last_pts + self._ticks
+        self._last_pts = out
+        return out
+
+    # -- CPU path ---------------------------------------------------------------------------------
+    def _to_host(self, tensor: torch.Tensor) -> np.ndarray:
+        if tensor.device.type != "cuda":
+            return tensor.contiguous().numpy()
+        # Pinned staging buffer, copied on the current (stage) stream; only this frame is waited for.
+        buffer = self._pinned.get(tuple(tensor.shape))
+        if buffer is None:
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._pinned[tuple(tensor.shape)] = buffer
+        buffer.copy_(tensor, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(tensor.device))
+        done.synchronize()
+        return buffer.numpy()
+
+    def _write_cpu(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
+        import av
+
+        assert self._container is not None and self._stream is not None
+        if fmt is PixelFormat.RGB:
+            hwc = self._to_host(image.permute(1, 2, 0).contiguous())
+            frame = av.VideoFrame.from_ndarray(hwc, format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+        else:
+            frame = av.VideoFrame.from_ndarray(self._to_host(image), format="nv12")
+        frame.colorspace, frame.color_range = 1, 1
+        frame.pts = pts
+        frame.time_base = self._time_base
+        self._container.mux(self._stream.encode(frame))
+
+    # -- NVENC path -------------------------------------------------------------------------------
+    def _open_nvenc(self, width: int, height: int) -> None:
+        from streamflow.video.nvdec import import_nvc
+
+        nvc = import_nvc()
+        options: dict[str, Any] = {"codec": self.codec.value, "gpu_id": self.gpu_id, "bf": 0}
+        options["fps"] = round(float(self.fps or 30))
+        options["preset"] = self.preset or "P4"
+        if self.bitrate:
+            options["bitrate"] = int(self.bitrate)
+        with torch.cuda.device(self.gpu_id or 0):
+            self._nvenc = nvc.CreateEncoder(width, height, "NV12", False, **options)
+        assert self._container is not None and self._time_base is not None
+        self._annexb = AnnexBMuxer(self._container, self.codec.value, self._time_base)
+
+    def _write_nvenc(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
+        nv12 = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
+        nv12 = nv12.to(torch.device("cuda", self.gpu_id or 0)).contiguous()
+        # NVENC ignores the producer's stream: wait until the frame is written before handing it over.
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(nv12.device))
+        done.synchronize()
+        assert self._annexb is not None
+        self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts)
+
+
+class AnnexBMuxer:
+    """Mux an already encoded Annex B H.264/HEVC bitstream (NVENC's output) into `container`.
+
+    The stream's codec parameters are parsed from the first access unit (which carries the
+    parameter sets): adding a stream by codec name would open a libx264 encoder and write its
+    headers instead of the real bitstream's. Packets have no B-frames, so dts = pts.
+
+    Example:
+        >>> import av, tempfile, pathlib
+        >>> from fractions import Fraction
+        >>> cc = av.CodecContext.create("libx264", "w")
+        >>> cc.width, cc.height, cc.pix_fmt, cc.time_base = 64, 48, "yuv420p", Fraction(1, 30)
+        >>> cc.max_b_frames = 0  # like NVENC with bf=0: dts = pts
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "annexb.mp4"
+        >>> with av.open(str(path), "w") as out:
+        ...     muxer = AnnexBMuxer(out, "h264", Fraction(1, 30))
+        ...     frame = av.VideoFrame(64, 48, "yuv420p")
+        ...     for i in range(3):
+        ...         frame.pts = i
+        ...         for p in cc.encode(frame):
+        ...             muxer.mux(bytes(p), p.pts)
+        ...     for p in cc.encode(None):
+        ...         muxer.mux(bytes(p), p.pts)
+        >>> with av.open(str(path)) as inp:
+        ...     len(list(inp.decode(video=0)))
+        3
+    """
+
+    def __init__(self, container: av.container.OutputContainer, codec: str, time_base: Fraction) -> None:
+        self.container = container
+        self.codec = codec
+        self.time_base = time_base
+        self.stream: av.video.stream.VideoStream | None = None
+        self._last_pts = -1
+
+    def mux(self, data: bytes, pts: int | None) -> None:
+        """Write one access unit; `pts` in `time_base` units (None: one tick after the previous)."""
+        import av
+
+        if not data:
+            return
+        if self.stream is None:
+            self.stream = self._stream_from(data)
+        packet = av.Packet(data)
+        packet.stream = self.stream
+        packet.time_base = self.time_base
+        pts = self._last_pts + 1 if pts is None else pts
+        packet.pts = packet.dts = pts
+        self._last_pts = pts
+        self.container.mux(packet)
+
+    def _stream_from(self, first: bytes) -> av.video.stream.VideoStream:
+        import av
+
+        with av.open(io.BytesIO(first), "r", format=self.codec) as parsed:
+            stream = self.container.add_stream_from_template(parsed.streams.video[0])
+        stream.time_base = self.time_base
+        return stream
+
+
+def _frame_size(image: torch.Tensor, fmt: PixelFormat) -> tuple[int, int]:
+    if image.dtype != torch.uint8:
+        raise EncodeError(f"frames to encode must be uint8, got {image.dtype}")
+    if fmt is PixelFormat.RGB:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise EncodeError(f"RGB frames to encode must be (3, H, W), got {tuple(image.shape)}")
+        return int(image.shape[2]), int(image.shape[1])
+    if fmt is PixelFormat.NV12:
+        if image.dim() != 2 or image.shape[0] % 3:
+            raise EncodeError(f"NV12 frames to encode must be (H*3//2, W), got {tuple(image.shape)}")
+        return int(image.shape[1]), int(image.shape[0] * 2 // 3)
+    raise EncodeError(f"cannot encode {fmt.value} frames: use rgb or nv12")

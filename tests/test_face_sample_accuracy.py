@@ -1,0 +1,145 @@
+"""Face detection accuracy on the shipped sample (samples/faces.mp4) against its true boxes.
+
+preprocess (letterbox 1280x720 -> 384x640) -> CenterFace -> centerface decode, on the CPU with ONNX
+Runtime, and on the GPU with the same model through onnx2torch (fp16). Targets: recall and precision
+>= 0.95 at IoU >= 0.5; the GPU's boxes match the CPU's at IoU >= 0.9.
+
+To stay quick on CI's two cores the CPU test scores every second frame (60 frames, 180 faces);
+`STREAMFLOW_ACCURACY_STEP=1` scores all 120.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import av
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from stages.centerface import CenterFacePostprocess
+from stages.preprocess import Preprocess
+from streamflow.detection import agreement, precision_recall
+from streamflow.frame import Batch, Frame, PixelFormat
+from streamflow.models import centerface as cf
+from streamflow.testing import run_stage
+from streamflow.video.synth import write_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT / "samples" / "faces.mp4"
+TRUTH = ROOT / "samples" / "faces_boxes.json"
+HEIGHT, WIDTH = 384, 640
+STEP = int(os.environ.get("STREAMFLOW_ACCURACY_STEP", "2"))
+BATCH = 8
+
+
+def sample_frames(clip: Path = CLIP, step: int = STEP) -> list[Frame]:
+    """Every `step`-th frame of a clip as NV12 (as the decoder delivers them), index = frame number."""
+    frames = []
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        for i, decoded in enumerate(container.decode(stream)):
+            if i % step:
+                continue
+            nv12 = torch.from_numpy(decoded.to_ndarray(format="nv12"))
+            tb = stream.time_base
+            assert tb is not None
+            frames.append(Frame(image=nv12, pts=decoded.pts, time_base=tb, index=i, format=PixelFormat.NV12))
+    return frames
+
+
+def true_boxes(frames: list[Frame]) -> list[torch.Tensor]:
+    truth = json.loads(TRUTH.read_text())
+    by_index = {f["index"]: torch.tensor(f["boxes"]).reshape(-1, 4) for f in truth["frames"]}
+    return [by_index[f.index] for f in frames]
+
+
+def detect(frames: list[Frame], run_model, device: str) -> list[Frame]:  # type: ignore[no-untyped-def]
+    """preprocess -> model -> centerface over `frames` in batches; returns the frames with results."""
+    batches = [Batch(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)]
+    prepared = run_stage(Preprocess(width=WIDTH, height=HEIGHT), batches, device=device)
+    for batch in prepared:
+        assert isinstance(batch, Batch) and batch.data is not None
+        batch.results.update(run_model(batch.data))
+    decoded = run_stage(CenterFacePostprocess(), prepared, device=device)
+    return [frame for batch in decoded for frame in batch.frames]
+
+
+def onnxruntime_model(tmp: Path):  # type: ignore[no-untyped-def]
+    path = cf.reshape_model(HEIGHT, WIDTH, batch=None, dst=tmp / "centerface.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run_model(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = session.run(list(cf.OUTPUT_NAMES), {cf.INPUT_NAME: x.numpy()})
+        return {name: torch.from_numpy(o) for name, o in zip(cf.OUTPUT_NAMES, outs, strict=True)}
+
+    return run_model
+
+
+@pytest.fixture(scope="module")
+def cpu_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return onnxruntime_model(tmp_path_factory.mktemp("cf"))
+
+
+@pytest.fixture(scope="module")
+def cpu_detections(cpu_model) -> list[Frame]:  # type: ignore[no-untyped-def]
+    return detect(sample_frames(), cpu_model, "cpu")
+
+
+def test_sample_and_truth_agree() -> None:
+    truth = json.loads(TRUTH.read_text())
+    with av.open(str(CLIP)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", truth["width"], truth["height"])
+        assert stream.frames == len(truth["frames"]) == 120
+    heights = [b[3] - b[1] for f in truth["frames"] for b in f["boxes"]]
+    assert min(heights) >= 40 and all(len(f["boxes"]) == 3 for f in truth["frames"])
+    assert CLIP.stat().st_size < 3_000_000
+
+
+def test_cpu_recall_and_precision(cpu_detections: list[Frame]) -> None:
+    pred = [f.results["boxes"] for f in cpu_detections]
+    scores = [f.results["scores"] for f in cpu_detections]
+    result = precision_recall(pred, true_boxes(cpu_detections), iou_threshold=0.5, scores=scores)
+    print(f"CPU (ONNX Runtime, {len(pred)} frames): {result}")
+    assert result.recall >= 0.95, str(result)
+    assert result.precision >= 0.95, str(result)
+
+
+def test_clip_without_faces_gives_empty_lists(cpu_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clip = write_clip(tmp_path / "no_faces.mp4", width=320, height=240, frames=8, pattern="testsrc")
+    frames = detect(sample_frames(clip, 1), cpu_model, "cpu")
+    assert len(frames) == 8
+    for frame in frames:
+        assert frame.results["boxes"].shape == (0, 4)
+        assert frame.results["scores"].shape == (0,)
+        assert frame.results["landmarks"].shape == (0, 5, 2)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu_and_truth(cpu_detections: list[Frame], tmp_path: Path) -> None:
+    import onnx2torch
+
+    path = cf.reshape_model(HEIGHT, WIDTH, batch=None, dst=tmp_path / "centerface.onnx")
+    model = onnx2torch.convert(onnx.load(str(path))).eval().cuda().half()
+
+    @torch.inference_mode()
+    def run_model(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = dict(zip(cf.OUTPUT_NAMES, model(x.half()), strict=True))
+        # The model ran on this thread's default stream; the centerface stage reads on its own.
+        torch.cuda.synchronize()
+        return outputs
+
+    frames = detect(sample_frames(), run_model, "cuda")
+    assert frames[0].results["boxes"].is_cuda
+    pred = [f.results["boxes"].cpu() for f in frames]
+    result = precision_recall(pred, true_boxes(frames), iou_threshold=0.5)
+    print(f"GPU (onnx2torch fp16): {result}")
+    assert result.recall >= 0.95 and result.precision >= 0.95, str(result)
+    same = agreement([f.results["boxes"] for f in cpu_detections], pred, iou_threshold=0.5)
+    print(f"CPU vs GPU: {same}")
+    assert same.only_a == 0 and same.only_b == 0, str(same)
+    assert same.min_iou >= 0.9, str(same)
