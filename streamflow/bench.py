@@ -79,6 +79,7 @@ class BenchResult:
     pipeline_frames: int
     pipeline_stats: RunStats
     baseline: SerialStats | None
+    baseline_overrides: list[str]
     peak_gpu_mib: float | None
     host: dict[str, str]
 
@@ -105,6 +106,7 @@ class BenchResult:
                 "frames": self.baseline.frames,
                 "busy_s": {k: round(v, 4) for k, v in self.baseline.busy_s.items()},
                 "latency_ms": {f"p{q}": round(percentile(lat, q) or 0.0, 3) for q in (50, 95, 99)},
+                "overrides": self.baseline_overrides,
             }
             data["ratio"] = round(self.ratio or 0.0, 3)
         return data
@@ -135,6 +137,8 @@ class BenchResult:
                 f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame" for k, v in self.baseline.busy_s.items()
             )
             console.print(f"serial baseline host time per stage: {busy}")
+            if self.baseline_overrides:
+                console.print(f"serial baseline overrides: {' '.join(self.baseline_overrides)}")
             console.print(f"[bold]ratio pipeline / serial: {self.ratio:.2f}x[/]")
         if self.peak_gpu_mib is not None:
             console.print(f"peak GPU memory allocated: {self.peak_gpu_mib:.0f} MiB")
@@ -224,7 +228,13 @@ def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialS
 
 
 def run_bench(
-    config_path: str | os.PathLike[str], *, frames: int, warmup: int, baseline: str, overrides: Sequence[str] = ()
+    config_path: str | os.PathLike[str],
+    *,
+    frames: int,
+    warmup: int,
+    baseline: str,
+    overrides: Sequence[str] = (),
+    baseline_overrides: Sequence[str] = (),
 ) -> BenchResult:
     config = load_config(config_path, overrides)
     total = frames + warmup
@@ -237,7 +247,8 @@ def run_bench(
     fps, count, _ = _steady_fps(done.times, warmup)
     serial = None
     if baseline == "serial":
-        serial = run_serial(build_pipeline(config), total_frames=total, warmup=warmup)
+        serial_config = load_config(config_path, [*overrides, *baseline_overrides])
+        serial = run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
         config=str(config_path),
@@ -246,6 +257,7 @@ def run_bench(
         pipeline_frames=count,
         pipeline_stats=stats,
         baseline=serial,
+        baseline_overrides=list(baseline_overrides),
         peak_gpu_mib=peak,
         host=_host_info(device),
     )

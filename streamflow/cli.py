@@ -144,6 +144,10 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Frames excluded from timing.")] = 60,
     baseline: Annotated[str, typer.Option("--baseline", help="Baseline to compare with: serial | none.")] = "serial",
     set_: SetOption = None,
+    baseline_set: Annotated[
+        list[str] | None,
+        typer.Option("--baseline-set", help="Override for the baseline run only: STAGE.FIELD=VALUE (repeatable)."),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
@@ -154,7 +158,14 @@ def bench(
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
-        result = run_bench(config, frames=frames, warmup=warmup, baseline=baseline, overrides=set_ or [])
+        result = run_bench(
+            config,
+            frames=frames,
+            warmup=warmup,
+            baseline=baseline,
+            overrides=set_ or [],
+            baseline_overrides=baseline_set or [],
+        )
     except ConfigError as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     except BenchError as error:

@@ -101,8 +101,8 @@ def test_resolution_change_starts_a_new_sequence() -> None:
     shapes = [tuple(_data(item).shape[-2:]) for item in out]
     assert shapes == [(4, 4)] * 3 + [(8, 6)] * 3
     # The first frame after the change is padded with itself, never with a frame of the old size.
-    assert _window_indices(out[3].data, N) == [[3, 3, 3, 4, 5]]  # type: ignore[arg-type]
-    assert _window_indices(out[2].data, N) == [[0, 1, 2, 2, 2]]  # type: ignore[arg-type]
+    assert _window_indices(_data(out[3]), N) == [[3, 3, 3, 4, 5]]
+    assert _window_indices(_data(out[2]), N) == [[0, 1, 2, 2, 2]]
 
 
 def test_nv12_input_is_converted_to_rgb() -> None:

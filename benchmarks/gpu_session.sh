@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|bench|all]
+# Needs .gpu/site.tar.xz (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
+# (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUTDIR [tests|bench|all]}
+what=${2:-all}
+mkdir -p "$out" /tmp/gpusite-root
+[ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
+export PYTHONPATH=/tmp/gpusite-root/gpusite:$PWD PYTHONUNBUFFERED=1
+sf() { python3 -m streamflow.cli "$@"; }
+step() { echo "== $1 ($(date +%T))"; }
+nvidia-smi -L; python3 -c "import torch, PyNvVideoCodec, av; print('torch', torch.__version__, 'av', av.__version__)"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+    step "GPU tests"
+    timeout 300 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    echo "gpu tests rc=$?"; tail -30 "$out/gpu_tests.txt"
+    step "overlap"
+    timeout 60 python3 benchmarks/overlap.py --frames 100 --ms 5 --json "$out/overlap.json" | tail -12
+fi
+
+if [ "$what" = bench ] || [ "$what" = all ]; then
+    clip=.gpu/faces1080.mp4
+    step "face detection: pipeline vs serial (1080p, fp16, detections written, no encode)"
+    FACES_CLIP=$clip FACES_OUT=/tmp/sf timeout 240 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
+        --frames 1200 --warmup 100 --baseline serial --set source.loop=true \
+        --baseline-set source.emit_batch=1 --baseline-set "detect.input_shapes={input.1: [1, 3, 384, 640]}" \
+        --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -30
+    step "face detection: hand-written loop and raw decode (same clip)"
+    timeout 180 python3 benchmarks/face_detect_handwritten.py --clip $clip --frames 1200 --json "$out/handwritten.json" 2>&1 | tail -15
+    step "decode"
+    timeout 150 python3 benchmarks/decode.py --clip $clip --repeat 2 --json "$out/decode.json" 2>&1 | tail -20
+    step "infer"
+    timeout 150 python3 benchmarks/infer.py --precision fp16 --input-shape 3x384x640 --frames 2048 \
+        --json "$out/infer.json" 2>&1 | tail -15
+fi
+step done
