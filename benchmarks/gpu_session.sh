@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|bench|all]
-# Needs .gpu/site.tar.xz (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|all]
+# Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|bench|all]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|all]}
 what=${2:-all}
-mkdir -p "$out" /tmp/gpusite-root
+mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
-export PYTHONPATH=/tmp/gpusite-root/gpusite:$PWD PYTHONUNBUFFERED=1
+# Stage types are found through the package's entry points, i.e. its installed metadata: take the
+# dist-info of a wheel built from this tree (the code itself is imported from the tree, first on the path).
+rm -rf /tmp/sfmeta && python3 - .gpu/streamflow-*.whl <<'PY'
+import sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+for name in wheel.namelist():
+    if ".dist-info/" in name:
+        wheel.extract(name, "/tmp/sfmeta")
+PY
+export PYTHONPATH=$PWD:/tmp/gpusite-root/gpusite:/tmp/sfmeta PYTHONUNBUFFERED=1
 sf() { python3 -m streamflow.cli "$@"; }
 step() { echo "== $1 ($(date +%T))"; }
 nvidia-smi -L; python3 -c "import torch, PyNvVideoCodec, av; print('torch', torch.__version__, 'av', av.__version__)"
@@ -21,8 +30,8 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     timeout 60 python3 benchmarks/overlap.py --frames 100 --ms 5 --json "$out/overlap.json" | tail -12
 fi
 
-if [ "$what" = bench ] || [ "$what" = all ]; then
-    clip=.gpu/faces1080.mp4
+clip=.gpu/faces1080.mp4
+if [ "$what" = face ] || [ "$what" = bench ] || [ "$what" = all ]; then
     step "face detection: pipeline vs serial (1080p, fp16, detections written, no encode)"
     FACES_CLIP=$clip FACES_OUT=/tmp/sf timeout 240 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
         --frames 1200 --warmup 100 --baseline serial --set source.loop=true \
@@ -30,6 +39,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
         --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -30
     step "face detection: hand-written loop and raw decode (same clip)"
     timeout 180 python3 benchmarks/face_detect_handwritten.py --clip $clip --frames 1200 --json "$out/handwritten.json" 2>&1 | tail -15
+fi
+
+if [ "$what" = bench ] || [ "$what" = all ]; then
     step "decode"
     timeout 150 python3 benchmarks/decode.py --clip $clip --repeat 2 --json "$out/decode.json" 2>&1 | tail -20
     step "infer"

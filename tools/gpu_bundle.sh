@@ -19,4 +19,7 @@ done
 # Sources, notebooks and sample scripts the wheels carry are not needed to run.
 rm -rf "$work"/gpusite/pynvvideocodec-*.data/data/external "$work/gpusite/samples" "$work/gpusite/benchmarks"
 tar -cJf .gpu/site.tar.xz -C "$work" gpusite
-du -h .gpu/site.tar.xz
+# The project's own wheel: its metadata carries the stage entry points (see benchmarks/gpu_session.sh).
+rm -f .gpu/streamflow-*.whl
+python3 -m pip wheel -q --no-deps --no-build-isolation -w .gpu .
+du -h .gpu/*
