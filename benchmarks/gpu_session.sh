@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|all]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|all]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -47,5 +47,24 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     step "infer"
     timeout 150 python3 benchmarks/infer.py --precision fp16 --input-shape 3x384x640 --frames 2048 \
         --json "$out/infer.json" 2>&1 | tail -15
+fi
+if [ "$what" = sr ] || [ "$what" = all ]; then
+    step "super-resolution GPU tests"
+    timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/models/test_vsr.py tests/stages/test_window.py \
+        tests/stages/test_sr_postprocess.py tests/test_super_resolution.py 2>&1 | tail -15
+    step "super-resolution: pipeline vs serial (640x360 -> 1280x720, fp16, CPU libx264 encode)"
+    SR_OUT=/tmp/sf timeout 200 python3 -m streamflow.cli bench configs/super_resolution.yaml \
+        --frames 240 --warmup 20 --baseline serial --set source.loop=true --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
+        --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" \
+        --json "$out/sr_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -30
+fi
+
+if [ "$what" = demo ] || [ "$what" = sr ] || [ "$what" = all ]; then
+    step "face detection demo config end to end on the GPU (annotated video via CPU x264)"
+    FACES_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml --stats-json "$out/demo_stats.json" \
+        2>&1 | grep -v "^streamflow: INFO" | tail -16
+    python3 -c "import json; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines,', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes')"
 fi
 step done

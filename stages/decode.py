@@ -8,7 +8,9 @@ one warning line naming the reason (or fails if `backend: nvdec` was asked for).
 Frames carry pts and time base, index, `source_id` and a `StreamInfo`. With `emit_batch > 1` the
 stage emits `Batch`es of up to that many frames (fewer Python hand-offs per frame). Packets the
 decoder rejects are counted in the `bad_packets` counter; an input that can't be opened or yields
-no frame at all stops the pipeline with one line naming the file and the problem.
+no frame at all stops the pipeline with one line naming the file and the problem. Uris are shown
+(logs, errors, `StreamInfo.uri`) with their password masked. `rtsp://` cameras are rejected when
+the stage is built: they need the live `rtsp` source, which reconnects.
 
 Example (YAML):
     - name: cam1
@@ -44,6 +46,7 @@ from pydantic import Field, model_validator
 
 from streamflow.frame import Batch, Frame, Item, PixelFormat
 from streamflow.stage import Source, StageConfig
+from streamflow.uri import redact_uri
 from streamflow.video.probe import Probe, VideoInputError, is_url, probe
 from streamflow.video.pyav_decode import PyAVDecoder
 
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 _NVDEC_BATCH = 8
 # Containers whose index gives PyNvVideoCodec's batch decoders a frame count (they need one).
 _INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+# Live cameras: a file-style decoder would end the pipeline at the first network hiccup.
+_LIVE_SCHEMES = ("rtsp://", "rtsps://")
 
 
 class DecodeBackend(enum.StrEnum):
@@ -83,7 +88,7 @@ class Decode(Source):
     """Decode `uri` into frames; see the module docstring for the options and behaviour."""
 
     class Config(StageConfig):
-        uri: str = Field(min_length=1)
+        uri: str = Field(min_length=1, repr=False)  # repr shows the redacted form (see __repr_args__)
         backend: DecodeBackend = DecodeBackend.AUTO
         format: DecodeFormat = DecodeFormat.RGB
         loop: bool = False
@@ -99,10 +104,22 @@ class Decode(Source):
                 raise ValueError(f"end ({self.end}) must be after start ({self.start})")
             return self
 
+        def __repr_args__(self) -> Any:
+            yield "uri", redact_uri(self.uri)
+            yield from super().__repr_args__()
+
     uses_gpu: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: The uri as it may be shown anywhere (logs, errors, `StreamInfo.uri`): password masked.
+        self.display_uri = redact_uri(self.config.uri)
+        # Checked here rather than by pydantic, whose errors echo the raw input (and its password).
+        if self.config.uri.lower().startswith(_LIVE_SCHEMES):
+            raise ValueError(
+                f"decode cannot read the live stream {self.display_uri!r}: use `type: rtsp` "
+                "(a live source with reconnects)"
+            )
         self.probe: Probe | None = None
         self.path: _Path = _Path.CPU
 
@@ -114,10 +131,12 @@ class Decode(Source):
     def setup(self) -> None:
         config = self.config
         if config.backend is DecodeBackend.NVDEC and not self.on_gpu:
-            raise VideoInputError(f"cannot decode {config.uri!r} with backend nvdec: stage device is {self.device}")
-        self.probe = probe(config.uri)
+            raise VideoInputError(
+                f"cannot decode {self.display_uri!r} with backend nvdec: stage device is {self.device}"
+            )
+        self.probe = probe(config.uri, display_uri=self.display_uri)
         self.path = self._choose_path(self.probe)
-        log.debug("%s: decoding %s via %s", self.name, config.uri, self.path.value)
+        log.debug("%s: decoding %s via %s", self.name, self.display_uri, self.path.value)
 
     def _choose_path(self, found: Probe) -> _Path:
         config = self.config
@@ -131,8 +150,8 @@ class Decode(Source):
             reason = str(error)
         if reason is not None:
             if config.backend is DecodeBackend.NVDEC:
-                raise VideoInputError(f"cannot decode {config.uri!r} with NVDEC: {reason}")
-            log.warning("%s: %s: %s; decoding with PyAV on the CPU", self.name, config.uri, reason)
+                raise VideoInputError(f"cannot decode {self.display_uri!r} with NVDEC: {reason}")
+            log.warning("%s: %s: %s; decoding with PyAV on the CPU", self.name, self.display_uri, reason)
             return _Path.CPU
         indexed = any(name in found.container for name in _INDEXED_CONTAINERS)
         if not is_url(config.uri) and indexed and found.info.frame_count:
@@ -157,7 +176,7 @@ class Decode(Source):
             yield Batch(group)
         if produced == 0 and not self.stopping.is_set():
             bad = int(self.counters.get("bad_packets", 0))
-            raise VideoInputError(f"cannot read video {self.config.uri!r}: no decodable frame ({bad} bad packets)")
+            raise VideoInputError(f"cannot read video {self.display_uri!r}: no decodable frame ({bad} bad packets)")
 
     def _frames(self) -> Iterator[Frame]:
         """All frames over every loop pass, with pts and index continuing across passes."""
@@ -206,6 +225,7 @@ class Decode(Source):
             start=config.start,
             end=config.end,
             source_id=self.source_id,
+            display_uri=self.display_uri,
             should_stop=self.stopping.is_set,
         )
         reported: dict[str, int] = {}

@@ -1,8 +1,9 @@
 """Face detection accuracy on the shipped sample (samples/faces.mp4) against its true boxes.
 
 preprocess (letterbox 1280x720 -> 384x640) -> CenterFace -> centerface decode, on the CPU with ONNX
-Runtime, and on the GPU with the same model through onnx2torch (fp16). Targets: recall and precision
->= 0.95 at IoU >= 0.5; the GPU's boxes match the CPU's at IoU >= 0.9.
+Runtime, and on the GPU with the same model through onnx2torch in fp32 and fp16. Targets: recall and
+precision >= 0.95 at IoU >= 0.5 (CPU, GPU fp32, GPU fp16); the GPU's fp32 boxes match the CPU's at
+IoU >= 0.9.
 
 To stay quick on CI's two cores the CPU test scores every second frame (60 frames, 180 faces);
 `STREAMFLOW_ACCURACY_STEP=1` scores all 120.
@@ -119,27 +120,68 @@ def test_clip_without_faces_gives_empty_lists(cpu_model, tmp_path: Path) -> None
         assert frame.results["landmarks"].shape == (0, 5, 2)
 
 
-@pytest.mark.gpu
-def test_gpu_matches_cpu_and_truth(cpu_detections: list[Frame], tmp_path: Path) -> None:
-    import onnx2torch
-
-    path = cf.reshape_model(HEIGHT, WIDTH, batch=None, dst=tmp_path / "centerface.onnx")
-    model = onnx2torch.convert(onnx.load(str(path))).eval().cuda().half()
+def gpu_boxes(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Boxes per sample frame from preprocess -> `model` (onnx2torch, on CUDA) in `dtype` -> centerface."""
+    model = model.to(dtype)
 
     @torch.inference_mode()
     def run_model(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = dict(zip(cf.OUTPUT_NAMES, model(x.half()), strict=True))
+        outputs = dict(zip(cf.OUTPUT_NAMES, model(x.to(dtype)), strict=True))
         # The model ran on this thread's default stream; the centerface stage reads on its own.
         torch.cuda.synchronize()
         return outputs
 
     frames = detect(sample_frames(), run_model, "cuda")
     assert frames[0].results["boxes"].is_cuda
-    pred = [f.results["boxes"].cpu() for f in frames]
-    result = precision_recall(pred, true_boxes(frames), iou_threshold=0.5)
-    print(f"GPU (onnx2torch fp16): {result}")
+    return [f.results["boxes"].cpu() for f in frames]
+
+
+def _worst(a: list[torch.Tensor], b: list[torch.Tensor], frames: list[Frame]) -> str:  # TEMPORARY diagnostic
+    from streamflow.detection import box_iou
+
+    rows = []
+    for ba, bb, f in zip(a, b, frames, strict=True):
+        if len(ba) and len(bb):
+            best, j = box_iou(ba.cpu(), bb).max(1)
+            for r in range(len(ba)):
+                rows.append((float(best[r]), f.index, ba[r].tolist(), bb[j[r]].tolist(), float(f.results["scores"][r])))
+    rows.sort()
+    return "; ".join(f"IoU {w[0]:.3f} frame {w[1]} cpu {[round(v, 1) for v in w[2]]} gpu {[round(v, 1) for v in w[3]]} score {w[4]:.3f}" for w in rows[:3])
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu_and_truth(
+    cpu_detections: list[Frame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx2torch
+
+    path = cf.reshape_model(HEIGHT, WIDTH, batch=None, dst=tmp_path / "centerface.onnx")
+    model = onnx2torch.convert(onnx.load(str(path))).eval().cuda()
+    truth = true_boxes(cpu_detections)
+    cpu = [f.results["boxes"] for f in cpu_detections]
+
+    tf32 = gpu_boxes(model, torch.float32)  # TEMPORARY diagnostic: torch's default TF32 convolutions
+    print(f"GPU (onnx2torch fp32, TF32 convs): {precision_recall(tf32, truth, iou_threshold=0.5)}")
+    print(f"CPU vs GPU TF32: {agreement(cpu, tf32, iou_threshold=0.5)} :: {_worst(cpu, tf32, cpu_detections)}")
+
+    # The agreement check compares like with like: fp32 on both. cuDNN convolutions default to TF32
+    # (10-bit mantissa) on Ampere and later, which is not fp32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fp32 = gpu_boxes(model, torch.float32)
+    monkeypatch.undo()
+    result = precision_recall(fp32, truth, iou_threshold=0.5)
+    print(f"GPU (onnx2torch fp32): {result}")
+    same = agreement(cpu, fp32, iou_threshold=0.5)
+    print(f"CPU vs GPU (fp32): {same} :: {_worst(cpu, fp32, cpu_detections)}")
+
+    # fp16 (what a GPU user may pick for speed) is held to the accuracy targets against the truth; its
+    # agreement with the CPU is reported, not required: fp16 rounding can move a heatmap peak by a cell.
+    fp16 = gpu_boxes(model, torch.float16)
+    result16 = precision_recall(fp16, truth, iou_threshold=0.5)
+    print(f"GPU (onnx2torch fp16): {result16}")
+    print(f"CPU vs GPU (fp16): {agreement(cpu, fp16, iou_threshold=0.5)} :: {_worst(cpu, fp16, cpu_detections)}")
+
     assert result.recall >= 0.95 and result.precision >= 0.95, str(result)
-    same = agreement([f.results["boxes"] for f in cpu_detections], pred, iou_threshold=0.5)
-    print(f"CPU vs GPU: {same}")
     assert same.only_a == 0 and same.only_b == 0, str(same)
     assert same.min_iou >= 0.9, str(same)
+    assert result16.recall >= 0.95 and result16.precision >= 0.95, str(result16)

@@ -318,8 +318,28 @@ def psnr_y(a: torch.Tensor, b: torch.Tensor, shave: int = 4) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+class OnnxModel:
+    """An exported model run by ONNX Runtime, callable like `VSRNet` so `evaluate` scores the shipped file."""
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.window = int(self.session.get_inputs()[0].shape[1]) // 3
+
+    def to(self, device: torch.device) -> OnnxModel:
+        return self
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["hr"], {"frames": x.detach().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
 @torch.no_grad()
-def evaluate(model: VSRNet, seqs: Sequence[EvalSequence], device: torch.device) -> list[dict[str, Any]]:
+def evaluate(model: VSRNet | OnnxModel, seqs: Sequence[EvalSequence], device: torch.device) -> list[dict[str, Any]]:
     """Per sequence: mean PSNR-Y over all frames (edges padded like the `window` stage) for bicubic and model."""
     model = model.to(device).eval()
     rows = []
@@ -442,7 +462,9 @@ def _held_out(photos: Sequence[Photo]) -> list[Photo]:
     return held
 
 
-def _eval_and_write(model: VSRNet, photos: Sequence[Photo], args: argparse.Namespace, device: torch.device) -> None:
+def _eval_and_write(
+    model: VSRNet | OnnxModel, photos: Sequence[Photo], args: argparse.Namespace, device: torch.device
+) -> None:
     seqs = [make_eval_sequence(p, args.eval_frames, 1000 + i, device) for i, p in enumerate(_held_out(photos))]
     rows = evaluate(model, seqs, device)
     table = eval_markdown(rows)
@@ -508,7 +530,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    model = load_checkpoint(args.checkpoint).to(device)
+    model = OnnxModel(args.onnx) if args.onnx else load_checkpoint(args.checkpoint).to(device)
     _eval_and_write(model, load_photos(Path(args.data) if args.data else None), args, device)
 
 
@@ -563,9 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the held-out sequences")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint (or an exported model) on the held-out sequences")
     add_eval(p)
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
+    p.add_argument("--onnx", default=None, help="evaluate this ONNX file with ONNX Runtime instead of a checkpoint")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check ONNX Runtime against torch")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from streamflow.ops.color import nv12_to_rgb, nv12_to_yuv, yuv420_to_nv12
+# _weights is color.py's matrix table; the float conversion below must use exactly the same coefficients.
+from streamflow.ops.color import _weights, nv12_to_rgb, nv12_to_yuv, yuv420_to_nv12
 
 __all__ = [
     "Letterbox",
@@ -110,13 +111,37 @@ def normalize(
     return x
 
 
-def _interpolate(x: torch.Tensor, size: tuple[int, int], antialias: bool, work: torch.dtype) -> torch.Tensor:
-    """Bilinear resize of (N, C, H, W) to `size`, returned as `work` dtype."""
-    if x.dtype == torch.uint8 and not x.is_cuda:
-        # The CPU has a vectorised uint8 bilinear kernel, about 4x faster than float; the result
-        # is rounded to whole pixel values, far below what a detector notices.
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias).to(work)
-    return F.interpolate(x.to(work), size=size, mode="bilinear", align_corners=False, antialias=antialias)
+def _interpolate(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) to `size`, computed and returned in float32 on every device.
+
+    uint8 input is converted first on purpose: the CPU's uint8 kernel (vectorised, about 4x faster)
+    uses fixed-point weights and rounds its output to whole levels, while CUDA has no uint8
+    antialias kernel. Mixing the two put CPU and GPU inputs up to a grey level apart (more after
+    colour conversion), enough to move a CenterFace heatmap peak by one cell. In float32 both
+    devices compute the same filter and differ only in summation order (about 1e-4 of a level).
+    """
+    return F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _yuv_to_rgb(y: torch.Tensor, uv: torch.Tensor, *, matrix: str, full_range: bool) -> torch.Tensor:
+    """Float `nv12_to_rgb`: Y `(N, H, W)` and Cb,Cr `(N, 2, H/2, W/2)` in level units -> `(N, 3, H, W)`.
+
+    The same arithmetic as `streamflow.ops.color.nv12_to_rgb` (nearest chroma upsampling), minus its
+    final rounding to uint8: the resized planes are not whole levels, and rounding them (and then the
+    RGB) twice would add up to several levels of error that differs between devices.
+    """
+    kr, kg, kb = _weights(matrix)
+    c = uv - 128.0
+    if full_range:
+        cscale = 1.0
+    else:
+        y = (y - 16.0) * (255.0 / 219.0)
+        cscale = 255.0 / 224.0
+    r_c = (2.0 * (1.0 - kr) * cscale) * c[:, 1]
+    b_c = (2.0 * (1.0 - kb) * cscale) * c[:, 0]
+    g_c = -(kr * r_c + kb * b_c) / kg
+    chroma = torch.stack((r_c, g_c, b_c), dim=1).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    return (y.unsqueeze(1) + chroma).clamp_(0.0, 255.0)
 
 
 def _place(
@@ -178,9 +203,8 @@ def letterbox_resize(
     _, _, sh, sw = rgb.shape
     lb = fit((sh, sw), size, mode)
     nw, nh = round(sw * lb.scale_x), round(sh * lb.scale_y)
-    # Resample and normalise in fp32 (exact for 0..255 steps, kernels on every device); cast at the end.
-    work = torch.float32
-    x = _interpolate(rgb, (nh, nw), antialias, work) if (nh, nw) != (sh, sw) else rgb.to(work)
+    # Resample and normalise in fp32 on every device (see _interpolate); cast to `dtype` at the end.
+    x = _interpolate(rgb, (nh, nw), antialias) if (nh, nw) != (sh, sw) else rgb.to(torch.float32)
     if bgr:
         x = x.flip(1)
     x = _place(x, lb, size, input_scale=input_scale, mean=mean, std=std, pad_value=pad_value, dtype=dtype, source=rgb)
@@ -200,10 +224,9 @@ def resize_nv12(nv12: torch.Tensor, size: tuple[int, int], *, antialias: bool = 
         raise ValueError(f"NV12 needs an even size, got {h}x{w}")
     y, u, v = nv12_to_yuv(nv12)
     lead = y.shape[:-2]
-    work = torch.float32
-    y_small = _interpolate(y.reshape(-1, 1, *y.shape[-2:]), (h, w), antialias, work)
+    y_small = _interpolate(y.reshape(-1, 1, *y.shape[-2:]), (h, w), antialias)
     uv = torch.stack((u, v), dim=-3).reshape(-1, 2, *u.shape[-2:])
-    uv_small = _interpolate(uv, (h // 2, w // 2), antialias, work)
+    uv_small = _interpolate(uv, (h // 2, w // 2), antialias)
     y8 = y_small.round_().clamp_(0, 255).to(torch.uint8).reshape(*lead, h, w)
     uv8 = uv_small.round_().clamp_(0, 255).to(torch.uint8).reshape(*lead, 2, h // 2, w // 2)
     return yuv420_to_nv12(y8, uv8[..., 0, :, :], uv8[..., 1, :, :])
@@ -226,10 +249,12 @@ def letterbox_resize_nv12(
 ) -> tuple[torch.Tensor, Letterbox]:
     """`letterbox_resize` for NV12 `(H*3//2, W)` or `(N, H*3//2, W)` frames.
 
-    When shrinking to an even size, the Y and UV planes are resized first and only the small
-    result is converted to RGB: colour conversion is the costly step, and both are linear, so the
-    order hardly changes the result (within a grey level or two) while the work drops by the area
-    ratio (9x for 1080p -> 640x360). Otherwise the frame is converted first.
+    When shrinking to an even size, the Y and UV planes are resized first (in float32) and only the
+    small result is converted to RGB, in float32 and without rounding: colour conversion is the
+    costly step, and both are linear, so the order hardly changes the result (within a grey level
+    or two) while the work drops by the area ratio (9x for 1080p -> 640x360). The same steps run in
+    the same order on every device, so CPU and GPU inputs agree to float32 rounding. Otherwise
+    (enlarging, odd sizes) the frame is converted to uint8 RGB first.
 
     Example:
         >>> import torch
@@ -255,8 +280,12 @@ def letterbox_resize_nv12(
             **options,  # type: ignore[arg-type]
         )
         return x, lb
-    rgb = nv12_to_rgb(resize_nv12(nv12, (nh, nw), antialias=antialias), matrix=matrix, full_range=full_range)
-    x = rgb.to(torch.float32)
+    # Planes stay float from the resize through the colour conversion: no rounding to uint8 between
+    # steps, so CPU and GPU agree to float32 precision rather than to a level or more.
+    y, u, v = nv12_to_yuv(nv12)
+    y_small = _interpolate(y[:, None], (nh, nw), antialias)[:, 0]
+    uv_small = _interpolate(torch.stack((u, v), dim=1), (nh // 2, nw // 2), antialias)
+    x = _yuv_to_rgb(y_small, uv_small, matrix=matrix, full_range=full_range)
     if bgr:
         x = x.flip(1)
-    return _place(x, lb, size, source=rgb, **options), lb  # type: ignore[arg-type]
+    return _place(x, lb, size, source=nv12, **options), lb  # type: ignore[arg-type]

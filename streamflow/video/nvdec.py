@@ -34,6 +34,7 @@ import torch
 
 from streamflow.frame import Frame, PixelFormat, StreamInfo
 from streamflow.ops.color import nv12_to_rgb
+from streamflow.video.bitstream import sequence_size
 from streamflow.video.probe import Probe, open_input
 
 if TYPE_CHECKING:
@@ -57,9 +58,11 @@ log = logging.getLogger(__name__)
 #: data-centre GPUs. AV1 is tried where the GPU reports it (not on H100).
 NVDEC_CODECS: dict[str, str] = {"h264": "H264", "hevc": "HEVC", "vp9": "VP9", "av1": "AV1"}
 _ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
-
-# Sessions fed from PyAV (raw streams, cameras) may change resolution: allow up to 1080p in place.
-_RECONFIGURE_SIZE = (1920, 1088)
+# Containers where SimpleDecoder's frame index is exact: the MP4/MOV sample table lists every frame.
+# Elsewhere (Matroska/WebM cues list only key frames) PyNvVideoCodec warns "Seek accuracy may be
+# impacted" and its get_batch_frames() returned neighbouring frames for some indices (HEVC in MKV on
+# the H100: Y PSNR 29 dB against PyAV, while ThreadedDecoder on the same file was exact).
+_SIMPLE_DECODER_CONTAINERS = frozenset({"mov", "mp4"})
 
 _nvc_lock = threading.Lock()
 _nvc_module: ModuleType | None = None
@@ -174,6 +177,12 @@ class PacketDecoder:
     on the current torch stream). `flush()` returns the frames still inside the decoder. Decoding
     copies `data`'s bytes into NVDEC before `decode` returns, so the caller may reuse its buffer.
 
+    A packet whose sequence header announces a new picture size (a camera that renegotiated)
+    drains the current NVDEC session and opens a new one, so frames after the change come out at
+    the new size (NVDEC's in-place reconfigure would scale them to the old size, see
+    `streamflow.video.bitstream`). `size` is the size of the current sequence, `sessions` counts the
+    sessions opened.
+
     Example (GPU only):
         >>> dec = PacketDecoder("hevc", gpu_id=0)  # doctest: +SKIP
         >>> frames = dec.decode(packet_bytes, pts=1024) + dec.flush()  # doctest: +SKIP
@@ -186,19 +195,27 @@ class PacketDecoder:
         self.codec = codec
         self.gpu_id = gpu_id
         self.device = torch.device("cuda", gpu_id)
+        self.max_size = max_size
+        #: (width, height) announced by the current sequence header; None until the first one.
+        self.size: tuple[int, int] | None = None
+        self.sessions = 0
+        self._decoder = self._open()
+
+    def _open(self) -> Any:
         try:
-            self._decoder = self._nvc.CreateDecoder(
-                gpuid=gpu_id,
-                codec=getattr(self._nvc.cudaVideoCodec, NVDEC_CODECS[codec]),
+            decoder = self._nvc.CreateDecoder(
+                gpuid=self.gpu_id,
+                codec=getattr(self._nvc.cudaVideoCodec, NVDEC_CODECS[self.codec]),
                 cudacontext=0,  # the primary context: the one torch uses
                 cudastream=0,
                 usedevicememory=True,  # otherwise frames land in host memory
-                # NVDEC reconfigures in place on a resolution change only up to the session's maximum.
-                maxwidth=max_size[0] if max_size else 0,
-                maxheight=max_size[1] if max_size else 0,
+                maxwidth=self.max_size[0] if self.max_size else 0,
+                maxheight=self.max_size[1] if self.max_size else 0,
             )
         except Exception as error:  # PyNvVideoCodec raises plain Exception subclasses
-            raise NvdecError(f"cannot open an NVDEC {codec} decoder on GPU {gpu_id}: {error}") from error
+            raise NvdecError(f"cannot open an NVDEC {self.codec} decoder on GPU {self.gpu_id}: {error}") from error
+        self.sessions += 1
+        return decoder
 
     def _packet(self, data: bytes | memoryview | np.ndarray | None, pts: int | None) -> tuple[Any, np.ndarray]:
         packet = self._nvc.PacketData()
@@ -221,9 +238,23 @@ class PacketDecoder:
         self, data: bytes | memoryview | np.ndarray, pts: int | None = None
     ) -> list[tuple[torch.Tensor, int | None]]:
         """Decode one Annex B access unit; return the frames it completed (in display order)."""
+        drained: list[tuple[torch.Tensor, int | None]] = []
+        size = sequence_size(self.codec, data)
+        if size is not None:
+            if self.size is not None and size != self.size:
+                # A new size needs a new session: an in-place reconfigure would scale to the old size.
+                log.info(
+                    "NVDEC %s: picture size changed from %dx%d to %dx%d: opening a new session",
+                    self.codec,
+                    *self.size,
+                    *size,
+                )
+                drained = self.flush()
+                self._decoder = self._open()
+            self.size = size
         packet, buffer = self._packet(data, pts)
         try:
-            return self._run(packet)
+            return drained + self._run(packet)
         finally:
             del buffer
 
@@ -298,8 +329,7 @@ def packet_decode_frames(
     container = open_input(uri, options)
     try:
         stream = container.streams.video[0]
-        max_size = (max(info.width, _RECONFIGURE_SIZE[0]), max(info.height, _RECONFIGURE_SIZE[1]))
-        decoder = PacketDecoder(info.codec, gpu_id=gpu_id, max_size=max_size)
+        decoder = PacketDecoder(info.codec, gpu_id=gpu_id)
         index = 0
         timed = False  # raw elementary streams have no pts: NVDEC then returns meaningless ones
         for data, pts in _with_flush(iter_annexb_packets(container, stream, bad)):
@@ -310,10 +340,11 @@ def packet_decode_frames(
                 if data is None:
                     bad(f"NVDEC failed to flush: {error}")
                     continue
-                # A session can't grow past its maximum size: drain it and retry on a fresh one.
+                # A size change the bitstream scan missed fails past the session's maximum size:
+                # drain it and retry on a fresh session.
                 log.info("%s: NVDEC session failed (%s); starting a new one", info.uri, error)
                 ready = _drain(decoder)
-                decoder = PacketDecoder(info.codec, gpu_id=gpu_id, max_size=max_size)
+                decoder = PacketDecoder(info.codec, gpu_id=gpu_id)
                 stats["decoder_resets"] = stats.get("decoder_resets", 0) + 1
                 try:
                     ready += decoder.decode(data, pts)
@@ -378,7 +409,9 @@ class NvdecFileDecoder:
     `batches()` yields lists of `Frame`s (up to `batch_size` each) whose images are views into one
     owned CUDA tensor per batch (`(N, 3, H, W)` for RGB, `(N, H*3//2, W)` for NV12). RGB is
     converted inside the decoder. `threaded=True` uses `ThreadedDecoder` (decodes ahead in its own
-    C++ thread), else `SimpleDecoder`.
+    C++ thread), else `SimpleDecoder`, but only for MP4/MOV: in other containers SimpleDecoder's
+    frame index is not exact, so `ThreadedDecoder` is used with one warning (`threaded` then reads
+    True).
 
     Example (GPU only):
         >>> dec = NvdecFileDecoder("clip.mp4", probe("clip.mp4"), output=PixelFormat.RGB)  # doctest: +SKIP
@@ -402,6 +435,14 @@ class NvdecFileDecoder:
         self.output = PixelFormat(output)
         self.batch_size = max(1, batch_size)
         self.gpu_id = gpu_id
+        formats = set(probe.container.split(","))
+        if not threaded and not formats & _SIMPLE_DECODER_CONTAINERS:
+            log.warning(
+                "%s: SimpleDecoder's frame index is not exact in %s containers (only MP4/MOV); using ThreadedDecoder",
+                probe.info.uri,
+                probe.container,
+            )
+            threaded = True
         self.threaded = threaded
         self.start_frame = start_frame
         self.source_id = source_id
@@ -440,6 +481,10 @@ class NvdecFileDecoder:
         start_pts = self.probe.start_pts or 0
         index = 0
         try:
+            if not self.threaded:
+                # SimpleDecoder indexes frames: asking past the last one logs "INVALID INDEX" for each.
+                left = max(0, len(self._decoder) - self.start_frame)
+                max_frames = left if max_frames is None else min(max_frames, left)
             while max_frames is None or index < max_frames:
                 want = self.batch_size if max_frames is None else min(self.batch_size, max_frames - index)
                 with torch.cuda.device(self.gpu_id):

@@ -2,8 +2,8 @@
 
 `probe()` opens the input, finds its first video stream and returns a `Probe` whose `info` is the
 `StreamInfo` that frames carry. Problems with the input raise `VideoInputError` with one line
-that names the input and the problem. This module redacts nothing: callers pass a URI that is
-safe to show (see `StreamInfo.uri`).
+that names the input and the problem. Messages show the uri with its password masked
+(`streamflow.uri.redact_uri`); `StreamInfo.uri` is the `display_uri` the caller passes.
 
 Example:
     >>> import tempfile, pathlib
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamflow.frame import StreamInfo
+from streamflow.uri import redact_text, redact_uri
 
 if TYPE_CHECKING:
     import av.container
@@ -78,7 +79,7 @@ class Probe:
 def _explain(error: BaseException) -> str:
     # FFmpegError.strerror is the bare reason; str() adds errno and the path, which the caller names itself.
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return str(text).splitlines()[0].split("; last error log:")[0].rstrip(".")
+    return redact_text(str(text).splitlines()[0].split("; last error log:")[0].rstrip("."))
 
 
 def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.container.InputContainer:
@@ -94,25 +95,26 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
     import av
 
     name = str(uri)
+    shown = redact_uri(name)
     if not is_url(name):
         path = Path(name.removeprefix("file://"))
         if not path.exists():
-            raise VideoInputError(f"cannot read video {name!r}: file not found")
+            raise VideoInputError(f"cannot read video {shown!r}: file not found")
         if path.is_dir():
-            raise VideoInputError(f"cannot read video {name!r}: is a directory")
+            raise VideoInputError(f"cannot read video {shown!r}: is a directory")
         if not os.access(path, os.R_OK):
-            raise VideoInputError(f"cannot read video {name!r}: permission denied")
+            raise VideoInputError(f"cannot read video {shown!r}: permission denied")
         if path.stat().st_size == 0:
-            raise VideoInputError(f"cannot read video {name!r}: file is empty")
+            raise VideoInputError(f"cannot read video {shown!r}: file is empty")
         name = str(path)
     try:
         return av.open(name, "r", options=options or {}, timeout=10.0 if is_url(name) else None)
     except av.error.InvalidDataError as error:
         raise VideoInputError(
-            f"cannot read video {str(uri)!r}: not a recognised media file ({_explain(error)})"
+            f"cannot read video {shown!r}: not a recognised media file ({_explain(error)})"
         ) from error
     except (av.error.FFmpegError, OSError) as error:
-        raise VideoInputError(f"cannot read video {str(uri)!r}: {_explain(error)}") from error
+        raise VideoInputError(f"cannot read video {shown!r}: {_explain(error)}") from error
 
 
 def _color(stream: av.video.stream.VideoStream, height: int, pix_fmt: str | None) -> tuple[str, str]:
@@ -168,16 +170,18 @@ def stream_info(
 def probe(uri: str | Path, *, options: dict[str, str] | None = None, display_uri: str | None = None) -> Probe:
     """Read the first video stream's properties. `display_uri` is what `StreamInfo.uri` shows.
 
-    Raises `VideoInputError` for missing, unreadable or video-less inputs.
+    Raises `VideoInputError` for missing, unreadable or video-less inputs. `display_uri` defaults to
+    `uri` with its password masked.
     """
+    shown = display_uri if display_uri is not None else redact_uri(str(uri))
     with open_input(uri, options) as container:
         if not container.streams.video:
             kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
-            raise VideoInputError(f"cannot read video {str(uri)!r}: no video stream (streams: {', '.join(kinds)})")
+            raise VideoInputError(f"cannot read video {shown!r}: no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         if not stream.codec_context.width or not stream.codec_context.height:
-            raise VideoInputError(f"cannot read video {str(uri)!r}: video stream has no frame size (corrupt header?)")
-        info, extra = stream_info(container, stream, display_uri if display_uri is not None else str(uri))
+            raise VideoInputError(f"cannot read video {shown!r}: video stream has no frame size (corrupt header?)")
+        info, extra = stream_info(container, stream, shown)
         return Probe(
             info=info,
             pix_fmt=extra["pix_fmt"],

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from streamflow.frame import Frame, PixelFormat, StreamInfo
+from streamflow.uri import redact_text, redact_uri
 from streamflow.video.probe import VideoInputError, open_input, stream_info
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class PyAVDecoder:
         self.source_id = source_id
         self.threads = threads
         self.options = options
-        self.display_uri = display_uri if display_uri is not None else self.uri
+        self.display_uri = display_uri if display_uri is not None else redact_uri(self.uri)
         self.should_stop = should_stop or (lambda: False)
         self.stats: dict[str, int] = {"frames": 0, "bad_packets": 0, "resolution_changes": 0, "loops": 0}
         self.info: StreamInfo | None = None
@@ -201,7 +202,10 @@ class PyAVDecoder:
                 container.seek(target, stream=stream, backward=True, any_frame=False)
             except av.error.FFmpegError as error:
                 log.warning(
-                    "%s: seek to %.3fs failed (%s); decoding from the start", self.display_uri, self.start, error
+                    "%s: seek to %.3fs failed (%s); decoding from the start",
+                    self.display_uri,
+                    self.start,
+                    redact_text(str(error)),
                 )
         packets = container.demux(stream)
         flushed = False
@@ -213,7 +217,7 @@ class PyAVDecoder:
             except (av.error.FFmpegError, EOFError) as error:
                 # A broken container (truncated file, garbage) ends demuxing; count it and flush what we have.
                 self.stats["bad_packets"] += 1
-                log.warning("%s: demuxing stopped: %s", self.display_uri, error)
+                log.warning("%s: demuxing stopped: %s", self.display_uri, redact_text(str(error)))
                 break
             flushed = packet.size == 0  # demux ends with an empty packet, which flushes the decoder
             if packet.is_corrupt:
@@ -222,7 +226,7 @@ class PyAVDecoder:
                 frames = packet.decode()
             except av.error.FFmpegError as error:
                 self.stats["bad_packets"] += 1
-                log.debug("%s: bad packet at pts %s: %s", self.display_uri, packet.pts, error)
+                log.debug("%s: bad packet at pts %s: %s", self.display_uri, packet.pts, redact_text(str(error)))
                 continue
             yield from frames  # type: ignore[misc]
         if flushed:
@@ -233,4 +237,4 @@ class PyAVDecoder:
             return
         except av.error.FFmpegError as error:
             self.stats["bad_packets"] += 1
-            log.debug("%s: flushing the decoder failed: %s", self.display_uri, error)
+            log.debug("%s: flushing the decoder failed: %s", self.display_uri, redact_text(str(error)))

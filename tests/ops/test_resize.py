@@ -93,6 +93,27 @@ def test_normalize_in_place() -> None:
     assert x[0, :, 0, 0].tolist() == [0.0, 0.5, 1.0]
 
 
+def test_uint8_input_is_resized_in_float() -> None:
+    # No uint8-specialised kernel (the CPU has one that rounds to whole levels, CUDA has none): uint8
+    # and float input take the same float32 path, so CPU and GPU compute the same thing.
+    frame = torch.randint(0, 256, (2, 3, 90, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    from_uint8, _ = letterbox_resize(frame, (48, 48))
+    from_float, _ = letterbox_resize(frame.float(), (48, 48))
+    torch.testing.assert_close(from_uint8, from_float, atol=0, rtol=0)
+    assert from_uint8.frac().abs().max() > 0  # not rounded to whole levels
+
+
+def test_nv12_planes_are_not_rounded_before_conversion() -> None:
+    nv12 = rgb_to_nv12(smooth_rgb(1, 96, 160))
+    x, _ = letterbox_resize_nv12(nv12, (48, 80))
+    assert x.frac().abs().max() > 0
+    # The rounded path (uint8 planes, uint8 RGB) differs from the float one by at most its roundings:
+    # 0.5 of Y times 255/219, 0.5 of Cb times 2(1 - Kb) 255/224 (blue, the largest) and 0.5 at the end.
+    rounded = nv12_to_rgb(resize_nv12(nv12, (48, 80))).float()
+    bound = 0.5 * 255 / 219 + 0.5 * 2 * (1 - 0.0722) * 255 / 224 + 0.5
+    assert float((x - rounded).abs().max()) <= bound + 1e-3
+
+
 def test_resize_nv12_planes() -> None:
     nv12 = rgb_to_nv12(smooth_rgb(2, 96, 160))
     small = resize_nv12(nv12, (48, 80))
@@ -120,18 +141,30 @@ def test_letterbox_nv12_matches_converting_first(size: tuple[int, int]) -> None:
     torch.testing.assert_close(single[0], planes[0])
 
 
+# Both devices resize (and convert NV12) in float32 with the same filter, steps and order; what is left
+# is float32 summation order, about 1e-4 of a level on 0..255 values. A hundredth of a level is far
+# below one uint8 step yet catches any rounding to whole levels (which shows up as 0.5 or more).
+FP32_ATOL = 0.01
+# An fp16 result is the fp32 one rounded once at the end: fp16 spacing is 0.125 between 128 and 256,
+# so it is off by at most 0.0625 plus the fp32 difference above.
+FP16_ATOL = 0.0625 + FP32_ATOL
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
     frame = torch.randint(0, 256, (2, 3, 720, 1280), dtype=torch.uint8)
     cpu, lb_cpu = letterbox_resize(frame, (384, 640))
     gpu, lb_gpu = letterbox_resize(frame.cuda(), (384, 640))
     assert lb_cpu == lb_gpu and gpu.is_cuda
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=0.05, rtol=0)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=FP32_ATOL, rtol=0)
     half, _ = letterbox_resize(frame.cuda(), (384, 640), dtype=torch.float16)
     assert half.dtype == torch.float16
-    torch.testing.assert_close(half.float().cpu(), cpu, atol=0.5, rtol=0)
+    torch.testing.assert_close(half.float().cpu(), cpu, atol=FP16_ATOL, rtol=0)
     nv12 = rgb_to_nv12(smooth_rgb(2, 720, 1280))
     cpu12, _ = letterbox_resize_nv12(nv12, (384, 640))
-    gpu12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640), dtype=torch.float16)
-    assert gpu12.is_cuda and gpu12.dtype == torch.float16
-    torch.testing.assert_close(gpu12.float().cpu(), cpu12, atol=2.0, rtol=0)
+    gpu12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640))
+    assert gpu12.is_cuda and gpu12.dtype == torch.float32
+    torch.testing.assert_close(gpu12.cpu(), cpu12, atol=FP32_ATOL, rtol=0)
+    half12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640), dtype=torch.float16)
+    assert half12.is_cuda and half12.dtype == torch.float16
+    torch.testing.assert_close(half12.float().cpu(), cpu12, atol=FP16_ATOL, rtol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def test_frames_carry_identity_and_info(clip: Path) -> None:
 
 def test_nv12_batches_and_source_id(clip: Path) -> None:
     sink, _ = run(Decode(uri=str(clip), format="nv12", emit_batch=8, source_id="door"))
-    assert [len(item) for item in sink.items] == [8, 8, 4]
     assert all(isinstance(item, Batch) for item in sink.items)
+    assert [len(item) for item in sink.items if isinstance(item, Batch)] == [8, 8, 4]
     frames = sink.frames
     assert frames[0].format is PixelFormat.NV12 and frames[0].image.shape == (96, 96)
     assert {f.source_id for f in frames} == {"door"}
@@ -76,6 +77,33 @@ def test_config_uses_enums_and_validates() -> None:
 def test_nvdec_backend_on_cpu_device_is_an_error(clip: Path) -> None:
     with pytest.raises(VideoInputError, match="backend nvdec"):
         run(Decode(uri=str(clip), backend="nvdec"))
+
+
+def test_rtsp_uris_are_rejected_at_construction_without_the_password() -> None:
+    for uri, shown in (
+        ("rtsp://admin:hunter2@10.0.0.7:554/stream1", "rtsp://admin:***@10.0.0.7:554/stream1"),
+        ("RTSPS://cam.local/live", "RTSPS://cam.local/live"),
+    ):
+        with pytest.raises(ValueError, match=r"use `type: rtsp` \(a live source with reconnects\)") as error:
+            Decode(uri=uri)
+        message = str(error.value)
+        assert shown in message and "hunter2" not in message
+        assert len(message.splitlines()) == 1
+
+
+def test_network_uri_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    # Port 1 on loopback refuses at once: the open fails and the error names the uri.
+    uri = "http://viewer:hunter2@127.0.0.1:1/clip.mp4?token=abc123"
+    stage = Decode(uri=uri, name="web")
+    assert stage.display_uri == "http://viewer:***@127.0.0.1:1/clip.mp4?token=***"
+    assert "hunter2" not in repr(stage.config) and "abc123" not in repr(stage.config)
+    with caplog.at_level(logging.DEBUG), pytest.raises(VideoInputError) as error:
+        run(stage)
+    message = str(error.value)
+    assert "cannot read video 'http://viewer:***@127.0.0.1:1/clip.mp4?token=***'" in message
+    assert "hunter2" not in message and "abc123" not in message
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "hunter2" not in logged and "abc123" not in logged
 
 
 # -- bad input: one clear line, or decode what is decodable and count bad packets -------------------

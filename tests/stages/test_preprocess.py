@@ -99,4 +99,7 @@ def test_cuda_matches_cpu() -> None:
     (gpu,) = run_stage(Preprocess(), [Batch([nv12_frame(i, 720, 1280) for i in range(4)])], device="cuda")
     assert isinstance(cpu, Batch) and isinstance(gpu, Batch) and gpu.data is not None and cpu.data is not None
     assert gpu.data.is_cuda
-    torch.testing.assert_close(gpu.data.cpu(), cpu.data, atol=0.6, rtol=0)
+    # Same float32 steps in the same order on both devices (planes resized, then converted, never
+    # rounded): only summation order differs, ~1e-4 of a level even after the colour matrix's gain
+    # of about 2. A hundredth of a level still catches any rounding to whole levels.
+    torch.testing.assert_close(gpu.data.cpu(), cpu.data, atol=0.01, rtol=0)

@@ -82,20 +82,28 @@ def test_packet_decoder_matches_pyav(clips: dict[str, Path], name: str) -> None:
 
 @pytest.mark.parametrize("threaded", [True, False])
 @pytest.mark.parametrize("name", list(CLIPS))
-def test_file_decoder_nv12_matches_pyav(clips: dict[str, Path], name: str, threaded: bool) -> None:
+def test_file_decoder_nv12_matches_pyav(
+    clips: dict[str, Path], name: str, threaded: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     path = clips[name]
     reference = pyav_frames(path)
     found = probe(path)
-    decoder = NvdecFileDecoder(path, found, output=PixelFormat.NV12, batch_size=4, threaded=threaded)
+    with caplog.at_level(logging.WARNING, logger="streamflow.video.nvdec"):
+        decoder = NvdecFileDecoder(path, found, output=PixelFormat.NV12, batch_size=4, threaded=threaded)
+    # SimpleDecoder's index is exact only in MP4/MOV: an MKV asked for it gets ThreadedDecoder and a warning.
+    mp4 = path.suffix == ".mp4"
+    assert decoder.threaded is (threaded or not mp4)
+    assert any("SimpleDecoder" in r.getMessage() for r in caplog.records) is (not threaded and not mp4)
     frames = [f for batch in decoder.batches() for f in batch]
     assert len(frames) == len(reference)
     period = 1 / float(found.info.fps or 30)
     for frame, (nv12, _, pts) in zip(frames, reference, strict=True):
         assert tuple(frame.image.shape) == nv12.shape
         assert psnr(frame.image[: found.info.height], nv12[: found.info.height]) >= 40
-        if threaded:
+        if decoder.threaded:
             assert frame.pts == pts, "ThreadedDecoder's getPTS() is the stream's pts"
         else:  # SimpleDecoder's getPTS() is off by the reorder delay: frames are numbered at the nominal rate
+            assert pts is not None
             assert frame.time == pytest.approx(float(pts * found.info.time_base), abs=period / 2)
 
 
@@ -133,12 +141,31 @@ def test_frames_are_owned_not_pool_views(clips: dict[str, Path]) -> None:
 
 def test_resolution_change_mid_stream(clips: dict[str, Path]) -> None:
     path = clips["change"]
+    reference = pyav_frames(path)
     stats: dict[str, int] = {}
     frames = list(packet_decode_frames(path, probe(path), output=PixelFormat.NV12, stats=stats))
     sizes = [(f.info.width, f.info.height) for f in frames if f.info is not None]
     assert sizes == [(320, 240)] * 5 + [(480, 272)] * 5
-    assert [tuple(f.image.shape) for f in frames][-1] == (408, 480)
+    assert [tuple(f.image.shape) for f in frames] == [(360, 320)] * 5 + [(408, 480)] * 5
+    # The new sequence is decoded at its own size, not scaled into the old one.
+    for frame, (nv12, _, _) in zip(frames, reference, strict=True):
+        height = nv12.shape[0] * 2 // 3
+        assert psnr(frame.image[:height], nv12[:height]) >= 40
     assert stats["resolution_changes"] == 1
+
+
+def test_packet_decoder_opens_a_session_per_size(tmp_path: Path) -> None:
+    path = write_resolution_change(
+        tmp_path / "c.hevc", [(320, 240), (480, 272), (320, 240)], frames_each=3, codec="hevc"
+    )
+    decoder = PacketDecoder("hevc")
+    with av.open(str(path)) as container:
+        pairs = []
+        for data, pts in iter_annexb_packets(container, container.streams.video[0]):
+            pairs += decoder.decode(data, pts)
+        pairs += decoder.flush()
+    assert [tuple(nv12.shape) for nv12, _ in pairs] == [(360, 320)] * 3 + [(408, 480)] * 3 + [(360, 320)] * 3
+    assert decoder.sessions == 3 and decoder.size == (320, 240)
 
 
 def test_unsupported_streams_are_named(clips: dict[str, Path]) -> None:

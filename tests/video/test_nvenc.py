@@ -43,7 +43,9 @@ def test_cpu_fallback_from_cuda_frames_is_playable(tmp_path: Path, caplog: pytes
     with av.open(str(path)) as container:
         decoded = list(container.decode(video=0))
     assert len(decoded) == 12
-    assert decoded[-1].pts is not None and float(decoded[-1].pts * decoded[-1].time_base) == pytest.approx(11 / 30)
+    last = decoded[-1]
+    assert last.pts is not None and last.time_base is not None
+    assert float(last.pts * last.time_base) == pytest.approx(11 / 30)
 
 
 def test_explicit_nvenc_fails_clearly_where_absent(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_write_clip_properties(tmp_path: Path, name: str, codec: str, pix_fmt: s
         assert stream.average_rate == 25
     assert len(frames) == 6
     assert (frames[0].width, frames[0].height) == (64, 48)
-    assert [round(float(f.pts * f.time_base) * 25) for f in frames] == list(range(6))
+    assert [round(float((f.pts or 0) * (f.time_base or 0)) * 25) for f in frames] == list(range(6))
 
 
 def test_unknown_codec_is_rejected(tmp_path: Path) -> None:
