@@ -97,6 +97,14 @@ class Window(Stage):
         self._sequences.clear()
         return out
 
+    def end_source(self, source_id: str) -> list[Batch]:
+        # That source's tail is padded now, without waiting for the other sources to end.
+        out: list[Batch] = []
+        seq = self._sequences.pop(source_id, None)
+        if seq is not None:
+            self._drain(seq, out, final=True)
+        return out
+
     def teardown(self) -> None:
         self._sequences = {}
 

@@ -120,15 +120,17 @@ class _StageWorker:
             accept_on_stream(item, stage.stream)
         else:
             accept_on_host(item)
-        started = time.perf_counter()
-        outputs = _as_items(stage.process(item))
-        busy = time.perf_counter() - started
-        self._finish(outputs)
-        return outputs, busy
+        return self._timed(stage.process, item)
 
     def flush(self) -> tuple[list[Item], float]:
+        return self._timed(self.stage.flush)
+
+    def end_source(self, source_id: str) -> tuple[list[Item], float]:
+        return self._timed(self.stage.end_source, source_id)
+
+    def _timed(self, hook: Callable[..., StageOutput], *args: Any) -> tuple[list[Item], float]:
         started = time.perf_counter()
-        outputs = _as_items(self.stage.flush())
+        outputs = _as_items(hook(*args))
         busy = time.perf_counter() - started
         self._finish(outputs)
         return outputs, busy
@@ -365,7 +367,9 @@ class Pipeline:
             pending = None
             if isinstance(item, EndOfStream):
                 if item.source_id is not None:  # one source ended; others may go on
-                    await self._emit(stage, [item], output)
+                    outputs, busy = await worker.call(worker.end_source, item.source_id)
+                    self._notify(stage, [], outputs, busy)
+                    await self._emit(stage, [*outputs, item], output)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 self._notify(stage, [], outputs, busy)

@@ -6,6 +6,7 @@ threads, CUDA streams, end of stream, metrics):
 - `setup()`: once, before the first item (open files, load models, allocate GPU memory).
 - `process(item)`: per `Frame` or `Batch`; return nothing, one item, or an iterable of items.
 - `flush()`: once, when end of stream arrives; may return final items.
+  (`end_source(source_id)` is the per-source form, for stages that buffer per source.)
 - `teardown()`: always, also after an error or cancellation (close files, free resources).
 
 A source stage subclasses `Source` and implements `generate()` instead of `process()`.
@@ -156,6 +157,10 @@ class Stage:
 
     def flush(self) -> StageOutput:
         """End of stream arrived: return what is still buffered. Default: nothing."""
+        return None
+
+    def end_source(self, source_id: str) -> StageOutput:
+        """One source ended (others go on): return what is buffered for it. Default: nothing."""
         return None
 
     def teardown(self) -> None:

@@ -136,19 +136,6 @@ def gpu_boxes(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
     return [f.results["boxes"].cpu() for f in frames]
 
 
-def _worst(a: list[torch.Tensor], b: list[torch.Tensor], frames: list[Frame]) -> str:  # TEMPORARY diagnostic
-    from streamflow.detection import box_iou
-
-    rows = []
-    for ba, bb, f in zip(a, b, frames, strict=True):
-        if len(ba) and len(bb):
-            best, j = box_iou(ba.cpu(), bb).max(1)
-            for r in range(len(ba)):
-                rows.append((float(best[r]), f.index, ba[r].tolist(), bb[j[r]].tolist(), float(f.results["scores"][r])))
-    rows.sort()
-    return "; ".join(f"IoU {w[0]:.3f} frame {w[1]} cpu {[round(v, 1) for v in w[2]]} gpu {[round(v, 1) for v in w[3]]} score {w[4]:.3f}" for w in rows[:3])
-
-
 @pytest.mark.gpu
 def test_gpu_matches_cpu_and_truth(
     cpu_detections: list[Frame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -160,28 +147,27 @@ def test_gpu_matches_cpu_and_truth(
     truth = true_boxes(cpu_detections)
     cpu = [f.results["boxes"] for f in cpu_detections]
 
-    tf32 = gpu_boxes(model, torch.float32)  # TEMPORARY diagnostic: torch's default TF32 convolutions
-    print(f"GPU (onnx2torch fp32, TF32 convs): {precision_recall(tf32, truth, iou_threshold=0.5)}")
-    print(f"CPU vs GPU TF32: {agreement(cpu, tf32, iou_threshold=0.5)} :: {_worst(cpu, tf32, cpu_detections)}")
-
-    # The agreement check compares like with like: fp32 on both. cuDNN convolutions default to TF32
-    # (10-bit mantissa) on Ampere and later, which is not fp32.
+    # Like with like first: fp32 on both. cuDNN convolutions default to TF32 (10-bit mantissa) on
+    # Ampere and later, which is not fp32.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     fp32 = gpu_boxes(model, torch.float32)
     monkeypatch.undo()
     result = precision_recall(fp32, truth, iou_threshold=0.5)
-    print(f"GPU (onnx2torch fp32): {result}")
     same = agreement(cpu, fp32, iou_threshold=0.5)
-    print(f"CPU vs GPU (fp32): {same} :: {_worst(cpu, fp32, cpu_detections)}")
-
-    # fp16 (what a GPU user may pick for speed) is held to the accuracy targets against the truth; its
-    # agreement with the CPU is reported, not required: fp16 rounding can move a heatmap peak by a cell.
+    print(f"GPU (onnx2torch fp32): {result}; CPU vs GPU: {same}")
+    # Then torch's defaults (TF32 convolutions), which is what an fp32 pipeline on the GPU runs.
+    tf32 = gpu_boxes(model, torch.float32)
+    result_tf32 = precision_recall(tf32, truth, iou_threshold=0.5)
+    same_tf32 = agreement(cpu, tf32, iou_threshold=0.5)
+    print(f"GPU (onnx2torch fp32, TF32 convolutions): {result_tf32}; CPU vs GPU: {same_tf32}")
+    # fp16 (for speed) is held to the accuracy targets against the truth; its agreement with the CPU
+    # is reported, not required: fp16 rounding can move a heatmap peak by one cell (IoU 0.92 seen).
     fp16 = gpu_boxes(model, torch.float16)
     result16 = precision_recall(fp16, truth, iou_threshold=0.5)
-    print(f"GPU (onnx2torch fp16): {result16}")
-    print(f"CPU vs GPU (fp16): {agreement(cpu, fp16, iou_threshold=0.5)} :: {_worst(cpu, fp16, cpu_detections)}")
+    print(f"GPU (onnx2torch fp16): {result16}; CPU vs GPU: {agreement(cpu, fp16, iou_threshold=0.5)}")
 
-    assert result.recall >= 0.95 and result.precision >= 0.95, str(result)
-    assert same.only_a == 0 and same.only_b == 0, str(same)
-    assert same.min_iou >= 0.9, str(same)
-    assert result16.recall >= 0.95 and result16.precision >= 0.95, str(result16)
+    for name, res, agree in (("fp32", result, same), ("fp32/TF32", result_tf32, same_tf32)):
+        assert res.recall >= 0.95 and res.precision >= 0.95, f"{name}: {res}"
+        assert agree.only_a == 0 and agree.only_b == 0, f"{name}: {agree}"
+        assert agree.min_iou >= 0.9, f"{name}: {agree}"
+    assert result16.recall >= 0.95 and result16.precision >= 0.95, f"fp16: {result16}"

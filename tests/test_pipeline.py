@@ -102,7 +102,10 @@ def test_error_in_middle_stage_keeps_type_names_stage_and_leaves_outputs_valid(t
     asyncio.run(run_and_inspect())
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[-1] == {"end": True}, "the sink was torn down: its output is complete"
-    assert [line["index"] for line in lines[:-1]] == [0, 1, 2, 3, 4]
+    # The error cancels the other stages at once: the writer has a prefix of the frames that passed
+    # the checker (how long depends on scheduling), never a frame at or after the bad one.
+    written = [line["index"] for line in lines[:-1]]
+    assert written == list(range(len(written))) and len(written) <= 5
     deadline = time.time() + 2
     while time.time() < deadline and any(t.name.startswith("streamflow-") for t in threading.enumerate()):
         time.sleep(0.02)
@@ -199,3 +202,31 @@ def test_custom_stage_in_a_few_lines() -> None:
     out = run_stage(Brighten(amount=5), make_frames(2))
     assert [int(f.image.max()) for f in out] == [5, 6]
     assert out[0].image.dtype == torch.uint8
+
+
+def test_per_source_end_of_stream_calls_end_source_before_passing_it_on() -> None:
+    class PerSource(Stage):
+        def setup(self) -> None:
+            self.held: dict[str, list[Frame]] = {}
+
+        def process(self, item: Frame | Batch) -> None:
+            for frame in item.frames:
+                self.held.setdefault(frame.source_id, []).append(frame)
+
+        def end_source(self, source_id: str) -> list[Frame]:
+            return self.held.pop(source_id, [])
+
+        def flush(self) -> list[Frame]:
+            return [frame for frames in self.held.values() for frame in frames]
+
+    a, b = make_frames(2, source_id="a"), make_frames(2, source_id="b")
+    order: list[object] = []
+
+    class Recorder(ListSink):
+        def process(self, item: Frame | Batch) -> None:
+            order.extend(f"{f.source_id}{f.index}" for f in item.frames)
+
+    items = [a[0], b[0], a[1], EndOfStream("a"), b[1]]
+    Pipeline([ListSource(items), PerSource(name="per_source"), Recorder(name="sink")], device="cpu").run_sync()
+    assert order[:2] == ["a0", "a1"], "source a's frames come out when a ends, before b's"
+    assert sorted(order[2:]) == ["b0", "b1"]

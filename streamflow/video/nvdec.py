@@ -481,10 +481,6 @@ class NvdecFileDecoder:
         start_pts = self.probe.start_pts or 0
         index = 0
         try:
-            if not self.threaded:
-                # SimpleDecoder indexes frames: asking past the last one logs "INVALID INDEX" for each.
-                left = max(0, len(self._decoder) - self.start_frame)
-                max_frames = left if max_frames is None else min(max_frames, left)
             while max_frames is None or index < max_frames:
                 want = self.batch_size if max_frames is None else min(self.batch_size, max_frames - index)
                 with torch.cuda.device(self.gpu_id):
