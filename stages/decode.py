@@ -40,9 +40,10 @@ import enum
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from streamflow.frame import Batch, Frame, Item, PixelFormat
 from streamflow.stage import Source, StageConfig
@@ -97,6 +98,15 @@ class Decode(Source):
         end: float | None = Field(default=None, gt=0, description="seconds")
         emit_batch: int = Field(default=1, ge=1, description="frames per emitted Batch; 1 emits Frames")
         source_id: str | None = Field(default=None, description="default: the stage name")
+
+        @field_validator("uri")
+        @classmethod
+        def _local_file_exists(cls, uri: str) -> str:
+            # A missing local file is a config error (exit 2, naming the field), found before anything
+            # starts; network uris (scheme://) can only be checked by opening them, at setup.
+            if "://" not in uri and not Path(uri).exists():
+                raise ValueError(f"file not found: {uri!r} (relative paths are from {Path.cwd()})")
+            return uri
 
         @model_validator(mode="after")
         def _check_times(self) -> Decode.Config:

@@ -143,8 +143,8 @@ def _first_validation_error(error: ValidationError, choices: Sequence[str]) -> t
     if first["type"] == "extra_forbidden":
         leaf = str(first["loc"][-1])
         return field, "unknown option" + _suggest(leaf, choices)
-    message = first["msg"]
-    if first["type"] not in ("missing",) and "input" in first:
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in ("missing", "value_error") and "input" in first:
         message += f" (got {first['input']!r})"
     return field, message
 

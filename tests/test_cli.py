@@ -95,3 +95,21 @@ def test_stages_lists_registered_types_with_options() -> None:
     result = cli("stages")
     assert result.returncode == 0
     assert "null" in result.stdout
+
+
+def test_missing_input_video_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""
+name: missing
+device: cpu
+stages:
+  - name: source
+    type: decode
+    uri: {tmp_path / "absent.mp4"}
+  - name: sink
+    type: "null"
+""")
+    result = cli("run", str(path))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "stage 'source' (decode): field 'uri': file not found" in lines[0]

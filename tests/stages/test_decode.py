@@ -61,17 +61,20 @@ def test_loop_max_frames_start_end(clip: Path) -> None:
     assert [round(f.time * 30) for f in sink.frames] == [6, 7, 8, 9, 10, 11]  # type: ignore[operator]
 
 
-def test_config_uses_enums_and_validates() -> None:
-    stage = Decode(uri="x.mp4", backend="cpu", format="nv12")
+def test_config_uses_enums_and_validates(clip: Path) -> None:
+    uri = str(clip)
+    stage = Decode(uri=uri, backend="cpu", format="nv12")
     assert stage.config.backend is DecodeBackend.CPU and stage.config.format is DecodeFormat.NV12
     with pytest.raises(ValidationError):
-        Decode(uri="x.mp4", backend="gpu")
+        Decode(uri=uri, backend="gpu")
     with pytest.raises(ValidationError):
-        Decode(uri="x.mp4", start=3, end=2)
+        Decode(uri=uri, start=3, end=2)
     with pytest.raises(ValidationError):
-        Decode(uri="x.mp4", emit_batch=0)
+        Decode(uri=uri, emit_batch=0)
     with pytest.raises(ValidationError):
-        Decode(uri="x.mp4", colour="red")
+        Decode(uri=uri, colour="red")
+    with pytest.raises(ValidationError, match="file not found"):
+        Decode(uri=str(clip.with_name("absent.mp4")))
 
 
 def test_nvdec_backend_on_cpu_device_is_an_error(clip: Path) -> None:
@@ -118,7 +121,13 @@ def _fails_with_one_line(path: Path) -> str:
 
 
 def test_missing_audio_only_random_and_truncated(tmp_path: Path) -> None:
-    assert "file not found" in _fails_with_one_line(tmp_path / "missing.mp4")
+    with pytest.raises(ValidationError, match="file not found"):  # caught when the config is validated
+        Decode(uri=str(tmp_path / "missing.mp4"))
+    vanishing = write_clip(tmp_path / "v.mp4", width=64, height=48, frames=2)
+    stage = Decode(uri=str(vanishing))
+    vanishing.unlink()  # gone between validation and start: still one clear line, at setup
+    with pytest.raises(VideoInputError, match="file not found"):
+        run(stage)
     assert "no video stream" in _fails_with_one_line(write_audio_only(tmp_path / "a.m4a"))
     noise = tmp_path / "noise.mp4"
     noise.write_bytes(random.Random(3).randbytes(30000))
