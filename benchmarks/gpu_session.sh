@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -66,5 +66,22 @@ if [ "$what" = demo ] || [ "$what" = sr ] || [ "$what" = all ]; then
     FACES_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml --stats-json "$out/demo_stats.json" \
         2>&1 | grep -v "^streamflow: INFO" | tail -16
     python3 -c "import json; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines,', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes')"
+fi
+if [ "$what" = final ]; then
+    # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the
+    # super-resolution benchmark and the demo config.
+    step "GPU tests"
+    timeout 120 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
+    step "super-resolution: pipeline vs serial (640x360 -> 1280x720, fp16, CPU libx264 encode)"
+    SR_OUT=/tmp/sf timeout 90 python3 -m streamflow.cli bench configs/super_resolution.yaml \
+        --frames 240 --warmup 20 --baseline serial --set source.loop=true --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" \
+        --json "$out/sr_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -24
+    step "face detection demo config on the GPU"
+    FACES_OUT=/tmp/sf timeout 40 python3 -m streamflow.cli run configs/face_detect.yaml -q \
+        --stats-json "$out/demo_stats.json" 2>&1 | grep -v "^streamflow: INFO" | tail -5
+    python3 -c "import json; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes')"
 fi
 step done
