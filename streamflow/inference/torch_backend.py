@@ -101,7 +101,17 @@ class TorchBackend(InferenceBackend):
         self._input_order = [vi.name for vi in onnx_model.graph.input]
         self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
         if self.uses_cuda_graph:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as error:
+                # Some converted ops copy host tensors while running (onnx2torch's Resize with scales,
+                # for one), which CUDA graph capture forbids. `on` asked for a graph: fail; `auto` runs
+                # eagerly and says so once.
+                self.graph, self._static_inputs, self._static_outputs = None, {}, {}
+                reason = str(error).splitlines()[0]
+                if self.cuda_graph_mode is CudaGraphMode.ON:
+                    raise ModelError(f"cannot capture {self.model_path.name} in a CUDA graph: {reason}") from error
+                log.warning("%s: CUDA graph capture failed, running eagerly (%s)", self.model_path.name, reason)
         mode = f"CUDA graph at batch {self._graph_batch}" if self.graph is not None else "eager"
         self.description = f"torch {torch.__version__} (onnx2torch) on {self.device}, {self.precision}, {mode}"
 

@@ -162,3 +162,19 @@ def test_tensorrt_builds_and_runs_or_says_why(centerface: Path, tmp_path: Path) 
     again.load()  # from the cache this time
     assert again.engine_path == backend.engine_path
     again.close()
+
+
+def test_graph_capture_failure_runs_eagerly_under_auto_and_fails_under_on(caplog: pytest.LogCaptureFixture) -> None:
+    # Our SR model's Resize converts (onnx2torch) into a host-to-device copy, which capture forbids:
+    # seen on the H100 as "Cannot copy between CPU and CUDA tensors during CUDA graph capture".
+    model = Path(__file__).resolve().parents[2] / "models" / "vsr_x2.onnx"
+    specs = {"frames": InputSpec.static("frames", [1, 15, 36, 64])}
+    x = torch.rand(1, 15, 36, 64, device="cuda")
+    with TorchBackend(model, specs, device="cuda", cuda_graph=CudaGraphMode.AUTO) as backend:
+        out = backend.infer({"frames": x})
+        if backend.graph is None:
+            assert "CUDA graph capture failed" in caplog.text
+        assert out["hr"].shape == (1, 3, 72, 128)
+    if "CUDA graph capture failed" in caplog.text:
+        with pytest.raises(Exception, match="cannot capture"):
+            TorchBackend(model, specs, device="cuda", cuda_graph=CudaGraphMode.ON).load()
