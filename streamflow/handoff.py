@@ -22,10 +22,6 @@ from streamflow.frame import Batch, EndOfStream, Frame, Item, iter_tensors
 __all__ = ["accept_on_host", "accept_on_stream", "mark_ready"]
 
 
-def _ready_event(item: Frame | Batch) -> torch.cuda.Event | None:
-    return item.ready
-
-
 def mark_ready(item: Item, stream: torch.cuda.Stream) -> None:
     """Record on `stream` the point after which `item`'s tensors are complete."""
     if isinstance(item, EndOfStream):
@@ -41,7 +37,7 @@ def mark_ready(item: Item, stream: torch.cuda.Stream) -> None:
 
 def accept_on_stream(item: Frame | Batch, stream: torch.cuda.Stream) -> None:
     """Order `stream` after the item's producer and keep its tensors alive for `stream`."""
-    event = _ready_event(item)
+    event = item.ready
     if event is None and isinstance(item, Batch):
         for frame in item.frames:
             if frame.ready is not None:
@@ -55,7 +51,7 @@ def accept_on_stream(item: Frame | Batch, stream: torch.cuda.Stream) -> None:
 
 def accept_on_host(item: Frame | Batch) -> None:
     """Block the calling (worker) thread until the item's tensors are complete."""
-    event = _ready_event(item)
+    event = item.ready
     if event is not None:
         event.synchronize()
     elif isinstance(item, Batch):
