@@ -347,7 +347,7 @@ class RtspSource(Source):
             yield "uri", redact_uri(self.uri)
             yield from super().__repr_args__()
 
-    live: ClassVar[bool] = True
+    live = True
     uses_gpu: ClassVar[bool] = True
 
     def __init__(self, config: StageConfig | None = None, /, **kwargs: Any) -> None:

@@ -278,7 +278,8 @@ class Pipeline:
             if previous is not None:
                 overflow = stage.overflow or self.overflow
                 if overflow is None:
-                    overflow = Overflow.DROP_OLDEST if getattr(previous, "live", False) else stage.default_overflow
+                    live = isinstance(previous, Source) and previous.live
+                    overflow = Overflow.DROP_OLDEST if live else stage.default_overflow
                 capacity = stage.queue_size or self.queue_size
                 self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", capacity, overflow)
             previous = stage

@@ -183,6 +183,9 @@ class Source(Stage):
     """A stage without input. Implement `generate()`; check `self.stopping` between items."""
 
     is_source: ClassVar[bool] = True
+    #: A live source (camera, network stream) produces at its own pace: the edge after it defaults to
+    #: `drop_oldest`, so a slow consumer loses old frames instead of building up latency.
+    live: bool = False
 
     def generate(self) -> Iterator[Item]:
         """Yield frames or batches. Runs in the stage's thread; stop early when `self.stopping` is set."""

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -45,12 +45,10 @@ class ListSource(Source):
     class Config(StageConfig):
         interval: float = 0.0
 
-    live: ClassVar[bool] = False
-
     def __init__(self, items: Sequence[Item | RaiseError] = (), *, live: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.items = list(items)
-        self.live = live  # type: ignore[misc]  # per instance: tests use both behaviours
+        self.live = live  # per instance: tests use both behaviours
         self.emitted = 0
 
     def generate(self) -> Iterator[Item]:

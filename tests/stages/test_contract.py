@@ -127,7 +127,7 @@ def _pipeline(stage: Stage, items: list[Item]) -> tuple[Pipeline, ListSink]:
     sink = ListSink(name="contract_sink")
     stages: list[Stage] = [stage, sink] if isinstance(stage, Source) else [ListSource(items), stage, sink]
     # Live sources never end by themselves: the contract run takes a few frames, then stops.
-    return Pipeline(stages, device="cpu", max_frames=5 if getattr(stage, "live", False) else None), sink
+    return Pipeline(stages, device="cpu", max_frames=5 if isinstance(stage, Source) and stage.live else None), sink
 
 
 def _spy_teardown(stage: Stage) -> list[bool]:
