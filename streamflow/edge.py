@@ -49,9 +49,6 @@ class Edge:
         #: Largest number of data items ever queued at once.
         self.max_depth = 0
 
-    def __len__(self) -> int:
-        return self._data_count
-
     @property
     def depth(self) -> int:
         return self._data_count

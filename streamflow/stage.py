@@ -102,8 +102,6 @@ class Stage:
     Config: ClassVar[type[StageConfig]] = StageConfig
     #: True if the stage may run work on a GPU; it then gets its own CUDA stream when on cuda.
     uses_gpu: ClassVar[bool] = False
-    #: True for stages that have no input and implement `generate()`.
-    is_source: ClassVar[bool] = False
     #: Default overflow of this stage's input edge when neither the stage nor the config sets one.
     default_overflow: ClassVar[Overflow] = Overflow.BLOCK
 
@@ -182,7 +180,6 @@ class Stage:
 class Source(Stage):
     """A stage without input. Implement `generate()`; check `self.stopping` between items."""
 
-    is_source: ClassVar[bool] = True
     #: A live source (camera, network stream) produces at its own pace: the edge after it defaults to
     #: `drop_oldest`, so a slow consumer loses old frames instead of building up latency.
     live: bool = False
