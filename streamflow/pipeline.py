@@ -175,6 +175,8 @@ class Pipeline:
             raise PipelineError("a pipeline needs at least one stage")
         if queue_size < 1:
             raise PipelineError(f"queue_size must be >= 1, got {queue_size}")
+        if max_frames is not None and max_frames < 1:
+            raise PipelineError(f"max_frames must be >= 1, got {max_frames}")
         names = [stage.name for stage in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -344,8 +346,6 @@ class Pipeline:
                 if isinstance(item, EndOfStream):
                     await self._emit(stage, [item], output)
                     continue
-                if self.max_frames is not None and produced >= self.max_frames:
-                    break
                 if self.max_frames is not None and isinstance(item, Batch):
                     item.frames = item.frames[: self.max_frames - produced]
                     if item.data is not None:
