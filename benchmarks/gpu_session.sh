@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|study|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|study|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -66,6 +66,29 @@ if [ "$what" = demo ] || [ "$what" = sr ] || [ "$what" = all ]; then
     FACES_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml --stats-json "$out/demo_stats.json" \
         2>&1 | grep -v "^streamflow: INFO" | tail -16
     python3 -c "import json; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines,', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes')"
+fi
+if [ "$what" = study ]; then
+    # Why the super-resolution pipeline is bound by libx264: the encoder alone, under GIL pressure,
+    # and the pipeline with the encoder replaced by a null sink.
+    step "x264 study"
+    timeout 200 python3 benchmarks/x264_study.py --frames 240 --json "$out/x264_study.json" 2>&1 | tail -20
+    srbench() { SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli bench "$1" \
+        --frames 240 --warmup 20 --baseline serial --set source.loop=true --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" --json "$2" 2>&1 | grep -v "^streamflow: INFO" | tail -24; }
+    step "super-resolution bench (config as shipped)"
+    srbench configs/super_resolution.yaml "$out/sr_bench.json"
+    step "super-resolution bench, null sink instead of encode"
+    python3 -c "import yaml; c=yaml.safe_load(open('configs/super_resolution.yaml')); c['stages'][-1]={'name':'video','type':'null'}; yaml.safe_dump(c, open('/tmp/sr_null.yaml','w'))"
+    srbench /tmp/sr_null.yaml "$out/sr_null.json"
+    if ls .gpu/py_spy-*.whl >/dev/null 2>&1; then
+        step "py-spy: which threads hold the GIL in the shipped pipeline"
+        python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl
+        SR_OUT=/tmp/sf timeout 90 /tmp/pyspy/bin/py-spy record --gil --threads -r 200 -f raw -o "$out/spy_gil.txt" -- \
+            python3 -m streamflow.cli bench configs/super_resolution.yaml --frames 240 --warmup 20 --baseline none \
+            --set source.loop=true --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
+            2>&1 | grep -v "^streamflow: INFO" | tail -5
+    fi
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the

@@ -3,9 +3,12 @@
 Takes RGB or NV12 frames (CPU or CUDA) and writes them in arrival order with their pts, so the file
 has the input's frame count and duration. With `backend: auto` NVENC is used when a session opens
 on the stage's GPU (probed once per process); H100/H200/A100 and CPU machines get PyAV with one
-warning line naming why. GPU frames are copied to pinned host memory on the stage's stream. The
-file is finalized at end of stream and also after an error or SIGINT (teardown), so it stays
-playable. Items are passed on unchanged, so a `jsonl` sink may follow.
+warning line naming why. The CPU encoder runs in a child process by default (`cpu_encoder:
+process`), so libx264 and the pipeline's threads don't wait on each other's GIL; GPU frames reach it
+as NV12 through pinned shared memory, with one host wait per batch on the stage's stream.
+`cpu_encoder: thread` encodes in the stage's thread instead. The file is finalized at end of stream
+and also after an error or SIGINT (teardown), so it stays playable. Items are passed on unchanged,
+so a `jsonl` sink may follow.
 
 Example (YAML):
     - name: out
@@ -15,6 +18,7 @@ Example (YAML):
       crf: 23            # or bitrate: 4000000
       preset: veryfast
       backend: auto      # auto | nvenc | cpu
+      cpu_encoder: process  # process | thread: where libx264/libx265 runs
 
 Example (Python):
     >>> import tempfile, pathlib
@@ -34,7 +38,7 @@ from pydantic import Field, model_validator
 
 from streamflow.frame import Batch, Frame
 from streamflow.stage import Stage, StageConfig, StageOutput
-from streamflow.video.encode import EncodeBackend, EncodeError, VideoCodec, VideoWriter
+from streamflow.video.encode import CpuEncoderMode, EncodeBackend, EncodeError, VideoCodec, VideoWriter
 
 __all__ = ["Encode"]
 
@@ -50,6 +54,11 @@ class Encode(Stage):
         preset: str | None = None
         fps: float | None = Field(default=None, gt=0, description="default: the input's frame rate")
         backend: EncodeBackend = EncodeBackend.AUTO
+        cpu_encoder: CpuEncoderMode = Field(
+            CpuEncoderMode.PROCESS,
+            description="CPU encoding in a child process (own GIL) or in the stage's thread",
+        )
+        slots: int = Field(8, ge=1, le=256, description="cpu_encoder process: frames that may wait for the encoder")
 
         @model_validator(mode="after")
         def _one_rate_control(self) -> Encode.Config:
@@ -83,14 +92,17 @@ class Encode(Stage):
                 preset=config.preset,
                 backend=config.backend,
                 gpu_id=self.device.index if self.on_gpu else None,
+                cpu_encoder=config.cpu_encoder,
+                slots=config.slots,
             )
         return self.writer
 
     def process(self, item: Frame | Batch) -> StageOutput:
-        for frame in item.frames:
-            writer = self._writer_for(frame)
-            writer.write(frame.image, frame.format, pts=frame.pts, time_base=frame.time_base)
-        self.count("frames_written", len(item.frames))
+        frames = item.frames
+        if frames:
+            writer = self._writer_for(frames[0])
+            writer.write_batch([(f.image, f.format, f.pts, f.time_base) for f in frames])
+        self.count("frames_written", len(frames))
         return item
 
     def flush(self) -> StageOutput:

@@ -3,7 +3,9 @@
 The `serial` baseline is what a user writes by hand with the same stages: one frame at a time, in a
 plain loop, every stage on one CUDA stream, each frame finished (device synchronised) before the next
 starts. Both runs exclude the first `warmup` frames from timing (model loads, CUDA graph capture,
-allocator growth) and time the next `frames` frames as they leave the last stage.
+allocator growth) and time the next `frames` frames as they leave the last stage, up to the end of
+the last stage's flush: a sink that hands frames on (an encoder in a child process, an encoder's
+lookahead) is timed until its output is complete, not until it has accepted the last frame.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class BenchError(RuntimeError):
 
 
 class _DoneTimes(Observer):
-    """Records when each frame leaves the last stage."""
+    """Records when each frame leaves the last stage, and when the last stage finished flushing."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.finished: float | None = None
         self._sink: str | None = None
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
@@ -47,17 +50,22 @@ class _DoneTimes(Observer):
     def on_processed(
         self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
     ) -> None:
-        if stage.name == self._sink and frames_in:
-            now = time.perf_counter()
+        if stage.name != self._sink:
+            return
+        now = time.perf_counter()
+        if frames_in:
             self.times.extend([now] * len(frames_in))
+        else:  # flush (or a source's end): everything the sink accepted is now written
+            self.finished = now
 
 
-def _steady_fps(times: list[float], warmup: int) -> tuple[float, int, float]:
-    """(fps, frames timed, seconds) over the frames after `warmup`."""
+def _steady_fps(times: list[float], warmup: int, finished: float | None = None) -> tuple[float, int, float]:
+    """(fps, frames timed, seconds) over the frames after `warmup`, ending at `finished` if that is later."""
     if len(times) <= warmup + 1:
         raise BenchError(f"only {len(times)} frames reached the last stage; need more than warm-up ({warmup}) + 1")
     timed = times[warmup:]
-    seconds = timed[-1] - times[warmup - 1] if warmup > 0 else timed[-1] - timed[0]
+    end = max(timed[-1], finished) if finished is not None else timed[-1]
+    seconds = end - times[warmup - 1] if warmup > 0 else end - timed[0]
     count = len(timed) if warmup > 0 else len(timed) - 1
     return (count / seconds if seconds > 0 else float("inf")), count, seconds
 
@@ -82,6 +90,9 @@ class BenchResult:
     baseline_overrides: list[str]
     peak_gpu_mib: float | None
     host: dict[str, str]
+    # Process CPU time (all threads, child processes excluded) over wall time: cores kept busy.
+    pipeline_cores: float | None = None
+    baseline_cores: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -98,6 +109,7 @@ class BenchResult:
                 "stages": self.pipeline_stats.to_dict()["stages"],
             },
             "peak_gpu_mib": self.peak_gpu_mib,
+            "cpu_cores_busy": {"pipeline": self.pipeline_cores, "baseline_serial": self.baseline_cores},
         }
         if self.baseline:
             lat = self.baseline.latency_ms
@@ -140,6 +152,11 @@ class BenchResult:
             if self.baseline_overrides:
                 console.print(f"serial baseline overrides: {' '.join(self.baseline_overrides)}")
             console.print(f"[bold]ratio pipeline / serial: {self.ratio:.2f}x[/]")
+        if self.pipeline_cores is not None:
+            cores = f"pipeline {self.pipeline_cores:.2f}"
+            if self.baseline_cores is not None:
+                cores += f", serial baseline {self.baseline_cores:.2f}"
+            console.print(f"CPU cores busy on average (this process): {cores}")
         if self.peak_gpu_mib is not None:
             console.print(f"peak GPU memory allocated: {self.peak_gpu_mib:.0f} MiB")
         console.print(f"host: {', '.join(f'{k}={v}' for k, v in self.host.items())}")
@@ -152,6 +169,21 @@ def _host_info(device: torch.device) -> dict[str, str]:
     else:
         info["cpu"] = platform.processor() or platform.machine()
     return info
+
+
+class _CpuMeter:
+    """Cores this process kept busy over a block: CPU time of all its threads / wall time."""
+
+    def __init__(self) -> None:
+        self.cores: float | None = None
+
+    def __enter__(self) -> _CpuMeter:
+        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._wall
+        self.cores = round((time.process_time() - self._cpu) / wall, 2) if wall > 0 else None
 
 
 def _split_frames(item: Item) -> list[Item]:
@@ -216,14 +248,17 @@ def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialS
             if close is not None:
                 close()
             for index in range(1, len(stages)):
+                began = time.perf_counter()
                 flushed = _as_items(stages[index].flush())
+                busy[stages[index].name] += time.perf_counter() - began
                 if flushed:
                     through(index + 1, flushed)
             synchronize()
+            finished = time.perf_counter()
         finally:
             for stage in stages:
                 stage.teardown()
-    fps, count, seconds = _steady_fps(done_times, warmup)
+    fps, count, seconds = _steady_fps(done_times, warmup, finished)
     return SerialStats(fps=fps, frames=count, seconds=seconds, busy_s=busy, latency_ms=latency[warmup:])
 
 
@@ -243,12 +278,15 @@ def run_bench(
     device = resolve_device(pipeline.device_spec)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    stats = pipeline.run_sync()
-    fps, count, _ = _steady_fps(done.times, warmup)
+    with _CpuMeter() as pipeline_cpu:
+        stats = pipeline.run_sync()
+    fps, count, _ = _steady_fps(done.times, warmup, done.finished)
     serial = None
+    baseline_cpu = _CpuMeter()
     if baseline == "serial":
         serial_config = load_config(config_path, [*overrides, *baseline_overrides])
-        serial = run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup)
+        with baseline_cpu:
+            serial = run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
         config=str(config_path),
@@ -260,4 +298,6 @@ def run_bench(
         baseline_overrides=list(baseline_overrides),
         peak_gpu_mib=peak,
         host=_host_info(device),
+        pipeline_cores=pipeline_cpu.cores,
+        baseline_cores=baseline_cpu.cores if serial else None,
     )

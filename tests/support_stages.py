@@ -45,9 +45,14 @@ class LinesSink(Stage):
     class Config(StageConfig):
         path: Path
         delay: float = 0.0
+        flush_delay: float = 0.0  # a sink that still has work after the last frame (an encoder's lookahead)
 
     def setup(self) -> None:
         self.file = self.config.path.open("w")
+
+    def flush(self) -> None:
+        if self.config.flush_delay:
+            time.sleep(self.config.flush_delay)
 
     def process(self, item: Frame | Batch) -> None:
         if self.config.delay:

@@ -6,8 +6,15 @@ and writes them in arrival order. The backend is chosen once:
 - `nvenc`: PyNvVideoCodec encodes the CUDA tensor directly; PyAV muxes the Annex B bitstream.
   NVENC is detected by `nvenc_probe()`, which opens a real encode session (NVML reports an encoder
   on H100/H200, which have none) and caches the answer per GPU.
-- `cpu`: the frame is copied to pinned host memory on the current CUDA stream (the caller's
-  stage stream) and encoded by PyAV with libx264/libx265.
+- `cpu`: libx264/libx265 through PyAV (`streamflow.video.pyav_encoder`). With `cpu_encoder:
+  process` (the default) the encoder runs in a child process: frames are copied (GPU frames as
+  NV12, on the caller's current CUDA stream) into a ring of shared-memory slots that are pinned
+  for the GPU, and the child encodes and muxes them with its own GIL. With `thread` it runs in the
+  calling thread, as a hand-written loop would.
+
+`write_batch` stages several frames and waits for the GPU once for all of them; `write` is one
+frame. With the child process a frame is handed over when `write`/`write_batch` returns and
+encoded soon after; `close()` waits until the file is complete.
 
 The container is finalized on `close()`, also when writing failed, so the file stays playable.
 
@@ -28,16 +35,24 @@ import functools
 import io
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from streamflow.frame import PixelFormat
-from streamflow.ops.color import rgb_to_nv12
+from streamflow.ops.color import nv12_to_rgb, rgb_to_nv12
+from streamflow.video.pyav_encoder import (
+    CPU_ENCODERS,
+    EncoderProcess,
+    EncoderProcessError,
+    EncoderSettings,
+    PyAVEncoder,
+)
 
 if TYPE_CHECKING:
     import av.container
@@ -45,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnnexBMuxer",
+    "CpuEncoderMode",
     "EncodeBackend",
     "EncodeError",
     "NvencProbe",
@@ -54,8 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_CPU_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 
 
 class VideoCodec(enum.StrEnum):
@@ -71,6 +85,13 @@ class EncodeBackend(enum.StrEnum):
     AUTO = "auto"  # NVENC when a session opens on this GPU, else CPU (with one warning)
     NVENC = "nvenc"  # NVENC or an error
     CPU = "cpu"  # PyAV libx264/libx265
+
+
+class CpuEncoderMode(enum.StrEnum):
+    """Where the CPU encoder (libx264/libx265) runs."""
+
+    PROCESS = "process"  # a child process with its own GIL (see streamflow.video.pyav_encoder)
+    THREAD = "thread"  # the calling thread, in this process
 
 
 class EncodeError(RuntimeError):
@@ -152,6 +173,8 @@ class VideoWriter:
     - `crf` (CPU) or `bitrate` (bits/s; both backends): quality; default CRF 23 / NVENC's default.
     - `preset`: encoder preset (libx264 names like `veryfast`; NVENC `P1`..`P7`).
     - `backend`: `auto`, `nvenc` or `cpu`. `gpu_id`: GPU for NVENC and the probe.
+    - `cpu_encoder`: `process` (default) or `thread`, see the module docstring; `slots`: frames
+      that may wait for the child process (shared memory: `slots` x one RGB frame).
 
     Frames are written in arrival order. A frame whose pts is missing or not after the previous
     one gets the previous pts plus one frame duration, so the output's timeline never goes back.
@@ -168,6 +191,8 @@ class VideoWriter:
         preset: str | None = None,
         backend: EncodeBackend | str = EncodeBackend.AUTO,
         gpu_id: int | None = None,
+        cpu_encoder: CpuEncoderMode | str = CpuEncoderMode.PROCESS,
+        slots: int = 8,
     ) -> None:
         self.path = Path(path)
         self.codec = VideoCodec(codec)
@@ -180,13 +205,20 @@ class VideoWriter:
         self.backend: EncodeBackend | None = None
         self.frames = 0
         self._container: av.container.OutputContainer | None = None
-        self._stream: av.video.stream.VideoStream | None = None
         self._time_base: Fraction | None = None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
         self._ticks = 1
         self._size: tuple[int, int] | None = None
+        self.cpu_encoder = CpuEncoderMode(cpu_encoder)
+        self.slots = slots
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._encoder: PyAVEncoder | None = None
+        self._process: EncoderProcess | None = None
+        self._host_slots: torch.Tensor | None = None  # the child's shared slots, as one pinned tensor
+        self._registered: int | None = None  # address registered with cudaHostRegister
+        self._staged: list[tuple[int, int]] = []  # (slot, pts) filled, not yet handed to the child
+        self._staged_on_gpu = False
         self._nvenc: Any = None
         self._annexb: AnnexBMuxer | None = None
         self._closed = False
@@ -205,44 +237,47 @@ class VideoWriter:
         time_base: Fraction | None = None,
     ) -> None:
         """Encode one frame: RGB `(3, H, W)` or NV12 `(H*3//2, W)` uint8, on CPU or CUDA."""
-        if self._closed:
-            raise EncodeError(f"cannot write {str(self.path)!r}: writer is closed")
-        fmt = PixelFormat(fmt)
-        width, height = _frame_size(image, fmt)
-        if self._size is None:
-            self._open(width, height, image.device, time_base)
-        elif (width, height) != self._size:
-            raise EncodeError(
-                f"cannot write {str(self.path)!r}: frame size changed from {self._size[0]}x{self._size[1]} "
-                f"to {width}x{height} mid-stream"
-            )
-        out_pts = self._next_pts(pts, time_base)
+        self.write_batch([(image, fmt, pts, time_base)])
+
+    def write_batch(
+        self, frames: Sequence[tuple[torch.Tensor, PixelFormat | str, int | None, Fraction | None]]
+    ) -> None:
+        """Encode `(image, fmt, pts, time_base)` frames in order; GPU frames cost one host wait in all."""
         try:
-            if self.backend is EncodeBackend.NVENC:
-                self._write_nvenc(image, fmt, out_pts)
-            else:
-                self._write_cpu(image, fmt, out_pts)
+            for image, fmt, pts, time_base in frames:
+                self._write_one(image, PixelFormat(fmt), pts, time_base)
+            self._commit()
         except EncodeError:
             raise
+        except EncoderProcessError as error:
+            raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from None
         except Exception as error:
             raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from error
-        self.frames += 1
 
     def close(self) -> None:
         """Flush the encoder and finalize the container. Idempotent; finalizes also after errors."""
         if self._closed:
             return
         self._closed = True
-        container, self._container = self._container, None
-        if container is None:
-            return
         try:
-            if self.backend is EncodeBackend.NVENC and self._nvenc is not None and self._annexb is not None:
-                self._annexb.mux(bytes(self._nvenc.EndEncode()), None)
-            elif self._stream is not None:
-                container.mux(self._stream.encode(None))
+            if self._process is not None:
+                try:
+                    self._commit()
+                finally:
+                    self._unregister_slots()
+                    self._process.close()
+            elif self._encoder is not None:
+                self._encoder.close()
+            elif self._container is not None:
+                try:
+                    if self._nvenc is not None and self._annexb is not None:
+                        self._annexb.mux(bytes(self._nvenc.EndEncode()), None)
+                finally:
+                    self._container.close()
+        except EncoderProcessError as error:
+            raise EncodeError(f"cannot finish {str(self.path)!r}: {error}") from None
         finally:
-            container.close()
+            self._container = None
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -250,8 +285,29 @@ class VideoWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- one frame --------------------------------------------------------------------------------
+    def _write_one(self, image: torch.Tensor, fmt: PixelFormat, pts: int | None, time_base: Fraction | None) -> None:
+        if self._closed:
+            raise EncodeError(f"cannot write {str(self.path)!r}: writer is closed")
+        width, height = _frame_size(image, fmt)
+        if self._size is None:
+            self._open(width, height, image, fmt, time_base)
+        elif (width, height) != self._size:
+            raise EncodeError(
+                f"cannot write {str(self.path)!r}: frame size changed from {self._size[0]}x{self._size[1]} "
+                f"to {width}x{height} mid-stream"
+            )
+        out_pts = self._next_pts(pts, time_base)
+        if self.backend is EncodeBackend.NVENC:
+            self._write_nvenc(image, fmt, out_pts)
+        elif self._process is not None:
+            self._stage_for_process(image, fmt, out_pts)
+        else:
+            self._write_cpu(image, fmt, out_pts)
+        self.frames += 1
+
     # -- opening ----------------------------------------------------------------------------------
-    def _open(self, width: int, height: int, device: torch.device, time_base: Fraction | None) -> None:
+    def _open(self, width: int, height: int, first: torch.Tensor, fmt: PixelFormat, time_base: Fraction | None) -> None:
         import av
 
         if width % 2 or height % 2:
@@ -261,30 +317,44 @@ class VideoWriter:
         self.fps = rate
         self._time_base = time_base or 1 / rate
         self._ticks = max(1, round(1 / (rate * self._time_base)))
-        self.backend = self._choose_backend(device)
+        self.backend = self._choose_backend(first.device)
+        container_format = _container_format(self.path)
+        assert container_format is not None  # checked in __init__
+        if self.backend is EncodeBackend.CPU:
+            settings = EncoderSettings(
+                str(self.path),
+                container_format,
+                width,
+                height,
+                rate,
+                self._time_base,
+                codec=self.codec.value,
+                crf=self.crf,
+                bitrate=self.bitrate,
+                preset=self.preset,
+            )
+            try:
+                if self.cpu_encoder is CpuEncoderMode.PROCESS:
+                    # GPU frames travel as NV12 (converted on the GPU: half the bytes of RGB);
+                    # CPU frames in the format they come in.
+                    slot_format = "nv12" if first.is_cuda or fmt is PixelFormat.NV12 else "rgb24"
+                    self._process = EncoderProcess(settings, fmt=slot_format, slots=self.slots)
+                else:
+                    self._encoder = PyAVEncoder(settings)
+            except EncoderProcessError as error:
+                raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from None
+            except (av.error.FFmpegError, OSError) as error:
+                raise EncodeError(
+                    f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"
+                ) from error
+            return
         try:
-            self._container = av.open(str(self.path), "w", format=_container_format(self.path))
+            self._container = av.open(str(self.path), "w", format=container_format)
         except (av.error.FFmpegError, OSError) as error:
             raise EncodeError(
                 f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"
             ) from error
-        if self.backend is EncodeBackend.NVENC:
-            self._open_nvenc(width, height)
-            return
-        stream = cast("av.video.stream.VideoStream", self._container.add_stream(_CPU_ENCODERS[self.codec], rate=rate))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = self._time_base
-        cc = stream.codec_context
-        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
-        options: dict[str, object] = {"preset": self.preset or "veryfast"}
-        if self.bitrate:
-            cc.bit_rate = int(self.bitrate)
-        else:
-            options["crf"] = str(self.crf if self.crf is not None else 23)
-        if self.codec is VideoCodec.HEVC:
-            options["x265-params"] = "log-level=error"
-        stream.options = options
-        self._stream = stream
+        self._open_nvenc(width, height)
 
     def _choose_backend(self, device: torch.device) -> EncodeBackend:
         if self.requested is EncodeBackend.CPU:
@@ -300,7 +370,7 @@ class VideoWriter:
             "%s: NVENC unavailable (%s); encoding on the CPU with %s",
             self.path,
             probe.reason,
-            _CPU_ENCODERS[self.codec],
+            CPU_ENCODERS[self.codec],
         )
         return EncodeBackend.CPU
 
@@ -320,7 +390,7 @@ class VideoWriter:
         self._last_pts = out
         return out
 
-    # -- CPU path ---------------------------------------------------------------------------------
+    # -- CPU path, in this thread -----------------------------------------------------------------
     def _to_host(self, tensor: torch.Tensor) -> np.ndarray:
         if tensor.device.type != "cuda":
             return tensor.contiguous().numpy()
@@ -330,25 +400,75 @@ class VideoWriter:
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             self._pinned[tuple(tensor.shape)] = buffer
         buffer.copy_(tensor, non_blocking=True)
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
         done.record(torch.cuda.current_stream(tensor.device))
         done.synchronize()
         return buffer.numpy()
 
     def _write_cpu(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
-        import av
-
-        assert self._container is not None and self._stream is not None
+        assert self._encoder is not None
         if fmt is PixelFormat.RGB:
-            hwc = self._to_host(image.permute(1, 2, 0).contiguous())
-            frame = av.VideoFrame.from_ndarray(hwc, format="rgb24")
-            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+            self._encoder.encode(self._to_host(image.permute(1, 2, 0).contiguous()), "rgb24", pts)
         else:
-            frame = av.VideoFrame.from_ndarray(self._to_host(image), format="nv12")
-        frame.colorspace, frame.color_range = 1, 1
-        frame.pts = pts
-        frame.time_base = self._time_base
-        self._container.mux(self._stream.encode(frame))
+            self._encoder.encode(self._to_host(image), "nv12", pts)
+
+    # -- CPU path, in a child process -------------------------------------------------------------
+    def _stage_for_process(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
+        process = self._process
+        assert process is not None
+        slot = process.acquire(wait=False)
+        if slot is None:
+            # Every slot is filled or being encoded: hand over what is staged so the child can free some.
+            self._commit()
+            slot = process.acquire()
+        assert slot is not None
+        try:
+            if process.fmt == "nv12":
+                data = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
+            else:
+                data = (nv12_to_rgb(image) if fmt is PixelFormat.NV12 else image).permute(1, 2, 0)
+            if data.is_cuda:
+                target = self._pinned_slots(data.device)[slot].view(data.shape)
+                target.copy_(data, non_blocking=True)
+                self._staged_on_gpu = True
+            else:
+                np.copyto(process.slot(slot), data.numpy())
+        except BaseException:
+            process.release(slot)
+            raise
+        self._staged.append((slot, pts))
+
+    def _commit(self) -> None:
+        """Wait (once) for staged GPU copies, then hand the staged slots to the child process."""
+        if not self._staged or self._process is None:
+            return
+        if self._staged_on_gpu:
+            done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
+            done.record(torch.cuda.current_stream())
+            done.synchronize()
+            self._staged_on_gpu = False
+        staged, self._staged = self._staged, []
+        self._process.submit(staged)
+
+    def _pinned_slots(self, device: torch.device) -> torch.Tensor:
+        """The shared slots as one tensor, page-locked once so GPU copies into them are asynchronous DMA."""
+        if self._host_slots is None:
+            assert self._process is not None
+            slots = torch.from_numpy(self._process.memory)
+            with torch.cuda.device(device):
+                code = torch.cuda.cudart().cudaHostRegister(slots.data_ptr(), slots.numel(), 0)
+            if int(code) == 0:
+                self._registered = slots.data_ptr()
+            else:  # still correct (the copy is staged by the driver), only slower
+                log.warning("%s: cannot page-lock the encoder's shared memory (CUDA error %s)", self.path, int(code))
+            self._host_slots = slots
+        return self._host_slots
+
+    def _unregister_slots(self) -> None:
+        if self._registered is not None:
+            torch.cuda.cudart().cudaHostUnregister(self._registered)
+            self._registered = None
+        self._host_slots = None
 
     # -- NVENC path -------------------------------------------------------------------------------
     def _open_nvenc(self, width: int, height: int) -> None:
@@ -369,7 +489,7 @@ class VideoWriter:
         nv12 = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
         nv12 = nv12.to(torch.device("cuda", self.gpu_id or 0)).contiguous()
         # NVENC ignores the producer's stream: wait until the frame is written before handing it over.
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)
         done.record(torch.cuda.current_stream(nv12.device))
         done.synchronize()
         assert self._annexb is not None

@@ -1,0 +1,389 @@
+"""CPU video encoding (libx264/libx265 through PyAV), in this process or in a child process of its own.
+
+Why a child process: libx264 itself runs without the GIL, but feeding it from Python takes the GIL
+several times a frame (frame construction, `encode`, `mux`), and every time another pipeline thread
+holds the GIL the encoder waits for it. Measured on the H100 host (16 cores, 1280x720, veryfast,
+`benchmarks/x264_study.py`): 203 fps alone, 25 fps while one other Python thread runs a pure-Python
+loop. A child process has its own interpreter and GIL, so the pipeline's threads and the encoder
+stop slowing each other down.
+
+`EncoderProcess` is the parent's handle. Frames travel through a ring of fixed-size slots in shared
+memory (a file in /dev/shm, unlinked as soon as the child has mapped it, so nothing leaks even if
+both processes die); a line of JSON per frame on the child's stdin names the slot and pts, and the
+child answers `free <slot>` once it has copied the slot. The child ignores SIGINT (the parent
+decides when to finish) and finalizes the file on `close`, on an error, and when its stdin closes
+without `close` (the parent died), so what was encoded stays playable.
+
+This module imports no torch: the child starts in a fraction of a second (`python -P this_file`).
+
+Example (in-process):
+    >>> import tempfile, pathlib, numpy as np
+    >>> from fractions import Fraction
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.mp4"
+    >>> settings = EncoderSettings(str(path), "mp4", 64, 48, Fraction(30), Fraction(1, 30))
+    >>> encoder = PyAVEncoder(settings)
+    >>> for pts in range(3):
+    ...     encoder.encode(np.full((72, 64), 128, np.uint8), "nv12", pts)
+    >>> encoder.close()
+    >>> encoder.frames
+    3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import mmap
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["CPU_ENCODERS", "EncoderProcess", "EncoderProcessError", "EncoderSettings", "PyAVEncoder", "frame_shape"]
+
+CPU_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
+_INPUT_FORMATS = ("nv12", "rgb24")
+_START_TIMEOUT_S = 60.0  # child start: interpreter + PyAV import; slow only on a loaded machine
+_CLOSE_TIMEOUT_S = 300.0  # flushing x264's lookahead and writing the index
+
+
+class EncoderProcessError(RuntimeError):
+    """The encoder child failed or went away; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSettings:
+    """Everything the encoder needs to open the output; picklable as JSON for the child."""
+
+    path: str
+    container_format: str  # "mp4" | "matroska"
+    width: int
+    height: int
+    rate: Fraction
+    time_base: Fraction
+    codec: str = "h264"
+    crf: int | None = None
+    bitrate: int | None = None
+    preset: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["rate"] = [self.rate.numerator, self.rate.denominator]
+        data["time_base"] = [self.time_base.numerator, self.time_base.denominator]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EncoderSettings:
+        data = dict(data)
+        data["rate"] = Fraction(*data["rate"])
+        data["time_base"] = Fraction(*data["time_base"])
+        return cls(**data)
+
+
+def frame_shape(fmt: str, width: int, height: int) -> tuple[int, ...]:
+    """Array shape of one frame: NV12 `(H*3//2, W)`, RGB `(H, W, 3)`."""
+    if fmt == "nv12":
+        return (height * 3 // 2, width)
+    if fmt == "rgb24":
+        return (height, width, 3)
+    raise ValueError(f"unsupported input format {fmt!r}; use one of {_INPUT_FORMATS}")
+
+
+class PyAVEncoder:
+    """libx264/libx265 into an MP4/MKV container; frames are NV12 or RGB numpy arrays with their pts."""
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        import av
+
+        self.settings = settings
+        self.frames = 0
+        self._closed = False
+        self._container = av.open(settings.path, "w", format=settings.container_format)
+        try:
+            stream: Any = self._container.add_stream(CPU_ENCODERS[settings.codec], rate=settings.rate)
+            stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
+            cc = stream.codec_context
+            cc.time_base = settings.time_base
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
+            options: dict[str, object] = {"preset": settings.preset or "veryfast"}
+            if settings.bitrate:
+                cc.bit_rate = int(settings.bitrate)
+            else:
+                options["crf"] = str(settings.crf if settings.crf is not None else 23)
+            if settings.codec == "hevc":
+                options["x265-params"] = "log-level=error"
+            stream.options = options
+        except BaseException:
+            self._container.close()
+            raise
+        self._stream = stream
+
+    def encode(self, array: np.ndarray, fmt: str, pts: int) -> None:
+        """Encode one frame (`fmt` "nv12" or "rgb24"); the array may be reused once this returns."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(array, format=fmt)
+        if fmt == "rgb24":
+            # Same matrix and range as the stream is tagged with (BT.709, limited).
+            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+        frame.colorspace, frame.color_range = 1, 1
+        frame.pts = pts
+        frame.time_base = self.settings.time_base
+        self._container.mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the container; idempotent, and the file is closed even if flushing fails."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+
+
+def _shared_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class EncoderProcess:
+    """Parent side of a `PyAVEncoder` running in a child process; see the module docstring.
+
+    `acquire()` a free slot, fill `slot(index)` (a writable uint8 view), then `submit()` the filled
+    slots with their pts in display order. `close()` waits until the file is finalized.
+    """
+
+    def __init__(self, settings: EncoderSettings, *, fmt: str, slots: int = 8) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.settings = settings
+        self.fmt = fmt
+        self.shape = frame_shape(fmt, settings.width, settings.height)
+        self.slot_bytes = int(np.prod(self.shape))
+        self.frames = 0
+        self._free: deque[int] = deque(range(slots))
+        self._in_flight = 0
+        self._buffer = b""
+        self._closed = False
+        self._error: str | None = None
+        path = os.path.join(_shared_dir(), f"streamflow-encode-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, slots * self.slot_bytes)
+            self._map = mmap.mmap(fd, slots * self.slot_bytes)
+        finally:
+            os.close(fd)
+        self.memory = np.frombuffer(self._map, dtype=np.uint8).reshape(slots, self.slot_bytes)
+        try:
+            # -P: don't put this file's folder (streamflow/video) first on sys.path; the child
+            # imports only the standard library, numpy and PyAV.
+            self._child = subprocess.Popen(
+                [sys.executable, "-P", os.path.abspath(__file__)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
+            assert self._child.stdin is not None and self._child.stdout is not None
+            self._stdin: IO[bytes] = self._child.stdin
+            self._stdout_fd = self._child.stdout.fileno()
+            os.set_blocking(self._stdout_fd, False)
+            hello = {"settings": settings.to_json(), "fmt": fmt, "memory": path, "slots": slots}
+            self._send([hello])
+            self._expect("ready", _START_TIMEOUT_S)
+        except BaseException:
+            self._kill()
+            raise
+        finally:
+            # The child has mapped the memory (or failed): the name is no longer needed.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    # -- frames -----------------------------------------------------------------------------------
+    def slot(self, index: int) -> np.ndarray:
+        """Writable view of slot `index`, shaped like one frame."""
+        return self.memory[index].reshape(self.shape)
+
+    def acquire(self, *, wait: bool = True) -> int | None:
+        """A free slot's index; waits for the child to free one when `wait`, else None if none is free."""
+        self._read_replies(0.0)
+        while not self._free:
+            if not wait:
+                return None
+            self._read_replies(None)
+        return self._free.popleft()
+
+    def submit(self, entries: list[tuple[int, int]]) -> None:
+        """Hand filled slots `(slot, pts)` to the child, in display order."""
+        if not entries:
+            return
+        self._check()
+        self._send([{"slot": slot, "pts": pts} for slot, pts in entries])
+        self._in_flight += len(entries)
+        self.frames += len(entries)
+
+    def release(self, slot: int) -> None:
+        """Give back a slot that was acquired but not submitted."""
+        self._free.append(slot)
+
+    # -- end --------------------------------------------------------------------------------------
+    def close(self) -> int:
+        """Flush and finalize the file; returns the frames the child wrote. Raises if the child failed."""
+        if self._closed:
+            return self.frames
+        self._closed = True
+        try:
+            if self._error is None and self._child.poll() is None:
+                self._send([{"close": True}])
+                self._expect("closed", _CLOSE_TIMEOUT_S)
+            self._child.wait(timeout=_CLOSE_TIMEOUT_S)
+        except BaseException:
+            self._kill()
+            raise
+        finally:
+            self._release_memory()
+        if self._error is not None:
+            raise EncoderProcessError(self._error)
+        return self.frames
+
+    def _kill(self) -> None:
+        child = getattr(self, "_child", None)
+        if child is not None and child.poll() is None:
+            # Closing stdin makes the child finalize what it has; kill only if it does not end.
+            with contextlib.suppress(OSError):
+                child.stdin.close()
+            try:
+                child.wait(timeout=_CLOSE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._release_memory()
+
+    def _release_memory(self) -> None:
+        memory = getattr(self, "memory", None)
+        if memory is not None:
+            del self.memory
+            with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps it later
+                self._map.close()
+
+    # -- the pipe ---------------------------------------------------------------------------------
+    def _check(self) -> None:
+        self._read_replies(0.0)
+        if self._error is not None:
+            raise EncoderProcessError(self._error)
+
+    def _send(self, messages: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in messages).encode()
+        try:
+            self._stdin.write(data)
+            self._stdin.flush()
+        except (BrokenPipeError, OSError):
+            with contextlib.suppress(EncoderProcessError):
+                self._read_replies(1.0)  # the child's last words, if it left any
+            raise EncoderProcessError(self._error or self._exit_reason()) from None
+
+    def _exit_reason(self) -> str:
+        code = self._child.poll()
+        return f"the encoder process exited with code {code}" if code is not None else "the encoder process stopped"
+
+    def _read_replies(self, timeout: float | None) -> list[str]:
+        """Read what the child has said (waiting up to `timeout` s for something, None = until it says something)."""
+        ready, _, _ = select.select([self._stdout_fd], [], [], timeout)
+        lines: list[str] = []
+        if not ready:
+            return lines
+        try:
+            chunk = os.read(self._stdout_fd, 65536)
+        except BlockingIOError:
+            return lines
+        if not chunk:  # the child closed its stdout: it has exited or is about to
+            if self._error is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._child.wait(timeout=5.0)
+                self._error = self._exit_reason()
+            raise EncoderProcessError(self._error)
+        self._buffer += chunk
+        *complete, self._buffer = self._buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace")
+            kind, _, rest = line.partition(" ")
+            if kind == "free":
+                self._free.append(int(rest))
+                self._in_flight -= 1
+            elif kind == "error":
+                self._error = self._error or rest
+            lines.append(line)
+        return lines
+
+    def _expect(self, word: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EncoderProcessError(f"the encoder process did not answer {word!r} within {timeout:.0f} s")
+            lines = self._read_replies(remaining)
+            if self._error is not None:
+                raise EncoderProcessError(self._error)
+            if any(line.split(" ", 1)[0] == word for line in lines):
+                return
+
+
+# -- the child ------------------------------------------------------------------------------------
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:400]
+
+
+def _child_main() -> int:
+    # Ctrl-C reaches the whole process group: the parent drains and then sends `close`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+
+    def say(line: str) -> None:
+        stdout.write((line + "\n").encode())
+        stdout.flush()
+
+    hello = json.loads(stdin.readline() or "{}")
+    encoder: PyAVEncoder | None = None
+    try:
+        settings = EncoderSettings.from_json(hello["settings"])
+        fmt, slots = hello["fmt"], int(hello["slots"])
+        shape = frame_shape(fmt, settings.width, settings.height)
+        slot_bytes = int(np.prod(shape))
+        with open(hello["memory"], "r+b") as handle:
+            shared = mmap.mmap(handle.fileno(), slots * slot_bytes)
+        memory = np.frombuffer(shared, dtype=np.uint8).reshape(slots, slot_bytes)
+        encoder = PyAVEncoder(settings)
+        say("ready")
+        for raw in stdin:
+            message = json.loads(raw)
+            if message.get("close"):
+                break
+            slot = int(message["slot"])
+            encoder.encode(memory[slot].reshape(shape), fmt, int(message["pts"]))
+            say(f"free {slot}")  # PyAV copied the slot into its own frame: the parent may refill it
+        encoder.close()
+        say(f"closed {encoder.frames}")
+        return 0
+    except BaseException as error:  # report in one line, keep what was written playable
+        with contextlib.suppress(BaseException):
+            say(f"error {_one_line(error)}")
+        if encoder is not None:
+            with contextlib.suppress(BaseException):
+                encoder.close()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
