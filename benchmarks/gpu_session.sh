@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|demo|study|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|demo|study|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -89,6 +89,26 @@ if [ "$what" = study ]; then
             --set source.loop=true --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
             2>&1 | grep -v "^streamflow: INFO" | tail -5
     fi
+fi
+if [ "$what" = sr2 ]; then
+    # Super-resolution benchmark on a 300-frame 640x360 clip (python tools/make_sr_clip.py --frames 300
+    # --out .gpu/sr_bench.mp4; no looping), after the encoder moved to a child process and the model's
+    # Resize/Slice were frozen (CUDA graph capture works). Baselines: the hand-written loop (encoder in
+    # the loop's thread) and the same serial loop with the child-process encoder.
+    step "GPU tests"
+    timeout 200 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
+    sr() { SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli bench configs/super_resolution.yaml \
+        --frames 240 --warmup 20 --baseline serial --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -22; }
+    step "SR bench: pipeline vs hand-written serial loop (encoder in the loop's thread)"
+    sr --baseline-set video.cpu_encoder=thread --json "$out/sr_thread_baseline.json"
+    step "SR bench: pipeline vs serial loop with the same child-process encoder"
+    sr --json "$out/sr_process_baseline.json"
+    step "SR bench: pipeline with the encoder in its thread (before), vs hand-written loop"
+    sr --set video.cpu_encoder=thread --baseline-set video.cpu_encoder=thread --json "$out/sr_before.json"
+    python3 -c "import av; c=av.open('/tmp/sf/super_resolution.mp4'); s=c.streams.video[0]; print('output', s.width, s.height, s.frames, 'frames')"
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the

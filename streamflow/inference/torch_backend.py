@@ -1,12 +1,15 @@
 """ONNX -> torch (onnx2torch), run eagerly or replayed from a CUDA graph on the stage's stream.
 
 The model's input dims are rewritten to the configured shapes first (`with_static_input_shape`), then
-converted and moved to the device in the chosen precision. On a GPU with fixed shapes the forward
-pass is captured once in a CUDA graph: `infer` copies the batch into the graph's static input buffer
-on the current stream, replays the graph there and copies the outputs out (the static output buffers
-are overwritten by the next replay, and downstream stages may still be reading the previous ones).
-A partial batch is copied into the first rows of the static input and its outputs sliced back, so
-no padding tensor is built.
+converted. Resize/Slice nodes whose parameters are constants are then frozen into modules that hold
+plain Python values (`static_ops.freeze_constant_arguments`): onnx2torch's own versions read those
+parameters back from the GPU on every call, a host sync that also makes CUDA graph capture fail.
+Only then does the module move to the device in the chosen precision. On a GPU with fixed shapes the
+forward pass is captured once in a CUDA graph: `infer` copies the batch into the graph's static input
+buffer on the current stream, replays the graph there and copies the outputs out (the static output
+buffers are overwritten by the next replay, and downstream stages may still be reading the previous
+ones). A partial batch is copied into the first rows of the static input and its outputs sliced back,
+so no padding tensor is built.
 
 Example (CPU, eager):
     >>> import torch, tempfile, pathlib
@@ -88,6 +91,8 @@ class TorchBackend(InferenceBackend):
     def load(self) -> None:
         from onnx2torch import convert  # heavy import, only when this backend is used
 
+        from streamflow.inference.static_ops import freeze_constant_arguments  # imports onnx2torch too
+
         onnx_model = load_onnx(self.model_path)
         check_model_inputs(graph_inputs(onnx_model), self.inputs, self.model_path)
         dims = {n: ["batch" if s.dynamic else s.opt_batch, *s.frame_shape] for n, s in self.inputs.items()}
@@ -97,6 +102,9 @@ class TorchBackend(InferenceBackend):
             module = convert(onnx_model)
         except Exception as error:  # onnx2torch raises NotImplementedError and others for unsupported ops
             raise ModelError(f"onnx2torch cannot convert {self.model_path.name}: {error}") from error
+        # On the CPU, before `.to(device)`: the constants are read here once instead of on every call.
+        frozen = freeze_constant_arguments(module)
+        log.debug("%s: froze %d Resize/Slice node(s) with constant parameters", self.model_path.name, frozen)
         self.module = module.eval().to(device=self.device, dtype=self.precision.dtype)
         self._input_order = [vi.name for vi in onnx_model.graph.input]
         self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
@@ -104,9 +112,10 @@ class TorchBackend(InferenceBackend):
             try:
                 self._capture()
             except RuntimeError as error:
-                # Some converted ops copy host tensors while running (onnx2torch's Resize with scales,
-                # for one), which CUDA graph capture forbids. `on` asked for a graph: fail; `auto` runs
-                # eagerly and says so once.
+                # Some converted ops still copy between host and device while running (a Resize or
+                # Slice whose parameters are computed rather than constant, other onnx2torch ops that
+                # read tensor values), which CUDA graph capture forbids. `on` asked for a graph: fail;
+                # `auto` runs eagerly and says so once.
                 self.graph, self._static_inputs, self._static_outputs = None, {}, {}
                 reason = str(error).splitlines()[0]
                 if self.cuda_graph_mode is CudaGraphMode.ON:
