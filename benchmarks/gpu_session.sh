@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|study2|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|study2|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -109,6 +109,17 @@ if [ "$what" = sr2 ]; then
     step "SR bench: pipeline with the encoder in its thread (before), vs hand-written loop"
     sr --set video.cpu_encoder=thread --baseline-set video.cpu_encoder=thread --json "$out/sr_before.json"
     python3 -c "import av; c=av.open('/tmp/sf/super_resolution.mp4'); s=c.streams.video[0]; print('output', s.width, s.height, s.frames, 'frames')"
+fi
+if [ "$what" = study2 ]; then
+    step "GPU tests"
+    timeout 200 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
+    step "SR output (1280x720, 300 frames) to study x264 on the content the benchmark encodes"
+    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/super_resolution.yaml -q \
+        --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --set video.crf=12 2>&1 | tail -3
+    step "x264 study on the SR output"
+    timeout 150 python3 benchmarks/x264_study.py --clip /tmp/sf/super_resolution.mp4 --scale 1 --frames 240 --quick \
+        --json "$out/x264_sr_output.json" 2>&1 | tail -8
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the

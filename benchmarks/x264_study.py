@@ -33,20 +33,42 @@ import torch
 import torch.nn.functional as F
 
 from streamflow.ops.color import rgb_to_nv12
+from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings
 
 
-def load_frames(clip: str) -> list[np.ndarray]:
+def load_frames(clip: str, scale: int, limit: int) -> list[np.ndarray]:
     frames = []
     with av.open(clip) as container:
         for frame in container.decode(video=0):
             rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float().unsqueeze(0)
-            up = F.interpolate(rgb, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 255)
-            frames.append(rgb_to_nv12(up[0].round().to(torch.uint8)).numpy().copy())
+            if scale != 1:
+                rgb = F.interpolate(rgb, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 255)
+            frames.append(rgb_to_nv12(rgb[0].round().to(torch.uint8)).numpy().copy())
+            if len(frames) >= limit:
+                break
     return frames
 
 
+def encode_in_child(frames: list[np.ndarray], count: int, path: str) -> None:
+    """The same encode through `EncoderProcess` (what `cpu_encoder: process` uses), fed as fast as it takes frames."""
+    height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+    settings = EncoderSettings(path, "mp4", width, height, Fraction(30), Fraction(1, 30), crf=18, preset="veryfast")
+    process = EncoderProcess(settings, fmt="nv12", slots=8)
+    for index in range(count):
+        slot = process.acquire()
+        assert slot is not None
+        process.slot(slot)[:] = frames[index % len(frames)]
+        process.submit([(slot, index)])
+    process.close()
+
+
 def encode(
-    frames: list[np.ndarray], count: int, path: str, *, preset: str = "veryfast", threads: int | None = None,
+    frames: list[np.ndarray],
+    count: int,
+    path: str,
+    *,
+    preset: str = "veryfast",
+    threads: int | None = None,
     direct_nv12: bool = False,
 ) -> float:
     height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
@@ -71,30 +93,57 @@ def measure(name: str, fn: Any, frames_total: int, results: list[dict[str, Any]]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     fn()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    row = {"case": name, "fps": round(frames_total / wall, 1), "cores_busy": round(cpu / wall, 2),
-           "cpu_ms_per_frame": round(1000 * cpu / frames_total, 2)}
+    row = {
+        "case": name,
+        "fps": round(frames_total / wall, 1),
+        "cores_busy": round(cpu / wall, 2),
+        "cpu_ms_per_frame": round(1000 * cpu / frames_total, 2),
+    }
     results.append(row)
-    print(f"{name:<48} {row['fps']:>7.1f} fps  {row['cores_busy']:>5.2f} cores  {row['cpu_ms_per_frame']:>6.2f} CPU ms/frame",
-          flush=True)
+    print(
+        f"{name:<48} {row['fps']:>7.1f} fps  {row['cores_busy']:>5.2f} cores"
+        f"  {row['cpu_ms_per_frame']:>6.2f} CPU ms/frame (this process)",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default="samples/sr_input.mp4")
+    parser.add_argument("--scale", type=int, default=2, help="bicubic upscale of the clip's frames (1: as they are)")
+    parser.add_argument("--max-source-frames", type=int, default=120)
+    parser.add_argument("--quick", action="store_true", help="only the cases that matter for the pipeline")
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--out", default="/tmp/x264_study")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    frames = load_frames(args.clip)
+    frames = load_frames(args.clip, args.scale, args.max_source_frames)
     n = args.frames
     print(f"{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0] * 2 // 3} NV12, {os.cpu_count()} CPUs")
     results: list[dict[str, Any]] = []
     o = args.out
     measure("veryfast, threads auto", lambda: encode(frames, n, f"{o}/a.mp4"), n, results)
-    measure("veryfast, threads auto, NV12 into x264", lambda: encode(frames, n, f"{o}/b.mp4", direct_nv12=True), n, results)
+    measure(
+        "veryfast, in a child process (EncoderProcess)", lambda: encode_in_child(frames, n, f"{o}/ch.mp4"), n, results
+    )
+    if args.quick:
+        for k in (2, 3):
+            measure(
+                f"veryfast, {k} encoders in parallel (aggregate)",
+                lambda k=k: _parallel(frames, n, k, o),
+                n // k * k,
+                results,
+            )
+        _save(args.json, results)
+        return
+    measure(
+        "veryfast, threads auto, NV12 into x264", lambda: encode(frames, n, f"{o}/b.mp4", direct_nv12=True), n, results
+    )
     for threads in (8, 16, 32):
-        measure(f"veryfast, threads {threads}", lambda t=threads: encode(frames, n, f"{o}/c{t}.mp4", threads=t), n, results)
+        measure(
+            f"veryfast, threads {threads}", lambda t=threads: encode(frames, n, f"{o}/c{t}.mp4", threads=t), n, results
+        )
     for preset in ("superfast", "ultrafast", "faster"):
         measure(f"{preset}, threads auto", lambda p=preset: encode(frames, n, f"{o}/d{p}.mp4", preset=p), n, results)
 
@@ -117,15 +166,26 @@ def main() -> None:
     spinner.join()
 
     for k in (2, 4):
-        def parallel(k: int = k) -> None:
-            workers = [threading.Thread(target=encode, args=(frames, n // k, f"{o}/p{k}_{i}.mp4")) for i in range(k)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-        measure(f"veryfast, {k} encoders in parallel (aggregate)", parallel, n // k * k, results)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
+        measure(
+            f"veryfast, {k} encoders in parallel (aggregate)",
+            lambda k=k: _parallel(frames, n, k, o),
+            n // k * k,
+            results,
+        )
+    _save(args.json, results)
+
+
+def _parallel(frames: list[np.ndarray], n: int, k: int, out: str) -> None:
+    workers = [threading.Thread(target=encode, args=(frames, n // k, f"{out}/p{k}_{i}.mp4")) for i in range(k)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def _save(path: str | None, results: list[dict[str, Any]]) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ Example (CPU, eager):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -153,6 +154,13 @@ class TorchBackend(InferenceBackend):
             with torch.cuda.stream(side):
                 for _ in range(_WARMUP_RUNS):
                     self._forward(self._static_inputs)
+                # A capture that fails half-way leaves torch's CUDA random generator believing a
+                # capture is still running (every later torch.rand on the GPU then raises "Offset
+                # increment outside graph capture"), so a forward pass that waits for the host is
+                # found here, before capturing, rather than by a failed capture.
+                sync = _host_sync_in(lambda: self._forward(self._static_inputs))
+                if sync is not None:
+                    raise RuntimeError(f"the forward pass synchronizes with the host: {sync}")
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # thread_local: other stages' threads may touch CUDA while this one captures.
@@ -191,3 +199,21 @@ class TorchBackend(InferenceBackend):
         self._static_inputs.clear()
         self._static_outputs.clear()
         self.module = None
+
+
+def _host_sync_in(run: Callable[[], object]) -> str | None:
+    """The first host-synchronizing CUDA call `run` makes (torch's sync debug mode, as a warning), or None."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # "warn", not "error": the mode is process-wide, and another thread must not fail because of it.
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    for warning in caught:
+        text = str(warning.message)
+        if "synchroniz" in text:
+            return text.splitlines()[0]
+    return None

@@ -131,6 +131,10 @@ class PyAVEncoder:
 
     def encode(self, array: np.ndarray, fmt: str, pts: int) -> None:
         """Encode one frame (`fmt` "nv12" or "rgb24"); the array may be reused once this returns."""
+        self.encode_frame(self.frame_from(array, fmt), pts)
+
+    def frame_from(self, array: np.ndarray, fmt: str) -> Any:
+        """A PyAV frame holding its own copy of `array`, in the encoder's pixel format."""
         import av
 
         frame = av.VideoFrame.from_ndarray(array, format=fmt)
@@ -138,6 +142,10 @@ class PyAVEncoder:
             # Same matrix and range as the stream is tagged with (BT.709, limited).
             frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
         frame.colorspace, frame.color_range = 1, 1
+        return frame
+
+    def encode_frame(self, frame: Any, pts: int) -> None:
+        """Encode a frame made by `frame_from`."""
         frame.pts = pts
         frame.time_base = self.settings.time_base
         self._container.mux(self._stream.encode(frame))
@@ -371,8 +379,9 @@ def _child_main() -> int:
             if message.get("close"):
                 break
             slot = int(message["slot"])
-            encoder.encode(memory[slot].reshape(shape), fmt, int(message["pts"]))
-            say(f"free {slot}")  # PyAV copied the slot into its own frame: the parent may refill it
+            frame = encoder.frame_from(memory[slot].reshape(shape), fmt)
+            say(f"free {slot}")  # the frame is PyAV's own copy: the parent may refill the slot already
+            encoder.encode_frame(frame, int(message["pts"]))
         encoder.close()
         say(f"closed {encoder.frames}")
         return 0
