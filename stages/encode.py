@@ -3,12 +3,13 @@
 Takes RGB or NV12 frames (CPU or CUDA) and writes them in arrival order with their pts, so the file
 has the input's frame count and duration. With `backend: auto` NVENC is used when a session opens
 on the stage's GPU (probed once per process); H100/H200/A100 and CPU machines get PyAV with one
-warning line naming why. The CPU encoder runs in a child process by default (`cpu_encoder:
-process`), so libx264 and the pipeline's threads don't wait on each other's GIL; GPU frames reach it
-as NV12 through pinned shared memory, with one host wait per batch on the stage's stream.
-`cpu_encoder: thread` encodes in the stage's thread instead. The file is finalized at end of stream
-and also after an error or SIGINT (teardown), so it stays playable. Items are passed on unchanged,
-so a `jsonl` sink may follow.
+warning line naming why. GPU frames are copied to pinned host memory on the stage's stream, with one
+host wait per batch. On the CPU, `encoders: N` cuts the video into closed segments of
+`segment_seconds` (each starts with a keyframe) encoded by N libx264 encoders in parallel and muxed
+in order: one libx264 leaves most of a many-core machine idle. `cpu_encoder: process` runs the
+single encoder in a child process instead (own GIL; the file is finalized even if this process
+dies). The file is finalized at end of stream and also after an error or SIGINT (teardown), so it
+stays playable. Items are passed on unchanged, so a `jsonl` sink may follow.
 
 Example (YAML):
     - name: out
@@ -18,7 +19,9 @@ Example (YAML):
       crf: 23            # or bitrate: 4000000
       preset: veryfast
       backend: auto      # auto | nvenc | cpu
-      cpu_encoder: process  # process | thread: where libx264/libx265 runs
+      encoders: 1        # CPU: parallel segment encoders (2-4 on a many-core machine)
+      segment_seconds: 2 # CPU, encoders > 1: keyframe interval = segment length
+      cpu_encoder: thread  # thread | process: where a single CPU encoder runs
 
 Example (Python):
     >>> import tempfile, pathlib
@@ -55,15 +58,19 @@ class Encode(Stage):
         fps: float | None = Field(default=None, gt=0, description="default: the input's frame rate")
         backend: EncodeBackend = EncodeBackend.AUTO
         cpu_encoder: CpuEncoderMode = Field(
-            CpuEncoderMode.PROCESS,
-            description="CPU encoding in a child process (own GIL) or in the stage's thread",
+            CpuEncoderMode.THREAD,
+            description="a single CPU encoder in the stage's thread or in a child process (own GIL)",
         )
+        encoders: int = Field(1, ge=1, le=16, description="CPU: encoders working on segments in parallel")
+        segment_seconds: float = Field(2.0, gt=0, description="CPU, encoders > 1: segment and keyframe interval")
         slots: int = Field(8, ge=1, le=256, description="cpu_encoder process: frames that may wait for the encoder")
 
         @model_validator(mode="after")
         def _one_rate_control(self) -> Encode.Config:
             if self.bitrate is not None and self.crf is not None:
                 raise ValueError("set either bitrate or crf, not both")
+            if self.encoders > 1 and self.cpu_encoder is CpuEncoderMode.PROCESS:
+                raise ValueError("encoders > 1 runs in threads: use cpu_encoder: thread")
             if Path(self.path).suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
                 raise ValueError(f"path {self.path!r} must end in .mp4 or .mkv")
             return self
@@ -93,6 +100,8 @@ class Encode(Stage):
                 backend=config.backend,
                 gpu_id=self.device.index if self.on_gpu else None,
                 cpu_encoder=config.cpu_encoder,
+                encoders=config.encoders,
+                segment_seconds=config.segment_seconds,
                 slots=config.slots,
             )
         return self.writer

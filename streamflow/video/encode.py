@@ -6,11 +6,16 @@ and writes them in arrival order. The backend is chosen once:
 - `nvenc`: PyNvVideoCodec encodes the CUDA tensor directly; PyAV muxes the Annex B bitstream.
   NVENC is detected by `nvenc_probe()`, which opens a real encode session (NVML reports an encoder
   on H100/H200, which have none) and caches the answer per GPU.
-- `cpu`: libx264/libx265 through PyAV (`streamflow.video.pyav_encoder`). With `cpu_encoder:
-  process` (the default) the encoder runs in a child process: frames are copied (GPU frames as
-  NV12, on the caller's current CUDA stream) into a ring of shared-memory slots that are pinned
-  for the GPU, and the child encodes and muxes them with its own GIL. With `thread` it runs in the
-  calling thread, as a hand-written loop would.
+- `cpu`: libx264/libx265 through PyAV (`streamflow.video.pyav_encoder`), fed from pinned host
+  memory (GPU frames are copied on the caller's current CUDA stream). Three ways to run it:
+  - `cpu_encoder: thread`, `encoders: 1` (the default): one encoder in the calling thread, as a
+    hand-written loop would;
+  - `encoders: N > 1`: the video is cut into closed segments of `segment_seconds` encoded by N
+    parallel libx264 encoders and muxed in order (`streamflow.video.segmented`): one encoder
+    leaves most of a many-core machine idle;
+  - `cpu_encoder: process`: one encoder in a child process with its own GIL, fed through pinned
+    shared memory; the file is still finalized if this process dies. (Measured slower than
+    `thread` on the H100 host, see models/VSR.md; it isolates the encoder rather than speeding it up.)
 
 `write_batch` stages several frames and waits for the GPU once for all of them; `write` is one
 frame. With the child process a frame is handed over when `write`/`write_batch` returns and
@@ -32,7 +37,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import io
 import logging
 import threading
 from collections.abc import Sequence
@@ -46,6 +50,7 @@ import torch
 
 from streamflow.frame import PixelFormat
 from streamflow.ops.color import nv12_to_rgb, rgb_to_nv12
+from streamflow.video.annexb import AnnexBMuxer
 from streamflow.video.pyav_encoder import (
     CPU_ENCODERS,
     EncoderProcess,
@@ -53,6 +58,7 @@ from streamflow.video.pyav_encoder import (
     EncoderSettings,
     PyAVEncoder,
 )
+from streamflow.video.segmented import SegmentedEncoder
 
 if TYPE_CHECKING:
     import av.container
@@ -90,8 +96,8 @@ class EncodeBackend(enum.StrEnum):
 class CpuEncoderMode(enum.StrEnum):
     """Where the CPU encoder (libx264/libx265) runs."""
 
+    THREAD = "thread"  # the calling thread (and, with encoders > 1, segment worker threads), in this process
     PROCESS = "process"  # a child process with its own GIL (see streamflow.video.pyav_encoder)
-    THREAD = "thread"  # the calling thread, in this process
 
 
 class EncodeError(RuntimeError):
@@ -173,8 +179,9 @@ class VideoWriter:
     - `crf` (CPU) or `bitrate` (bits/s; both backends): quality; default CRF 23 / NVENC's default.
     - `preset`: encoder preset (libx264 names like `veryfast`; NVENC `P1`..`P7`).
     - `backend`: `auto`, `nvenc` or `cpu`. `gpu_id`: GPU for NVENC and the probe.
-    - `cpu_encoder`: `process` (default) or `thread`, see the module docstring; `slots`: frames
-      that may wait for the child process (shared memory: `slots` x one RGB frame).
+    - `cpu_encoder`: `thread` (default) or `process`; `encoders`, `segment_seconds`: parallel
+      segment encoding (thread only); `slots`: frames that may wait for the child process. See the
+      module docstring.
 
     Frames are written in arrival order. A frame whose pts is missing or not after the previous
     one gets the previous pts plus one frame duration, so the output's timeline never goes back.
@@ -191,7 +198,9 @@ class VideoWriter:
         preset: str | None = None,
         backend: EncodeBackend | str = EncodeBackend.AUTO,
         gpu_id: int | None = None,
-        cpu_encoder: CpuEncoderMode | str = CpuEncoderMode.PROCESS,
+        cpu_encoder: CpuEncoderMode | str = CpuEncoderMode.THREAD,
+        encoders: int = 1,
+        segment_seconds: float = 2.0,
         slots: int = 8,
     ) -> None:
         self.path = Path(path)
@@ -211,9 +220,17 @@ class VideoWriter:
         self._ticks = 1
         self._size: tuple[int, int] | None = None
         self.cpu_encoder = CpuEncoderMode(cpu_encoder)
+        self.encoders = encoders
+        self.segment_seconds = segment_seconds
         self.slots = slots
+        if encoders < 1 or segment_seconds <= 0:
+            raise EncodeError(f"cannot write {str(self.path)!r}: encoders must be >= 1 and segment_seconds > 0")
+        if encoders > 1 and self.cpu_encoder is CpuEncoderMode.PROCESS:
+            raise EncodeError(f"cannot write {str(self.path)!r}: encoders > 1 runs in threads; use cpu_encoder: thread")
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-        self._encoder: PyAVEncoder | None = None
+        self._host_frames: list[tuple[np.ndarray, str, int]] = []  # copied (or copying) to host, not yet encoded
+        self._host_frames_on_gpu = False
+        self._encoder: PyAVEncoder | SegmentedEncoder | None = None
         self._process: EncoderProcess | None = None
         self._host_slots: torch.Tensor | None = None  # the child's shared slots, as one pinned tensor
         self._registered: int | None = None  # address registered with cudaHostRegister
@@ -244,8 +261,9 @@ class VideoWriter:
     ) -> None:
         """Encode `(image, fmt, pts, time_base)` frames in order; GPU frames cost one host wait in all."""
         try:
-            for image, fmt, pts, time_base in frames:
-                self._write_one(image, PixelFormat(fmt), pts, time_base)
+            for index, (image, fmt, pts, time_base) in enumerate(frames):
+                self._write_one(image, PixelFormat(fmt), pts, time_base, index)
+            self._encode_on_host()
             self._commit()
         except EncodeError:
             raise
@@ -271,11 +289,13 @@ class VideoWriter:
             elif self._container is not None:
                 try:
                     if self._nvenc is not None and self._annexb is not None:
-                        self._annexb.mux(bytes(self._nvenc.EndEncode()), None)
+                        self._annexb.mux(bytes(self._nvenc.EndEncode()), None, None, self._ticks)
                 finally:
                     self._container.close()
         except EncoderProcessError as error:
             raise EncodeError(f"cannot finish {str(self.path)!r}: {error}") from None
+        except Exception as error:
+            raise EncodeError(f"cannot finish {str(self.path)!r}: {error}") from error
         finally:
             self._container = None
 
@@ -286,7 +306,9 @@ class VideoWriter:
         self.close()
 
     # -- one frame --------------------------------------------------------------------------------
-    def _write_one(self, image: torch.Tensor, fmt: PixelFormat, pts: int | None, time_base: Fraction | None) -> None:
+    def _write_one(
+        self, image: torch.Tensor, fmt: PixelFormat, pts: int | None, time_base: Fraction | None, index: int
+    ) -> None:
         if self._closed:
             raise EncodeError(f"cannot write {str(self.path)!r}: writer is closed")
         width, height = _frame_size(image, fmt)
@@ -303,7 +325,7 @@ class VideoWriter:
         elif self._process is not None:
             self._stage_for_process(image, fmt, out_pts)
         else:
-            self._write_cpu(image, fmt, out_pts)
+            self._stage_on_host(image, fmt, out_pts, index)
         self.frames += 1
 
     # -- opening ----------------------------------------------------------------------------------
@@ -334,7 +356,10 @@ class VideoWriter:
                 preset=self.preset,
             )
             try:
-                if self.cpu_encoder is CpuEncoderMode.PROCESS:
+                if self.encoders > 1:
+                    segment = max(1, round(self.segment_seconds * float(rate)))
+                    self._encoder = SegmentedEncoder(settings, workers=self.encoders, segment_frames=segment)
+                elif self.cpu_encoder is CpuEncoderMode.PROCESS:
                     # GPU frames travel as NV12 (converted on the GPU: half the bytes of RGB);
                     # CPU frames in the format they come in.
                     slot_format = "nv12" if first.is_cuda or fmt is PixelFormat.NV12 else "rgb24"
@@ -391,26 +416,36 @@ class VideoWriter:
         return out
 
     # -- CPU path, in this thread -----------------------------------------------------------------
-    def _to_host(self, tensor: torch.Tensor) -> np.ndarray:
-        if tensor.device.type != "cuda":
-            return tensor.contiguous().numpy()
-        # Pinned staging buffer, copied on the current (stage) stream; only this frame is waited for.
-        buffer = self._pinned.get(tuple(tensor.shape))
-        if buffer is None:
-            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            self._pinned[tuple(tensor.shape)] = buffer
-        buffer.copy_(tensor, non_blocking=True)
-        done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
-        done.record(torch.cuda.current_stream(tensor.device))
-        done.synchronize()
-        return buffer.numpy()
-
-    def _write_cpu(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
-        assert self._encoder is not None
+    def _stage_on_host(self, image: torch.Tensor, fmt: PixelFormat, pts: int, index: int) -> None:
+        """Start the frame's copy to host memory; `_encode_on_host` encodes the batch after one wait."""
         if fmt is PixelFormat.RGB:
-            self._encoder.encode(self._to_host(image.permute(1, 2, 0).contiguous()), "rgb24", pts)
+            image, name = image.permute(1, 2, 0).contiguous(), "rgb24"
         else:
-            self._encoder.encode(self._to_host(image), "nv12", pts)
+            name = "nv12"
+        if image.device.type != "cuda":
+            self._host_frames.append((image.contiguous().numpy(), name, pts))
+            return
+        # Pinned staging buffers, one per position in the batch, copied on the current (stage) stream.
+        key = (*image.shape, index)
+        buffer = self._pinned.get(key)
+        if buffer is None:
+            buffer = self._pinned[key] = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
+        buffer.copy_(image, non_blocking=True)
+        self._host_frames.append((buffer.numpy(), name, pts))
+        self._host_frames_on_gpu = True
+
+    def _encode_on_host(self) -> None:
+        if not self._host_frames:
+            return
+        if self._host_frames_on_gpu:
+            done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
+            done.record(torch.cuda.current_stream())
+            done.synchronize()
+            self._host_frames_on_gpu = False
+        staged, self._host_frames = self._host_frames, []
+        assert self._encoder is not None
+        for array, name, pts in staged:
+            self._encoder.encode(array, name, pts)
 
     # -- CPU path, in a child process -------------------------------------------------------------
     def _stage_for_process(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
@@ -493,67 +528,7 @@ class VideoWriter:
         done.record(torch.cuda.current_stream(nv12.device))
         done.synchronize()
         assert self._annexb is not None
-        self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts)
-
-
-class AnnexBMuxer:
-    """Mux an already encoded Annex B H.264/HEVC bitstream (NVENC's output) into `container`.
-
-    The stream's codec parameters are parsed from the first access unit (which carries the
-    parameter sets): adding a stream by codec name would open a libx264 encoder and write its
-    headers instead of the real bitstream's. Packets have no B-frames, so dts = pts.
-
-    Example:
-        >>> import av, tempfile, pathlib
-        >>> from fractions import Fraction
-        >>> cc = av.CodecContext.create("libx264", "w")
-        >>> cc.width, cc.height, cc.pix_fmt, cc.time_base = 64, 48, "yuv420p", Fraction(1, 30)
-        >>> cc.max_b_frames = 0  # like NVENC with bf=0: dts = pts
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "annexb.mp4"
-        >>> with av.open(str(path), "w") as out:
-        ...     muxer = AnnexBMuxer(out, "h264", Fraction(1, 30))
-        ...     frame = av.VideoFrame(64, 48, "yuv420p")
-        ...     for i in range(3):
-        ...         frame.pts = i
-        ...         for p in cc.encode(frame):
-        ...             muxer.mux(bytes(p), p.pts)
-        ...     for p in cc.encode(None):
-        ...         muxer.mux(bytes(p), p.pts)
-        >>> with av.open(str(path)) as inp:
-        ...     len(list(inp.decode(video=0)))
-        3
-    """
-
-    def __init__(self, container: av.container.OutputContainer, codec: str, time_base: Fraction) -> None:
-        self.container = container
-        self.codec = codec
-        self.time_base = time_base
-        self.stream: av.video.stream.VideoStream | None = None
-        self._last_pts = -1
-
-    def mux(self, data: bytes, pts: int | None) -> None:
-        """Write one access unit; `pts` in `time_base` units (None: one tick after the previous)."""
-        import av
-
-        if not data:
-            return
-        if self.stream is None:
-            self.stream = self._stream_from(data)
-        packet = av.Packet(data)
-        packet.stream = self.stream
-        packet.time_base = self.time_base
-        pts = self._last_pts + 1 if pts is None else pts
-        packet.pts = packet.dts = pts
-        self._last_pts = pts
-        self.container.mux(packet)
-
-    def _stream_from(self, first: bytes) -> av.video.stream.VideoStream:
-        import av
-
-        with av.open(io.BytesIO(first), "r", format=self.codec) as parsed:
-            stream = self.container.add_stream_from_template(parsed.streams.video[0])
-        stream.time_base = self.time_base
-        return stream
+        self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts, None, self._ticks)
 
 
 def _frame_size(image: torch.Tensor, fmt: PixelFormat) -> tuple[int, int]:

@@ -50,7 +50,15 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["CPU_ENCODERS", "EncoderProcess", "EncoderProcessError", "EncoderSettings", "PyAVEncoder", "frame_shape"]
+__all__ = [
+    "CPU_ENCODERS",
+    "EncoderProcess",
+    "EncoderProcessError",
+    "EncoderSettings",
+    "PyAVEncoder",
+    "frame_shape",
+    "video_frame",
+]
 
 CPU_ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 _INPUT_FORMATS = ("nv12", "rgb24")
@@ -135,14 +143,7 @@ class PyAVEncoder:
 
     def frame_from(self, array: np.ndarray, fmt: str) -> Any:
         """A PyAV frame holding its own copy of `array`, in the encoder's pixel format."""
-        import av
-
-        frame = av.VideoFrame.from_ndarray(array, format=fmt)
-        if fmt == "rgb24":
-            # Same matrix and range as the stream is tagged with (BT.709, limited).
-            frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-        frame.colorspace, frame.color_range = 1, 1
-        return frame
+        return video_frame(array, fmt)
 
     def encode_frame(self, frame: Any, pts: int) -> None:
         """Encode a frame made by `frame_from`."""
@@ -160,6 +161,18 @@ class PyAVEncoder:
             self._container.mux(self._stream.encode(None))
         finally:
             self._container.close()
+
+
+def video_frame(array: np.ndarray, fmt: str) -> Any:
+    """A PyAV frame with its own copy of an NV12 or RGB array, tagged BT.709 limited range like the streams."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(array, format=fmt)
+    if fmt == "rgb24":
+        # Same matrix and range as the stream is tagged with.
+        frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+    frame.colorspace, frame.color_range = 1, 1
+    return frame
 
 
 def _shared_dir() -> str:

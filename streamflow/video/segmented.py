@@ -1,0 +1,195 @@
+"""Parallel CPU encoding: the video cut into closed segments, each encoded by one of N libx264 encoders.
+
+One libx264 encoder does not use a 16-core machine: its frame threads wait on each other's
+reference rows and on the lookahead. Measured on the H100 host (`benchmarks/x264_study.py`,
+1280x720, veryfast): one encoder 203 fps with 5.4 cores busy; two encoders side by side 312 fps,
+four 340 fps. Chunked encoding is how transcoding farms use such machines, and the same works
+inside one process:
+
+- frames are grouped into segments of `segment_frames` (a GOP: each segment starts with an IDR
+  frame and references nothing outside itself);
+- segment k goes to worker k mod N, a thread with a fresh libx264 context per segment, so
+  segments are encoded in parallel (libx264 runs without the GIL);
+- finished segments are muxed in order into one MP4/MKV. Every segment is encoded with the same
+  settings, so their parameter sets are identical and the result is one ordinary stream, with a
+  keyframe at least every `segment_frames` frames.
+
+The trade-off: more keyframes (at 2 s segments, about what streaming already uses) and output
+that lags input by up to N segments. Frames wait in memory meanwhile (at most `segment_frames`
+per worker beyond the one being encoded), and a worker that falls behind blocks `encode` (back-pressure).
+
+Example:
+    >>> import tempfile, pathlib, numpy as np
+    >>> from fractions import Fraction
+    >>> from streamflow.video.pyav_encoder import EncoderSettings
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.mp4"
+    >>> encoder = SegmentedEncoder(
+    ...     EncoderSettings(str(path), "mp4", 64, 48, Fraction(30), Fraction(1, 30)), workers=2, segment_frames=4
+    ... )
+    >>> for pts in range(10):
+    ...     encoder.encode(np.full((72, 64), 16 * pts, np.uint8), "nv12", pts)
+    >>> encoder.close()
+    >>> encoder.frames, encoder.segments
+    (10, 3)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamflow.video.annexb import AnnexBMuxer
+from streamflow.video.pyav_encoder import CPU_ENCODERS, EncoderSettings, video_frame
+
+__all__ = ["SegmentedEncoder"]
+
+_POLL_S = 0.5  # how often a blocked producer looks for a worker's failure
+
+
+@dataclass
+class _Segment:
+    index: int
+    frames: list[Any] = field(default_factory=list)
+    packets: list[tuple[bytes, int | None, int | None, int | None]] = field(default_factory=list)
+
+
+class SegmentedEncoder:
+    """`PyAVEncoder`'s interface (`encode`, `close`, `frames`) over N parallel segment encoders."""
+
+    def __init__(self, settings: EncoderSettings, *, workers: int, segment_frames: int) -> None:
+        import av
+
+        if workers < 1 or segment_frames < 1:
+            raise ValueError(f"workers and segment_frames must be >= 1, got {workers} and {segment_frames}")
+        self.settings = settings
+        self.workers = workers
+        self.segment_frames = segment_frames
+        self.frames = 0
+        self.segments = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._error_reported = False
+        self._container = av.open(settings.path, "w", format=settings.container_format)
+        self._muxer = AnnexBMuxer(self._container, settings.codec, settings.time_base)
+        # A frame's duration in time-base ticks, for packets the encoder left without one.
+        self._frame_ticks = max(1, round(1 / (settings.rate * settings.time_base)))
+        self._current: _Segment | None = None
+        self._finished: dict[int, _Segment] = {}
+        self._next_to_mux = 0
+        self._done = threading.Condition()
+        # One segment waiting per worker beyond the one it encodes: enough to keep all N busy.
+        self._queues: list[queue.Queue[_Segment | None]] = [queue.Queue(maxsize=1) for _ in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(q,), name=f"x264-segment-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- producer side (the caller's thread) ------------------------------------------------------
+    def encode(self, array: np.ndarray, fmt: str, pts: int) -> None:
+        """Queue one frame (NV12 or RGB array, copied here); the array may be reused once this returns."""
+        self._raise_if_failed()
+        if self._current is None:
+            self._current = _Segment(self.segments)
+            self.segments += 1
+        frame = video_frame(array, fmt)  # the same conversion and colour tags as the single encoder
+        frame.pts = pts
+        frame.time_base = self.settings.time_base
+        self._current.frames.append(frame)
+        self.frames += 1
+        if len(self._current.frames) >= self.segment_frames:
+            self._dispatch()
+        self._mux_finished()
+
+    def close(self) -> None:
+        """Encode what is queued, mux every finished segment in order and finalize the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._error is None and self._current is not None and self._current.frames:
+                self._dispatch()
+            for q in self._queues:
+                self._put(q, None)
+            for thread in self._threads:
+                thread.join()
+            self._mux_finished()
+        finally:
+            self._container.close()
+        if not self._error_reported:  # a failure already raised from `encode` is not raised twice
+            self._raise_if_failed()
+
+    def _dispatch(self) -> None:
+        segment, self._current = self._current, None
+        assert segment is not None
+        self._put(self._queues[segment.index % self.workers], segment)
+
+    def _put(self, q: queue.Queue[_Segment | None], item: _Segment | None) -> None:
+        while True:
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self._error is not None and item is not None:
+                    self._raise_if_failed()
+
+    def _mux_finished(self) -> None:
+        while True:
+            with self._done:
+                segment = self._finished.pop(self._next_to_mux, None)
+            if segment is None:
+                return
+            for data, pts, dts, duration in segment.packets:
+                self._muxer.mux(data, pts, dts, duration or self._frame_ticks)
+            self._next_to_mux += 1
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            self._error_reported = True
+            raise RuntimeError(f"segment encoder failed: {self._error}") from self._error
+
+    # -- workers ----------------------------------------------------------------------------------
+    def _work(self, inbox: queue.Queue[_Segment | None]) -> None:
+        while True:
+            segment = inbox.get()
+            if segment is None:
+                return
+            if self._error is not None:
+                continue  # keep taking segments so the producer never blocks on a dead worker
+            try:
+                self._encode_segment(segment)
+            except BaseException as error:  # reported to the producer on its next call
+                self._error = error
+                continue
+            with self._done:
+                self._finished[segment.index] = segment
+                self._done.notify_all()
+
+    def _encode_segment(self, segment: _Segment) -> None:
+        """A fresh encoder per segment: it starts with an IDR frame and references nothing before it."""
+        import av
+
+        settings = self.settings
+        context: Any = av.CodecContext.create(CPU_ENCODERS[settings.codec], "w")
+        context.width, context.height, context.pix_fmt = settings.width, settings.height, "yuv420p"
+        context.time_base = settings.time_base
+        context.framerate = settings.rate
+        context.colorspace, context.color_primaries, context.color_trc, context.color_range = 1, 1, 1, 1
+        options: dict[str, object] = {"preset": settings.preset or "veryfast"}
+        if settings.bitrate:
+            context.bit_rate = int(settings.bitrate)
+        else:
+            options["crf"] = str(settings.crf if settings.crf is not None else 23)
+        if settings.codec == "hevc":
+            options["x265-params"] = "log-level=error"
+        context.options = options
+        packets = segment.packets
+        frames, segment.frames = segment.frames, []  # free the raw frames as soon as they are encoded
+        for frame in frames:
+            packets.extend((bytes(p), p.pts, p.dts, p.duration) for p in context.encode(frame))
+        packets.extend((bytes(p), p.pts, p.dts, p.duration) for p in context.encode(None))
