@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|study2|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|demo|study|study2|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|demo|study|study2|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|demo|study|study2|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -120,6 +120,30 @@ if [ "$what" = study2 ]; then
     step "x264 study on the SR output"
     timeout 150 python3 benchmarks/x264_study.py --clip /tmp/sf/super_resolution.mp4 --scale 1 --frames 240 --quick \
         --json "$out/x264_sr_output.json" 2>&1 | tail -8
+fi
+if [ "$what" = sr3 ]; then
+    # Parallel segment encoders: the shipped config (encoders: 3) and 1/2 encoders, each against the
+    # hand-written serial loop (one libx264 in the loop's thread); then the shipped config against a
+    # serial loop that uses the same 3 encoders.
+    step "GPU tests"
+    timeout 200 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
+    sr() { SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli bench configs/super_resolution.yaml \
+        --frames 240 --warmup 20 --baseline serial --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-22}; }
+    step "SR bench: shipped config (3 encoders) vs hand-written serial loop (1 encoder in the loop)"
+    sr --baseline-set video.encoders=1 --json "$out/sr_enc3.json"
+    python3 -c "import av; c=av.open('/tmp/sf/super_resolution.mp4'); s=c.streams.video[0]; print('baseline output', s.width, s.height, s.frames, 'frames')"
+    step "SR bench: 2 encoders vs hand-written loop"
+    SRTAIL=9 sr --set video.encoders=2 --baseline-set video.encoders=1 --json "$out/sr_enc2.json"
+    step "SR bench: 1 encoder vs hand-written loop"
+    SRTAIL=9 sr --set video.encoders=1 --baseline-set video.encoders=1 --json "$out/sr_enc1.json"
+    step "SR bench: shipped config vs serial loop with the same 3 encoders"
+    SRTAIL=9 sr --json "$out/sr_enc3_same.json"
+    step "SR run of the shipped config: output check"
+    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf2 bash -c 'mkdir -p /tmp/sf2; timeout 60 python3 -m streamflow.cli run configs/super_resolution.yaml -q --set upscale.precision=fp16 2>&1 | grep -v INFO | tail -3'
+    python3 -c "import av; c=av.open('/tmp/sf2/super_resolution.mp4'); s=c.streams.video[0]; f=list(c.decode(s)); print('run output', s.width, s.height, len(f), 'frames, keyframes', sum(x.key_frame for x in f), 'last pts', f[-1].pts, s.time_base)"
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the
