@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|demo|study|study2|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|gil|demo|study|study2|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|demo|study|study2|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|gil|demo|study|study2|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -144,6 +144,30 @@ if [ "$what" = sr3 ]; then
     step "SR run of the shipped config: output check"
     SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf2 bash -c 'mkdir -p /tmp/sf2; timeout 60 python3 -m streamflow.cli run configs/super_resolution.yaml -q --set upscale.precision=fp16 2>&1 | grep -v INFO | tail -3'
     python3 -c "import av; c=av.open('/tmp/sf2/super_resolution.mp4'); s=c.streams.video[0]; f=list(c.decode(s)); print('run output', s.width, s.height, len(f), 'frames, keyframes', sum(x.key_frame for x in f), 'last pts', f[-1].pts, s.time_base)"
+fi
+if [ "$what" = gil ]; then
+    # Where the GIL goes in the shipped SR pipeline (py-spy --gil), and what a shorter GIL switch
+    # interval does to it.
+    srb() { SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 100 python3 -c 'import sys; sys.setswitchinterval(float(sys.argv.pop(1))); from streamflow.cli import main; main()' "$@" \
+        --frames 240 --warmup 20 --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
+        --baseline-set window.emit_batch=1 --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" \
+        --baseline-set video.encoders=1 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-22}; }
+    step "switch interval 5 ms (default), 3 encoders"
+    srb 0.005 bench configs/super_resolution.yaml --baseline serial --json "$out/gil_5ms.json"
+    step "switch interval 1 ms, 3 encoders"
+    SRTAIL=10 srb 0.001 bench configs/super_resolution.yaml --baseline serial --json "$out/gil_1ms.json"
+    step "switch interval 0.5 ms, 3 encoders"
+    SRTAIL=10 srb 0.0005 bench configs/super_resolution.yaml --baseline serial --json "$out/gil_05ms.json"
+    step "switch interval 0.5 ms, 2 encoders"
+    SRTAIL=10 srb 0.0005 bench configs/super_resolution.yaml --baseline serial --set video.encoders=2 --json "$out/gil_05ms_e2.json"
+    if ls .gpu/py_spy-*.whl >/dev/null 2>&1; then
+        step "py-spy --gil on the shipped pipeline (no baseline)"
+        python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl
+        SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 90 /tmp/pyspy/bin/py-spy record --gil --threads -r 250 -f raw \
+            -o "$out/spy_gil3.txt" -- python3 -m streamflow.cli bench configs/super_resolution.yaml --frames 240 \
+            --warmup 20 --baseline none --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
+            2>&1 | grep -v "^streamflow: INFO" | tail -3
+    fi
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the

@@ -112,6 +112,10 @@ class Encode(Stage):
             writer = self._writer_for(frames[0])
             writer.write_batch([(f.image, f.format, f.pts, f.time_base) for f in frames])
         self.count("frames_written", len(frames))
+        if self.writer is not None:
+            blocked = self.writer.encoder_blocked_s
+            if blocked is not None:  # segment encoders: how long this stage waited for them, in total
+                self.counters["encoder_wait_ms"] = round(1000 * blocked)
         return item
 
     def flush(self) -> StageOutput:

@@ -299,6 +299,11 @@ class VideoWriter:
         finally:
             self._container = None
 
+    @property
+    def encoder_blocked_s(self) -> float | None:
+        """Parallel segment encoders: seconds `write` waited for a busy encoder (None otherwise)."""
+        return self._encoder.blocked_s if isinstance(self._encoder, SegmentedEncoder) else None
+
     def __enter__(self) -> VideoWriter:
         return self
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class SegmentedEncoder:
         self.segment_frames = segment_frames
         self.frames = 0
         self.segments = 0
+        self.blocked_s = 0.0  # time `encode` waited for a busy worker: > 0 means the encoders are the bottleneck
         self._closed = False
         self._error: BaseException | None = None
         self._error_reported = False
@@ -130,13 +132,17 @@ class SegmentedEncoder:
         self._put(self._queues[segment.index % self.workers], segment)
 
     def _put(self, q: queue.Queue[_Segment | None], item: _Segment | None) -> None:
-        while True:
-            try:
-                q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                if self._error is not None and item is not None:
-                    self._raise_if_failed()
+        began = time.perf_counter()
+        try:
+            while True:
+                try:
+                    q.put(item, timeout=_POLL_S)
+                    return
+                except queue.Full:
+                    if self._error is not None and item is not None:
+                        self._raise_if_failed()
+        finally:
+            self.blocked_s += time.perf_counter() - began
 
     def _mux_finished(self) -> None:
         while True:
