@@ -133,16 +133,16 @@ if [ "$what" = sr3 ]; then
         --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
         --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-22}; }
     step "SR bench: shipped config (3 encoders) vs hand-written serial loop (1 encoder in the loop)"
-    sr --baseline-set video.encoders=1 --json "$out/sr_enc3.json"
+    sr --baseline-set video.encoders=1 --baseline-set source.emit_batch=1 --json "$out/sr_enc3.json"
     python3 -c "import av; c=av.open('/tmp/sf/super_resolution.mp4'); s=c.streams.video[0]; print('baseline output', s.width, s.height, s.frames, 'frames')"
     step "SR bench: 2 encoders vs hand-written loop"
-    SRTAIL=9 sr --set video.encoders=2 --baseline-set video.encoders=1 --json "$out/sr_enc2.json"
+    SRTAIL=9 sr --set video.encoders=2 --baseline-set video.encoders=1 --baseline-set source.emit_batch=1 --json "$out/sr_enc2.json"
     step "SR bench: 1 encoder vs hand-written loop"
-    SRTAIL=9 sr --set video.encoders=1 --baseline-set video.encoders=1 --json "$out/sr_enc1.json"
+    SRTAIL=9 sr --set video.encoders=1 --baseline-set video.encoders=1 --baseline-set source.emit_batch=1 --json "$out/sr_enc1.json"
     step "SR bench: shipped config vs serial loop with the same 3 encoders"
-    SRTAIL=9 sr --json "$out/sr_enc3_same.json"
+    SRTAIL=9 sr --baseline-set source.emit_batch=1 --json "$out/sr_enc3_same.json"
     step "SR run of the shipped config: output check"
-    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf2 bash -c 'mkdir -p /tmp/sf2; timeout 60 python3 -m streamflow.cli run configs/super_resolution.yaml -q --set upscale.precision=fp16 2>&1 | grep -v INFO | tail -3'
+    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf2 bash -c 'mkdir -p /tmp/sf2; timeout 60 python3 -m streamflow.cli run configs/super_resolution.yaml -q --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --stats-json /tmp/sf2/stats.json 2>&1 | grep -v INFO | tail -3'
     python3 -c "import av; c=av.open('/tmp/sf2/super_resolution.mp4'); s=c.streams.video[0]; f=list(c.decode(s)); print('run output', s.width, s.height, len(f), 'frames, keyframes', sum(x.key_frame for x in f), 'last pts', f[-1].pts, s.time_base)"
 fi
 if [ "$what" = gil ]; then

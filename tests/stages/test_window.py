@@ -118,6 +118,26 @@ def test_nv12_input_is_converted_to_rgb() -> None:
     assert (data[0, 3:6] * 255 - rgb.float()).abs().max() <= 3  # YUV rounding only
 
 
+def test_nv12_batches_convert_in_one_call_with_the_same_result() -> None:
+    """A decoder Batch of NV12 frames is converted in one batched call: same windows as frame by frame."""
+    info = StreamInfo(width=16, height=12, codec="h264", time_base=Fraction(1, 30))
+    images = [rgb_to_nv12(torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)) for _ in range(7)]
+
+    def frames() -> list[Frame]:
+        return [
+            Frame(image, pts=i, time_base=Fraction(1, 30), format=PixelFormat.NV12, info=info)
+            for i, image in enumerate(images)
+        ]
+
+    one_by_one = run_stage(Window(size=3, emit_batch=2), frames())
+    listed = frames()
+    batched = run_stage(Window(size=3, emit_batch=2), [Batch(listed[:4]), Batch(listed[4:])])
+    assert [f.pts for f in _frames_out(batched)] == list(range(7))
+    assert len(one_by_one) == len(batched)
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert torch.equal(_data(a), _data(b))
+
+
 def test_rejects_wrong_input() -> None:
     bad = Frame(torch.zeros(4, 4, dtype=torch.uint8), pts=0, time_base=Fraction(1, 30))
     with pytest.raises(ValueError, match="uint8 RGB"):
