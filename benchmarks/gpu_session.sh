@@ -132,6 +132,14 @@ if [ "$what" = sr3 ]; then
         --frames 240 --warmup 20 --baseline serial --set upscale.precision=fp16 \
         --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
         --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-22}; }
+    step "SR model at the bench shape: CUDA graph or eager?"
+    python3 -c "
+import logging, torch; logging.basicConfig(level=logging.DEBUG, format='%(levelname)s %(message)s')
+for n in ('PIL', 'onnx2torch', 'matplotlib'): logging.getLogger(n).setLevel(logging.WARNING)
+from streamflow.inference.torch_backend import TorchBackend
+from streamflow.inference.base import InputSpec, Precision
+with TorchBackend('models/vsr_x2.onnx', {'frames': InputSpec.static('frames', [4, 15, 360, 640])}, device='cuda', precision=Precision.FP16) as b: print(b.description)
+" 2>&1 | grep -v "^DEBUG.*\(onnx\|PIL\)" | tail -5
     step "SR bench: shipped config (3 encoders) vs hand-written serial loop (1 encoder in the loop)"
     sr --baseline-set video.encoders=1 --baseline-set source.emit_batch=1 --json "$out/sr_enc3.json"
     python3 -c "import av; c=av.open('/tmp/sf/super_resolution.mp4'); s=c.streams.video[0]; print('baseline output', s.width, s.height, s.frames, 'frames')"
