@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,10 +94,16 @@ class BenchResult:
     # Process CPU time (all threads, child processes excluded) over wall time: cores kept busy.
     pipeline_cores: float | None = None
     baseline_cores: float | None = None
+    # (pipeline fps, baseline fps) of each round; the figures above are the medians over rounds.
+    rounds: list[tuple[float, float | None]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
-        return self.pipeline_fps / self.baseline.fps if self.baseline else None
+        """Pipeline fps / baseline fps; over several rounds, the median of each round's own ratio."""
+        if not self.baseline:
+            return None
+        paired = [p / b for p, b in self.rounds if b]
+        return statistics.median(paired) if len(paired) > 1 else self.pipeline_fps / self.baseline.fps
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -121,6 +128,11 @@ class BenchResult:
                 "overrides": self.baseline_overrides,
             }
             data["ratio"] = round(self.ratio or 0.0, 3)
+        if len(self.rounds) > 1:
+            data["rounds"] = [
+                {"pipeline_fps": round(p, 2), "baseline_fps": None if b is None else round(b, 2)}
+                for p, b in self.rounds
+            ]
         return data
 
     def print(self, console: Console) -> None:
@@ -144,6 +156,10 @@ class BenchResult:
                 *(f"{percentile(lat, q) or 0:.1f}" for q in (50, 95, 99)),
             )
         console.print(table)
+        if len(self.rounds) > 1:
+            rounds = ", ".join(f"{p:.1f}" + (f" / {b:.1f}" if b else "") for p, b in self.rounds)
+            runs = "pipeline / serial" if self.baseline else "pipeline"
+            console.print(f"{len(self.rounds)} rounds ({runs} fps): {rounds}; medians shown")
         if self.baseline:
             busy = ", ".join(
                 f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame" for k, v in self.baseline.busy_s.items()
@@ -270,34 +286,56 @@ def run_bench(
     baseline: str,
     overrides: Sequence[str] = (),
     baseline_overrides: Sequence[str] = (),
+    repeat: int = 1,
 ) -> BenchResult:
+    """Pipeline then baseline, `repeat` rounds in alternation; medians over rounds (see `BenchResult.ratio`).
+
+    Rounds matter on shared machines: on the GPU host the same serial loop measured 73 to 111 fps
+    minutes apart. Alternating the two runs exposes both to the same drift, and the median ratio
+    of paired rounds is what is reported.
+    """
+    if repeat < 1:
+        raise BenchError(f"repeat must be >= 1, got {repeat}")
     config = load_config(config_path, overrides)
+    serial_config = load_config(config_path, [*overrides, *baseline_overrides]) if baseline == "serial" else None
     total = frames + warmup
-    done = _DoneTimes()
-    pipeline = build_pipeline(config, observers=[done], max_frames=total)
-    device = resolve_device(pipeline.device_spec)
+    rounds: list[tuple[float, float | None]] = []
+    serial_runs: list[SerialStats] = []
+    pipeline_runs: list[tuple[float, int, RunStats, float | None]] = []
+    baseline_cores: list[float] = []
+    device = resolve_device(build_pipeline(config).device_spec)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with _CpuMeter() as pipeline_cpu:
-        stats = pipeline.run_sync()
-    fps, count, _ = _steady_fps(done.times, warmup, done.finished)
-    serial = None
-    baseline_cpu = _CpuMeter()
-    if baseline == "serial":
-        serial_config = load_config(config_path, [*overrides, *baseline_overrides])
-        with baseline_cpu:
-            serial = run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup)
+    for _ in range(repeat):
+        done = _DoneTimes()
+        pipeline = build_pipeline(config, observers=[done], max_frames=total)
+        with _CpuMeter() as pipeline_cpu:
+            stats = pipeline.run_sync()
+        fps, count, _ = _steady_fps(done.times, warmup, done.finished)
+        pipeline_runs.append((fps, count, stats, pipeline_cpu.cores))
+        serial_fps: float | None = None
+        if serial_config is not None:
+            with _CpuMeter() as baseline_cpu:
+                serial_runs.append(run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup))
+            serial_fps = serial_runs[-1].fps
+            if baseline_cpu.cores is not None:
+                baseline_cores.append(baseline_cpu.cores)
+        rounds.append((fps, serial_fps))
+    # The round whose pipeline fps is the median supplies the per-stage table.
+    fps, count, stats, cores = sorted(pipeline_runs, key=lambda run: run[0])[(len(pipeline_runs) - 1) // 2]
+    serial = sorted(serial_runs, key=lambda run: run.fps)[(len(serial_runs) - 1) // 2] if serial_runs else None
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
         config=str(config_path),
         device=str(device),
-        pipeline_fps=fps,
+        pipeline_fps=statistics.median(run[0] for run in pipeline_runs),
         pipeline_frames=count,
         pipeline_stats=stats,
         baseline=serial,
         baseline_overrides=list(baseline_overrides),
         peak_gpu_mib=peak,
         host=_host_info(device),
-        pipeline_cores=pipeline_cpu.cores,
-        baseline_cores=baseline_cpu.cores if serial else None,
+        pipeline_cores=cores,
+        baseline_cores=statistics.median(baseline_cores) if baseline_cores else None,
+        rounds=rounds,
     )

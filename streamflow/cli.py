@@ -149,6 +149,9 @@ def bench(
         typer.Option("--baseline-set", help="Override for the baseline run only: STAGE.FIELD=VALUE (repeatable)."),
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, help="Rounds of pipeline then baseline; medians are reported.")
+    ] = 1,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
@@ -165,6 +168,7 @@ def bench(
             baseline=baseline,
             overrides=set_ or [],
             baseline_overrides=baseline_set or [],
+            repeat=repeat,
         )
     except ConfigError as error:
         raise _fail(str(error), EXIT_CONFIG) from None

@@ -106,3 +106,15 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["pipeline"]["frames"] == 8 and data["baseline_serial"]["frames"] == 8
     assert "ratio pipeline / serial" in result.stdout + result.stderr
+
+
+def test_rounds_alternate_and_report_medians(tmp_path: Path) -> None:
+    result = run_bench(lines_config(tmp_path, count=12), frames=8, warmup=2, baseline="serial", repeat=3)
+    assert len(result.rounds) == 3 and all(b is not None for _, b in result.rounds)
+    pipeline_fps = sorted(p for p, _ in result.rounds)
+    assert result.pipeline_fps == pytest.approx(pipeline_fps[1])
+    ratios = sorted(p / b for p, b in result.rounds if b)
+    assert result.ratio == pytest.approx(ratios[1])
+    assert len(result.to_dict()["rounds"]) == 3
+    with pytest.raises(BenchError, match="repeat"):
+        run_bench(lines_config(tmp_path, count=12), frames=8, warmup=2, baseline="serial", repeat=0)
