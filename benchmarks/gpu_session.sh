@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|gil|demo|study|study2|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|sr4|gil|demo|study|study2|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh) and, for the 1080p face benchmark, .gpu/faces1080.mp4
 # (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4).
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|gil|demo|study|study2|all|final]}
+out=${1:?usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr2|sr3|sr4|gil|demo|study|study2|all|final]}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
 [ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
@@ -176,6 +176,21 @@ if [ "$what" = gil ]; then
             --warmup 20 --baseline none --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
             2>&1 | grep -v "^streamflow: INFO" | tail -3
     fi
+fi
+if [ "$what" = sr4 ] || [ "$what" = final ]; then
+    # The SR benchmark in alternating rounds (the host's CPU speed drifts by 20-30 % between minutes):
+    # 1, 2 and 3 parallel segment encoders, each against the hand-written serial loop.
+    srr() { SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 150 python3 -m streamflow.cli bench configs/super_resolution.yaml \
+        --frames 240 --warmup 20 --repeat 3 --baseline serial --set upscale.precision=fp16 \
+        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
+        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" --baseline-set video.encoders=1 \
+        --baseline-set source.emit_batch=1 "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-24}; }
+    step "SR bench, 3 rounds: config as shipped vs hand-written serial loop"
+    srr --json "$out/sr_shipped.json"
+    for n in 1 2 3; do
+        step "SR bench, 3 rounds: $n encoder(s) vs hand-written serial loop"
+        SRTAIL=11 srr --set video.encoders=$n --json "$out/sr_r_enc$n.json"
+    done
 fi
 if [ "$what" = final ]; then
     # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the
