@@ -187,26 +187,24 @@ if [ "$what" = sr4 ] || [ "$what" = final ]; then
         --baseline-set source.emit_batch=1 "$@" 2>&1 | grep -v "^streamflow: INFO" | tail -${SRTAIL:-24}; }
     step "SR bench, 3 rounds: config as shipped vs hand-written serial loop"
     srr --json "$out/sr_shipped.json"
-    for n in 1 2 3; do
+    [ "$what" = final ] || for n in 1 2 3; do
         step "SR bench, 3 rounds: $n encoder(s) vs hand-written serial loop"
         SRTAIL=11 srr --set video.encoders=$n --json "$out/sr_r_enc$n.json"
     done
 fi
 if [ "$what" = final ]; then
-    # Everything that changed since the last runs, inside a tight device budget: all GPU tests, the
-    # super-resolution benchmark and the demo config.
+    # After the SR rounds above: all GPU tests, the face-detection benchmark and the demo config.
     step "GPU tests"
-    timeout 120 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
+    timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests >"$out/gpu_tests.txt" 2>&1
     echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
-    step "super-resolution: pipeline vs serial (640x360 -> 1280x720, fp16, CPU libx264 encode)"
-    SR_OUT=/tmp/sf timeout 90 python3 -m streamflow.cli bench configs/super_resolution.yaml \
-        --frames 240 --warmup 20 --baseline serial --set source.loop=true --set upscale.precision=fp16 \
-        --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --baseline-set window.emit_batch=1 \
-        --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" \
-        --json "$out/sr_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -24
+    step "face detection: pipeline vs serial (1080p, fp16, detections written, no encode)"
+    FACES_CLIP=$clip FACES_OUT=/tmp/sf timeout 150 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
+        --frames 1200 --warmup 100 --baseline serial --set source.loop=true \
+        --baseline-set source.emit_batch=1 --baseline-set "detect.input_shapes={input.1: [1, 3, 384, 640]}" \
+        --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -12
     step "face detection demo config on the GPU"
     FACES_OUT=/tmp/sf timeout 40 python3 -m streamflow.cli run configs/face_detect.yaml -q \
         --stats-json "$out/demo_stats.json" 2>&1 | grep -v "^streamflow: INFO" | tail -5
-    python3 -c "import json; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes')"
+    python3 -c "import json, av; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes;', len(list(av.open('/tmp/sf/face_detect.mp4').decode(video=0))), 'frames in the MP4')"
 fi
 step done
