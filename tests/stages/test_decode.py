@@ -165,3 +165,15 @@ def test_gpu_device_gives_cuda_frames(clip: Path) -> None:
     assert all(f.image.is_cuda and f.image.dtype == torch.uint8 for f in sink.frames)
     sink, _ = run(Decode(uri=str(clip), backend="cpu"), device="cuda")
     assert len(sink.frames) == 20 and sink.frames[0].image.is_cuda
+
+
+@pytest.mark.gpu
+def test_nvdec_loop_rewinds_the_open_decoder(clip: Path) -> None:
+    """A looping NVDEC source rewinds its open decoder between passes: the same pictures, the timeline going on."""
+    sink, stats = run(Decode(uri=str(clip), loop=True, max_frames=50, format="nv12", emit_batch=4), device="cuda")
+    frames = sink.frames
+    assert len(frames) == 50 and stats.stage("decode").counters["loops"] == 2  # type: ignore[attr-defined]
+    assert [round(f.time * 30) for f in frames] == list(range(50))  # type: ignore[operator]
+    images = [f.image.cpu() for f in frames]
+    assert all(torch.equal(images[i], images[i + 20]) for i in range(30))
+    assert not torch.equal(images[0], images[1])
