@@ -15,7 +15,8 @@ and writes them in arrival order. The backend is chosen once:
     leaves most of a many-core machine idle;
   - `cpu_encoder: process`: one encoder in a child process with its own GIL, fed through pinned
     shared memory; the file is still finalized if this process dies. (Measured slower than
-    `thread` on the H100 host, see models/VSR.md; it isolates the encoder rather than speeding it up.)
+    `thread` in the super-resolution pipeline on the H100 host, see the README's "Measured": it
+    isolates the encoder rather than speeding it up.)
 
 `write_batch` stages several frames and waits for the GPU once for all of them; `write` is one
 frame. With the child process a frame is handed over when `write`/`write_batch` returns and
