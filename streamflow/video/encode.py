@@ -360,6 +360,7 @@ class VideoWriter:
                 crf=self.crf,
                 bitrate=self.bitrate,
                 preset=self.preset,
+                pix_fmt=_encoder_pix_fmt(self.codec, fmt, first.is_cuda and self.cpu_encoder is CpuEncoderMode.PROCESS),
             )
             try:
                 if self.encoders > 1:
@@ -535,6 +536,13 @@ class VideoWriter:
         done.synchronize()
         assert self._annexb is not None
         self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts, None, self._ticks)
+
+
+def _encoder_pix_fmt(codec: VideoCodec, fmt: PixelFormat, nv12_slots: bool) -> str:
+    """NV12 straight into libx264 when that is what it will be fed (libx265 takes no NV12)."""
+    if codec is VideoCodec.H264 and (fmt is PixelFormat.NV12 or nv12_slots):
+        return "nv12"
+    return "yuv420p"
 
 
 def _frame_size(image: torch.Tensor, fmt: PixelFormat) -> tuple[int, int]:

@@ -86,6 +86,9 @@ class EncoderSettings:
     crf: int | None = None
     bitrate: int | None = None
     preset: str | None = None
+    # What the encoder is fed: "nv12" when the frames are NV12 (libx264 takes them as they are: no
+    # conversion pass, one GIL release fewer a frame), else "yuv420p". The bitstream is 4:2:0 either way.
+    pix_fmt: str = "yuv420p"
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -122,7 +125,7 @@ class PyAVEncoder:
         self._container = av.open(settings.path, "w", format=settings.container_format)
         try:
             stream: Any = self._container.add_stream(CPU_ENCODERS[settings.codec], rate=settings.rate)
-            stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, settings.pix_fmt
             cc = stream.codec_context
             cc.time_base = settings.time_base
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
@@ -145,7 +148,7 @@ class PyAVEncoder:
 
     def frame_from(self, array: np.ndarray, fmt: str) -> Any:
         """A PyAV frame holding its own copy of `array`, in the encoder's pixel format."""
-        return video_frame(array, fmt)
+        return video_frame(array, fmt, self.settings.pix_fmt)
 
     def encode_frame(self, frame: Any, pts: int) -> None:
         """Encode a frame made by `frame_from`."""
@@ -165,8 +168,8 @@ class PyAVEncoder:
             self._container.close()
 
 
-def video_frame(array: np.ndarray, fmt: str) -> Any:
-    """A PyAV frame with its own copy of an NV12 or RGB array, tagged BT.709 limited range like the streams."""
+def video_frame(array: np.ndarray, fmt: str, pix_fmt: str = "yuv420p") -> Any:
+    """A PyAV frame with its own copy of an NV12 or RGB array, in the encoder's `pix_fmt`, tagged BT.709 limited."""
     import av
 
     height, width = (array.shape[0] * 2 // 3, array.shape[1]) if fmt == "nv12" else array.shape[:2]
@@ -180,7 +183,7 @@ def video_frame(array: np.ndarray, fmt: str) -> Any:
         np.copyto(target[: source.shape[0], : source.shape[1]], source)
     if fmt == "rgb24":
         # Same matrix and range as the stream is tagged with.
-        frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+        frame = frame.reformat(format=pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG")
     frame.colorspace, frame.color_range = 1, 1
     return frame
 

@@ -99,7 +99,7 @@ class SegmentedEncoder:
         if self._current is None:
             self._current = _Segment(self.segments)
             self.segments += 1
-        frame = video_frame(array, fmt)  # the same conversion and colour tags as the single encoder
+        frame = video_frame(array, fmt, self.settings.pix_fmt)  # as the single encoder makes them
         frame.pts = pts
         frame.time_base = self.settings.time_base
         self._current.frames.append(frame)
@@ -182,7 +182,7 @@ class SegmentedEncoder:
 
         settings = self.settings
         context: Any = av.CodecContext.create(CPU_ENCODERS[settings.codec], "w")
-        context.width, context.height, context.pix_fmt = settings.width, settings.height, "yuv420p"
+        context.width, context.height, context.pix_fmt = settings.width, settings.height, settings.pix_fmt
         context.time_base = settings.time_base
         context.framerate = settings.rate
         context.colorspace, context.color_primaries, context.color_trc, context.color_range = 1, 1, 1, 1

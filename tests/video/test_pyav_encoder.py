@@ -19,7 +19,7 @@ import torch
 from streamflow.frame import PixelFormat
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.video.encode import CpuEncoderMode, EncodeError, VideoWriter
-from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings
+from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings, PyAVEncoder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,3 +197,24 @@ def test_gpu_frames_are_copied_after_their_producer_finished(tmp_path: Path, opt
     assert len(images) == 16
     means = [float(img.mean()) for img in images]
     assert means == pytest.approx(expected, abs=3)
+
+
+def test_nv12_goes_straight_into_x264_with_the_same_pictures(tmp_path: Path) -> None:
+    """NV12 frames are fed to libx264 as NV12 (no conversion pass): the same pictures as through yuv420p."""
+    frames = [rgb_to_nv12(f).numpy() for f in moving_frames(8)]
+    outputs = []
+    for pix_fmt in ("nv12", "yuv420p"):
+        path = tmp_path / f"{pix_fmt}.mp4"
+        encoder = PyAVEncoder(
+            EncoderSettings(str(path), "mp4", 96, 64, Fraction(30), Fraction(1, 30), crf=14, pix_fmt=pix_fmt)
+        )
+        for i, frame in enumerate(frames):
+            encoder.encode(frame, "nv12", i)
+        encoder.close()
+        outputs.append(decoded(path)[0])
+    assert len(outputs[0]) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
+    writer = VideoWriter(tmp_path / "w.mp4", fps=30, backend="cpu")
+    writer.write(torch.from_numpy(frames[0]), PixelFormat.NV12)
+    assert writer._encoder is not None and writer._encoder.settings.pix_fmt == "nv12"
+    writer.close()
