@@ -384,9 +384,19 @@ def _child_main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
+    parent_gone = False
+
     def say(line: str) -> None:
-        stdout.write((line + "\n").encode())
-        stdout.flush()
+        nonlocal parent_gone
+        if parent_gone:
+            return
+        try:
+            stdout.write((line + "\n").encode())
+            stdout.flush()
+        except (BrokenPipeError, OSError):
+            # The parent died: nobody reads the replies any more, but every frame it handed over is
+            # still encoded and the file finalized.
+            parent_gone = True
 
     hello = json.loads(stdin.readline() or "{}")
     encoder: PyAVEncoder | None = None

@@ -139,9 +139,9 @@ def test_frames_handed_over_survive_the_parent_dying(tmp_path: Path) -> None:
         f"""
         import os, torch
         from streamflow.video.encode import VideoWriter
-        writer = VideoWriter({str(path)!r}, fps=30, backend="cpu", cpu_encoder="process")
-        for i in range(7):
-            writer.write(torch.full((3, 32, 48), 30 * i, dtype=torch.uint8), "rgb", pts=i)
+        writer = VideoWriter({str(path)!r}, fps=30, backend="cpu", cpu_encoder="process", slots=4)
+        for i in range(20):  # the last frames are still in flight when the parent exits
+            writer.write(torch.full((3, 360, 640), 12 * i, dtype=torch.uint8), "rgb", pts=i)
         os._exit(3)  # no close(), no atexit, no finalizers
         """
     )
@@ -153,10 +153,10 @@ def test_frames_handed_over_survive_the_parent_dying(tmp_path: Path) -> None:
                 images, _ = decoded(path)
             except av.error.FFmpegError:
                 images = []
-            if len(images) == 7:
+            if len(images) == 20:
                 break
         subprocess.run(["sleep", "0.1"], check=True)
-    assert len(images) == 7
+    assert len(images) == 20
 
 
 def test_encoder_process_directly(tmp_path: Path) -> None:
@@ -218,3 +218,19 @@ def test_nv12_goes_straight_into_x264_with_the_same_pictures(tmp_path: Path) -> 
     writer.write(torch.from_numpy(frames[0]), PixelFormat.NV12)
     assert writer._encoder is not None and writer._encoder.settings.pix_fmt == "nv12"
     writer.close()
+
+
+def test_the_child_keeps_encoding_when_nobody_reads_its_replies(tmp_path: Path) -> None:
+    """The parent is gone (its end of the reply pipe closed): every frame handed over is still written."""
+    settings = EncoderSettings(str(tmp_path / "gone.mp4"), "mp4", 64, 48, Fraction(30), Fraction(1, 30))
+    process = EncoderProcess(settings, fmt="nv12", slots=8)
+    child = process._child
+    assert child.stdout is not None
+    child.stdout.close()  # the child's "free" replies now fail with a broken pipe
+    for pts in range(6):  # written straight to the pipe: the parent side cannot read replies now
+        process.slot(pts)[:] = 16 + 30 * pts
+        process._send([{"slot": pts, "pts": pts}])
+    process._stdin.close()  # what the parent's death looks like from the child: end of input
+    assert child.wait(timeout=60) == 0
+    images, times = decoded(tmp_path / "gone.mp4")
+    assert len(images) == 6 and times == pytest.approx([i / 30 for i in range(6)])
