@@ -230,13 +230,13 @@ class VideoWriter:
             raise EncodeError(f"cannot write {str(self.path)!r}: encoders > 1 runs in threads; use cpu_encoder: thread")
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
         self._host_frames: list[tuple[np.ndarray, str, int]] = []  # copied (or copying) to host, not yet encoded
-        self._host_frames_on_gpu = False
+        # GPU-to-host copies queued on the current stream since the last wait (`_wait_for_copies`).
+        self._copies_pending = False
         self._encoder: PyAVEncoder | SegmentedEncoder | None = None
         self._process: EncoderProcess | None = None
         self._host_slots: torch.Tensor | None = None  # the child's shared slots, as one pinned tensor
         self._registered: int | None = None  # address registered with cudaHostRegister
         self._staged: list[tuple[int, int]] = []  # (slot, pts) filled, not yet handed to the child
-        self._staged_on_gpu = False
         self._nvenc: Any = None
         self._annexb: AnnexBMuxer | None = None
         self._closed = False
@@ -439,20 +439,22 @@ class VideoWriter:
             buffer = self._pinned[key] = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
         buffer.copy_(image, non_blocking=True)
         self._host_frames.append((buffer.numpy(), name, pts))
-        self._host_frames_on_gpu = True
+        self._copies_pending = True
 
     def _encode_on_host(self) -> None:
         if not self._host_frames:
             return
-        if self._host_frames_on_gpu:
-            done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
-            done.record(torch.cuda.current_stream())
-            done.synchronize()
-            self._host_frames_on_gpu = False
+        self._wait_for_copies()
         staged, self._host_frames = self._host_frames, []
         assert self._encoder is not None
         for array, name, pts in staged:
             self._encoder.encode(array, name, pts)
+
+    def _wait_for_copies(self) -> None:
+        """One host wait for every GPU-to-host copy queued since the last one."""
+        if self._copies_pending:
+            _wait_for_stream(None)
+            self._copies_pending = False
 
     # -- CPU path, in a child process -------------------------------------------------------------
     def _stage_for_process(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
@@ -472,7 +474,7 @@ class VideoWriter:
             if data.is_cuda:
                 target = self._pinned_slots(data.device)[slot].view(data.shape)
                 target.copy_(data, non_blocking=True)
-                self._staged_on_gpu = True
+                self._copies_pending = True
             else:
                 np.copyto(process.slot(slot), data.numpy())
         except BaseException:
@@ -484,11 +486,7 @@ class VideoWriter:
         """Wait (once) for staged GPU copies, then hand the staged slots to the child process."""
         if not self._staged or self._process is None:
             return
-        if self._staged_on_gpu:
-            done = torch.cuda.Event(blocking=True)  # the thread sleeps instead of spinning a core
-            done.record(torch.cuda.current_stream())
-            done.synchronize()
-            self._staged_on_gpu = False
+        self._wait_for_copies()
         staged, self._staged = self._staged, []
         self._process.submit(staged)
 
@@ -531,11 +529,16 @@ class VideoWriter:
         nv12 = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
         nv12 = nv12.to(torch.device("cuda", self.gpu_id or 0)).contiguous()
         # NVENC ignores the producer's stream: wait until the frame is written before handing it over.
-        done = torch.cuda.Event(blocking=True)
-        done.record(torch.cuda.current_stream(nv12.device))
-        done.synchronize()
+        _wait_for_stream(nv12.device)
         assert self._annexb is not None
         self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts, None, self._ticks)
+
+
+def _wait_for_stream(device: torch.device | None) -> None:
+    """Block this thread until the current stream's queued work is done, sleeping rather than spinning a core."""
+    done = torch.cuda.Event(blocking=True)
+    done.record(torch.cuda.current_stream(device))
+    done.synchronize()
 
 
 def _encoder_pix_fmt(codec: VideoCodec, fmt: PixelFormat, nv12_slots: bool) -> str:
