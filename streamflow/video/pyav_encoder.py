@@ -58,6 +58,7 @@ __all__ = [
     "EncoderProcessError",
     "EncoderSettings",
     "PyAVEncoder",
+    "configure_encoder",
     "frame_shape",
     "video_frame",
 ]
@@ -125,18 +126,7 @@ class PyAVEncoder:
         self._container = av.open(settings.path, "w", format=settings.container_format)
         try:
             stream: Any = self._container.add_stream(CPU_ENCODERS[settings.codec], rate=settings.rate)
-            stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, settings.pix_fmt
-            cc = stream.codec_context
-            cc.time_base = settings.time_base
-            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
-            options: dict[str, object] = {"preset": settings.preset or "veryfast"}
-            if settings.bitrate:
-                cc.bit_rate = int(settings.bitrate)
-            else:
-                options["crf"] = str(settings.crf if settings.crf is not None else 23)
-            if settings.codec == "hevc":
-                options["x265-params"] = "log-level=error"
-            stream.options = options
+            configure_encoder(stream.codec_context, settings)
         except BaseException:
             self._container.close()
             raise
@@ -166,6 +156,26 @@ class PyAVEncoder:
             self._container.mux(self._stream.encode(None))
         finally:
             self._container.close()
+
+
+def configure_encoder(context: Any, settings: EncoderSettings) -> None:
+    """Set up a libx264/libx265 codec context (a stream's, or a standalone one) from `settings`.
+
+    One place for size, clock, BT.709 limited-range tags and rate control, so the single encoder
+    and the segment encoders (`streamflow.video.segmented`) write the same stream parameters.
+    """
+    context.width, context.height, context.pix_fmt = settings.width, settings.height, settings.pix_fmt
+    context.time_base = settings.time_base
+    context.framerate = settings.rate
+    context.colorspace, context.color_primaries, context.color_trc, context.color_range = 1, 1, 1, 1
+    options: dict[str, str] = {"preset": settings.preset or "veryfast"}
+    if settings.bitrate:
+        context.bit_rate = int(settings.bitrate)
+    else:
+        options["crf"] = str(settings.crf if settings.crf is not None else 23)
+    if settings.codec == "hevc":
+        options["x265-params"] = "log-level=error"
+    context.options = options
 
 
 def video_frame(array: np.ndarray, fmt: str, pix_fmt: str = "yuv420p") -> Any:

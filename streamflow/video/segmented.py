@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from streamflow.video.annexb import AnnexBMuxer
-from streamflow.video.pyav_encoder import CPU_ENCODERS, EncoderSettings, video_frame
+from streamflow.video.pyav_encoder import CPU_ENCODERS, EncoderSettings, configure_encoder, video_frame
 
 __all__ = ["SegmentedEncoder"]
 
@@ -182,18 +182,7 @@ class SegmentedEncoder:
 
         settings = self.settings
         context: Any = av.CodecContext.create(CPU_ENCODERS[settings.codec], "w")
-        context.width, context.height, context.pix_fmt = settings.width, settings.height, settings.pix_fmt
-        context.time_base = settings.time_base
-        context.framerate = settings.rate
-        context.colorspace, context.color_primaries, context.color_trc, context.color_range = 1, 1, 1, 1
-        options: dict[str, object] = {"preset": settings.preset or "veryfast"}
-        if settings.bitrate:
-            context.bit_rate = int(settings.bitrate)
-        else:
-            options["crf"] = str(settings.crf if settings.crf is not None else 23)
-        if settings.codec == "hevc":
-            options["x265-params"] = "log-level=error"
-        context.options = options
+        configure_encoder(context, settings)
         packets = segment.packets
         frames, segment.frames = segment.frames, []  # free the raw frames as soon as they are encoded
         for frame in frames:
