@@ -36,22 +36,12 @@ import torch
 from pydantic import Field, field_validator
 
 from streamflow.frame import Batch, Frame, PixelFormat
+from streamflow.inference.base import Precision
 from streamflow.ops.color import ColorMatrix
 from streamflow.ops.resize import Letterbox, ResizeMode, letterbox_resize, letterbox_resize_nv12
 from streamflow.stage import Stage, StageConfig
 
-__all__ = ["ChannelOrder", "InputPrecision", "Preprocess"]
-
-
-class InputPrecision(enum.StrEnum):
-    """Element type of the model input tensor."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float16 if self is InputPrecision.FP16 else torch.float32
+__all__ = ["ChannelOrder", "Preprocess"]
 
 
 class ChannelOrder(enum.StrEnum):
@@ -72,7 +62,7 @@ class Preprocess(Stage):
         mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="per-channel mean, after input_scale")
         std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="per-channel std, after input_scale")
         pad_value: float = Field(0.0, description="letterbox padding, in pixel units before normalisation")
-        dtype: InputPrecision = Field(InputPrecision.FP32, description="element type of the model input")
+        dtype: Precision = Field(Precision.FP32, description="element type of the model input")
         channel_order: ChannelOrder = Field(ChannelOrder.RGB, description="channel order the model expects")
         antialias: bool = Field(True, description="low-pass filter when shrinking (avoids aliasing at 1080p->640)")
         matrix: ColorMatrix | None = Field(None, description="NV12 input: YCbCr matrix; default: the stream's")
