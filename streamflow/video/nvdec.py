@@ -35,7 +35,7 @@ import torch
 from streamflow.frame import Frame, PixelFormat, StreamInfo
 from streamflow.ops.color import nv12_to_rgb
 from streamflow.video.bitstream import sequence_size
-from streamflow.video.probe import Probe, open_input
+from streamflow.video.probe import Probe, demux_packets, open_input
 
 if TYPE_CHECKING:
     import av.container
@@ -283,16 +283,12 @@ def iter_annexb_packets(
 
     codec = stream.codec_context.name
     bsf = av.bitstream.BitStreamFilterContext(_ANNEXB_FILTERS[codec], stream) if codec in _ANNEXB_FILTERS else None
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except (av.error.FFmpegError, EOFError) as error:
-            if on_bad_packet is not None:
-                on_bad_packet(f"demuxing stopped: {error}")
-            break
+
+    def stopped(error: BaseException) -> None:
+        if on_bad_packet is not None:
+            on_bad_packet(f"demuxing stopped: {error}")
+
+    for packet in demux_packets(container, stream, stopped):
         if packet.size == 0:
             continue
         if packet.is_corrupt and on_bad_packet is not None:

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +27,7 @@ from streamflow.frame import StreamInfo
 from streamflow.uri import redact_text, redact_uri
 
 if TYPE_CHECKING:
+    import av
     import av.container
     import av.video.stream
 
@@ -115,6 +117,30 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
         ) from error
     except (av.error.FFmpegError, OSError) as error:
         raise VideoInputError(f"cannot read video {shown!r}: {_explain(error)}") from error
+
+
+def demux_packets(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    on_error: Callable[[BaseException], None],
+) -> Iterator[av.Packet]:
+    """The packets of `stream` in file order, the final empty (flush) packet included.
+
+    A broken container (truncated file, garbage) makes PyAV raise mid-demux; that ends the
+    packets after `on_error(error)`, so decoders flush and keep what they have instead of failing.
+    """
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.error.FFmpegError, EOFError) as error:
+            on_error(error)
+            return
+        yield packet
 
 
 def _color(stream: av.video.stream.VideoStream, height: int, pix_fmt: str | None) -> tuple[str, str]:

@@ -29,7 +29,7 @@ import torch
 
 from streamflow.frame import Frame, PixelFormat, StreamInfo
 from streamflow.uri import redact_text, redact_uri
-from streamflow.video.probe import VideoInputError, open_input, stream_info
+from streamflow.video.probe import VideoInputError, demux_packets, open_input, stream_info
 
 if TYPE_CHECKING:
     import av.container
@@ -207,18 +207,14 @@ class PyAVDecoder:
                     self.start,
                     redact_text(str(error)),
                 )
-        packets = container.demux(stream)
+
+        def stopped(error: BaseException) -> None:
+            # A broken container ends demuxing: count it; what was decoded is flushed below.
+            self.stats["bad_packets"] += 1
+            log.warning("%s: demuxing stopped: %s", self.display_uri, redact_text(str(error)))
+
         flushed = False
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except (av.error.FFmpegError, EOFError) as error:
-                # A broken container (truncated file, garbage) ends demuxing; count it and flush what we have.
-                self.stats["bad_packets"] += 1
-                log.warning("%s: demuxing stopped: %s", self.display_uri, redact_text(str(error)))
-                break
+        for packet in demux_packets(container, stream, stopped):
             flushed = packet.size == 0  # demux ends with an empty packet, which flushes the decoder
             if packet.is_corrupt:
                 self.stats["bad_packets"] += 1
