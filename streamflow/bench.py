@@ -303,7 +303,7 @@ def run_bench(
     serial_runs: list[SerialStats] = []
     pipeline_runs: list[tuple[float, int, RunStats, float | None]] = []
     baseline_cores: list[float] = []
-    device = resolve_device(build_pipeline(config).device_spec)
+    device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeat):
