@@ -127,16 +127,20 @@ def main() -> None:
     measure(
         "veryfast, in a child process (EncoderProcess)", lambda: encode_in_child(frames, n, f"{o}/ch.mp4"), n, results
     )
-    if args.quick:
-        for k in (2, 3):
-            measure(
-                f"veryfast, {k} encoders in parallel (aggregate)",
-                lambda k=k: _parallel(frames, n, k, o),
-                n // k * k,
-                results,
-            )
-        _save(args.json, results)
-        return
+    if not args.quick:
+        _single_encoder_variants(frames, n, o, results)
+    for k in (2, 3) if args.quick else (2, 4):
+        measure(
+            f"veryfast, {k} encoders in parallel (aggregate)",
+            lambda k=k: _parallel(frames, n, k, o),
+            n // k * k,
+            results,
+        )
+    _save(args.json, results)
+
+
+def _single_encoder_variants(frames: list[np.ndarray], n: int, o: str, results: list[dict[str, Any]]) -> None:
+    """NV12 straight in, fixed thread counts, other presets, and the encoder next to a GIL-holding thread."""
     measure(
         "veryfast, threads auto, NV12 into x264", lambda: encode(frames, n, f"{o}/b.mp4", direct_nv12=True), n, results
     )
@@ -164,15 +168,6 @@ def main() -> None:
     sys.setswitchinterval(previous)
     stop.set()
     spinner.join()
-
-    for k in (2, 4):
-        measure(
-            f"veryfast, {k} encoders in parallel (aggregate)",
-            lambda k=k: _parallel(frames, n, k, o),
-            n // k * k,
-            results,
-        )
-    _save(args.json, results)
 
 
 def _parallel(frames: list[np.ndarray], n: int, k: int, out: str) -> None:
