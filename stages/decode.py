@@ -41,7 +41,7 @@ import logging
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -50,9 +50,6 @@ from streamflow.stage import Source, StageConfig
 from streamflow.uri import redact_uri
 from streamflow.video.probe import Probe, VideoInputError, is_url, probe
 from streamflow.video.pyav_decode import PyAVDecoder
-
-if TYPE_CHECKING:
-    from streamflow.video.nvdec import NvdecFileDecoder
 
 __all__ = ["Decode", "DecodeBackend", "DecodeFormat"]
 
@@ -127,7 +124,6 @@ class Decode(Source):
         super().__init__(*args, **kwargs)
         #: The uri as it may be shown anywhere (logs, errors, `StreamInfo.uri`): password masked.
         self.display_uri = redact_uri(self.config.uri)
-        self._nvdec: NvdecFileDecoder | None = None
         # Checked here rather than by pydantic, whose errors echo the raw input (and its password).
         if self.config.uri.lower().startswith(_LIVE_SCHEMES):
             raise ValueError(
@@ -194,16 +190,10 @@ class Decode(Source):
 
     def _frames(self) -> Iterator[Frame]:
         """All frames over every loop pass, with pts and index continuing across passes."""
+        config = self.config
         assert self.probe is not None, "setup() runs before generate()"
         info = self.probe.info
         ticks = max(1, round(1 / ((info.fps or Fraction(30)) * info.time_base)))
-        try:
-            yield from self._passes(ticks)
-        finally:
-            self._close_nvdec()  # kept open between the passes of a looping source
-
-    def _passes(self, ticks: int) -> Iterator[Frame]:
-        config = self.config
         index = 0
         pts_offset = 0
         while True:
@@ -228,14 +218,6 @@ class Decode(Source):
             # The replay continues the timeline one frame after the last frame shown.
             pts_offset += last_pts - (first_pts or 0) + ticks
             self.count("loops")
-
-    def _close_nvdec(self) -> None:
-        decoder, self._nvdec = self._nvdec, None
-        if decoder is not None:
-            decoder.close()
-
-    def teardown(self) -> None:
-        self._close_nvdec()
 
     def _one_pass(self, limit: int | None) -> Iterator[Frame]:
         if self.path is _Path.NVDEC_FILE:
@@ -271,18 +253,16 @@ class Decode(Source):
         assert self.probe is not None
         info = self.probe.info
         start_frame = round(config.start * float(info.fps)) if config.start and info.fps else 0
-        if self._nvdec is None:
-            # Kept across the passes of a looping source: the next pass rewinds it (see NvdecFileDecoder).
-            self._nvdec = NvdecFileDecoder(
-                config.uri,
-                self.probe,
-                output=PixelFormat(config.format.value),
-                batch_size=max(config.emit_batch, _NVDEC_BATCH),
-                gpu_id=self.device.index or 0,
-                start_frame=start_frame,
-                source_id=self.source_id,
-            )
-        for batch in self._nvdec.batches(max_frames=limit, keep_open=config.loop):
+        decoder = NvdecFileDecoder(
+            config.uri,
+            self.probe,
+            output=PixelFormat(config.format.value),
+            batch_size=max(config.emit_batch, _NVDEC_BATCH),
+            gpu_id=self.device.index or 0,
+            start_frame=start_frame,
+            source_id=self.source_id,
+        )
+        for batch in decoder.batches(max_frames=limit):
             for frame in batch:
                 if config.end is not None and frame.time is not None and frame.time >= config.end - 1e-9:
                     return

@@ -469,16 +469,9 @@ class NvdecFileDecoder:
         except Exception as error:  # PyNvVideoCodec raises plain Exception
             raise NvdecError(f"cannot decode {self.probe.info.uri!r} with NVDEC: {str(error).strip()}") from error
 
-    def batches(self, max_frames: int | None = None, *, keep_open: bool = False) -> Iterator[list[Frame]]:
-        """Yield batches of owned CUDA frames, in display order, until the file ends or `max_frames`.
-
-        `keep_open`: leave the decoder open at the end, so that the next call replays the file from
-        `start_frame` by rewinding it (looping sources); `close()` ends it.
-        """
-        if self._decoder is None:
-            self._decoder = self._open()
-        else:
-            self._rewind()
+    def batches(self, max_frames: int | None = None) -> Iterator[list[Frame]]:
+        """Yield batches of owned CUDA frames, in display order, until the file ends or `max_frames`."""
+        self._decoder = self._open()
         info = self.probe.info
         ticks = _frame_ticks(info)
         start_pts = self.probe.start_pts or 0
@@ -517,27 +510,7 @@ class NvdecFileDecoder:
                 self.stats["frames"] += len(out)
                 yield out
         finally:
-            if not keep_open:
-                self.close()
-
-    def _rewind(self) -> None:
-        """Back to `start_frame` with the decoder already open.
-
-        Measured on the H100: ending a ThreadedDecoder and creating the next one for each pass of a
-        looping source holds the GIL for ~150 ms, which stalls every stage of the pipeline (a looped
-        60-frame clip ran the SR benchmark at 113 fps against 191 fps for a long clip).
-        """
-        decoder = self._decoder
-        try:
-            with torch.cuda.device(self.gpu_id):
-                if self.threaded:
-                    decoder.reconfigure_decoder(self.path, self.start_frame)
-                else:
-                    decoder.seek_to_index(self.start_frame)
-        except Exception as error:  # an older PyNvVideoCodec, or a decoder that cannot rewind: start afresh
-            log.debug("%s: rewinding the decoder failed (%s); opening a new one", self.probe.info.uri, error)
             self.close()
-            self._decoder = self._open()
 
     def close(self) -> None:
         """Stop the decoder's thread (ThreadedDecoder) and drop it."""

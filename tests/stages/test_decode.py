@@ -168,8 +168,8 @@ def test_gpu_device_gives_cuda_frames(clip: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_nvdec_loop_rewinds_the_open_decoder(clip: Path) -> None:
-    """A looping NVDEC source rewinds its open decoder between passes: the same pictures, the timeline going on."""
+def test_nvdec_loop_replays_the_same_pictures(clip: Path) -> None:
+    """A looping NVDEC source replays the file: the same pictures each pass, the timeline going on."""
     sink, stats = run(Decode(uri=str(clip), loop=True, max_frames=50, format="nv12", emit_batch=4), device="cuda")
     frames = sink.frames
     assert len(frames) == 50 and stats.stage("decode").counters["loops"] == 2  # type: ignore[attr-defined]
