@@ -69,8 +69,6 @@ class Encode(Stage):
         def _one_rate_control(self) -> Encode.Config:
             if self.bitrate is not None and self.crf is not None:
                 raise ValueError("set either bitrate or crf, not both")
-            if self.encoders > 1 and self.cpu_encoder is CpuEncoderMode.PROCESS:
-                raise ValueError("encoders > 1 runs in threads: use cpu_encoder: thread")
             if Path(self.path).suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
                 raise ValueError(f"path {self.path!r} must end in .mp4 or .mkv")
             return self

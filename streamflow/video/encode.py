@@ -59,7 +59,7 @@ from streamflow.video.pyav_encoder import (
     EncoderSettings,
     PyAVEncoder,
 )
-from streamflow.video.segmented import SegmentedEncoder
+from streamflow.video.segmented import ProcessSegmentedEncoder, SegmentedEncoder
 
 if TYPE_CHECKING:
     import av.container
@@ -226,16 +226,14 @@ class VideoWriter:
         self.slots = slots
         if encoders < 1 or segment_seconds <= 0:
             raise EncodeError(f"cannot write {str(self.path)!r}: encoders must be >= 1 and segment_seconds > 0")
-        if encoders > 1 and self.cpu_encoder is CpuEncoderMode.PROCESS:
-            raise EncodeError(f"cannot write {str(self.path)!r}: encoders > 1 runs in threads; use cpu_encoder: thread")
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
         self._host_frames: list[tuple[np.ndarray, str, int]] = []  # copied (or copying) to host, not yet encoded
         # GPU-to-host copies queued on the current stream since the last wait (`_wait_for_copies`).
         self._copies_pending = False
         self._encoder: PyAVEncoder | SegmentedEncoder | None = None
-        self._process: EncoderProcess | None = None
-        self._host_slots: torch.Tensor | None = None  # the child's shared slots, as one pinned tensor
-        self._registered: int | None = None  # address registered with cudaHostRegister
+        self._process: EncoderProcess | ProcessSegmentedEncoder | None = None
+        self._host_slots: list[torch.Tensor] | None = None  # each child's ring of slots, page-locked
+        self._registered: list[int] = []  # addresses registered with cudaHostRegister
         self._staged: list[tuple[int, int]] = []  # (slot, pts) filled, not yet handed to the child
         self._nvenc: Any = None
         self._annexb: AnnexBMuxer | None = None
@@ -302,8 +300,10 @@ class VideoWriter:
 
     @property
     def encoder_blocked_s(self) -> float | None:
-        """Parallel segment encoders: seconds `write` waited for a busy encoder (None otherwise)."""
-        return self._encoder.blocked_s if isinstance(self._encoder, SegmentedEncoder) else None
+        """Seconds `write` waited for a busy encoder (segment encoders, child processes; None otherwise)."""
+        if isinstance(self._encoder, SegmentedEncoder):
+            return self._encoder.blocked_s
+        return self._process.blocked_s if self._process is not None else None
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -363,14 +363,18 @@ class VideoWriter:
                 pix_fmt=_encoder_pix_fmt(self.codec, fmt, first.is_cuda and self.cpu_encoder is CpuEncoderMode.PROCESS),
             )
             try:
-                if self.encoders > 1:
-                    segment = max(1, round(self.segment_seconds * float(rate)))
-                    self._encoder = SegmentedEncoder(settings, workers=self.encoders, segment_frames=segment)
+                segment = max(1, round(self.segment_seconds * float(rate)))
+                # GPU frames travel to a child as NV12 (converted on the GPU: half the bytes of RGB);
+                # CPU frames in the format they come in.
+                slot_format = "nv12" if first.is_cuda or fmt is PixelFormat.NV12 else "rgb24"
+                if self.cpu_encoder is CpuEncoderMode.PROCESS and self.encoders > 1:
+                    self._process = ProcessSegmentedEncoder(
+                        settings, fmt=slot_format, workers=self.encoders, segment_frames=segment, slots=self.slots
+                    )
                 elif self.cpu_encoder is CpuEncoderMode.PROCESS:
-                    # GPU frames travel as NV12 (converted on the GPU: half the bytes of RGB);
-                    # CPU frames in the format they come in.
-                    slot_format = "nv12" if first.is_cuda or fmt is PixelFormat.NV12 else "rgb24"
                     self._process = EncoderProcess(settings, fmt=slot_format, slots=self.slots)
+                elif self.encoders > 1:
+                    self._encoder = SegmentedEncoder(settings, workers=self.encoders, segment_frames=segment)
                 else:
                     self._encoder = PyAVEncoder(settings)
             except EncoderProcessError as error:
@@ -472,7 +476,8 @@ class VideoWriter:
             else:
                 data = (nv12_to_rgb(image) if fmt is PixelFormat.NV12 else image).permute(1, 2, 0)
             if data.is_cuda:
-                target = self._pinned_slots(data.device)[slot].view(data.shape)
+                ring, index = divmod(slot, process.slots)
+                target = self._pinned_slots(data.device)[ring][index].view(data.shape)
                 target.copy_(data, non_blocking=True)
                 self._copies_pending = True
             else:
@@ -490,24 +495,26 @@ class VideoWriter:
         staged, self._staged = self._staged, []
         self._process.submit(staged)
 
-    def _pinned_slots(self, device: torch.device) -> torch.Tensor:
-        """The shared slots as one tensor, page-locked once so GPU copies into them are asynchronous DMA."""
+    def _pinned_slots(self, device: torch.device) -> list[torch.Tensor]:
+        """Each child's ring of slots as a tensor, page-locked once so GPU copies into them are asynchronous DMA."""
         if self._host_slots is None:
             assert self._process is not None
-            slots = torch.from_numpy(self._process.memory)
-            with torch.cuda.device(device):
-                code = torch.cuda.cudart().cudaHostRegister(slots.data_ptr(), slots.numel(), 0)
-            if int(code) == 0:
-                self._registered = slots.data_ptr()
-            else:  # still correct (the copy is staged by the driver), only slower
-                log.warning("%s: cannot page-lock the encoder's shared memory (CUDA error %s)", self.path, int(code))
-            self._host_slots = slots
+            self._host_slots = []
+            for memory in self._process.memories:
+                ring = torch.from_numpy(memory)
+                with torch.cuda.device(device):
+                    code = torch.cuda.cudart().cudaHostRegister(ring.data_ptr(), ring.numel(), 0)
+                if int(code) == 0:
+                    self._registered.append(ring.data_ptr())
+                else:  # still correct (the copy is staged by the driver), only slower
+                    log.warning("%s: cannot page-lock the encoder's shared memory (CUDA error %s)", self.path, code)
+                self._host_slots.append(ring)
         return self._host_slots
 
     def _unregister_slots(self) -> None:
-        if self._registered is not None:
-            torch.cuda.cudart().cudaHostUnregister(self._registered)
-            self._registered = None
+        for address in self._registered:
+            torch.cuda.cudart().cudaHostUnregister(address)
+        self._registered = []
         self._host_slots = None
 
     # -- NVENC path -------------------------------------------------------------------------------

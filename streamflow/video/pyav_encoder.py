@@ -38,14 +38,18 @@ import dataclasses
 import json
 import mmap
 import os
+import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import IO, Any
@@ -57,9 +61,12 @@ __all__ = [
     "EncoderProcess",
     "EncoderProcessError",
     "EncoderSettings",
+    "Packet",
     "PyAVEncoder",
+    "SegmentCodec",
     "configure_encoder",
     "frame_shape",
+    "shared_dir",
     "video_frame",
 ]
 
@@ -178,6 +185,30 @@ def configure_encoder(context: Any, settings: EncoderSettings) -> None:
     context.options = options
 
 
+Packet = tuple[bytes, int | None, int | None, int | None]  # data (Annex B), pts, dts, duration
+
+
+class SegmentCodec:
+    """One closed segment: a fresh libx264/libx265 context, so it starts with an IDR frame and
+    references nothing before it. Packets come out as Annex B bytes with their pts, dts and duration,
+    for `AnnexBMuxer` (every segment of a video has the same settings, hence the same parameter sets).
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        import av
+
+        self._context: Any = av.CodecContext.create(CPU_ENCODERS[settings.codec], "w")
+        configure_encoder(self._context, settings)
+
+    def encode(self, frame: Any) -> list[Packet]:
+        """Encode one frame made by `video_frame` (pts and time base set); returns the packets ready so far."""
+        return [(bytes(p), p.pts, p.dts, p.duration) for p in self._context.encode(frame)]
+
+    def finish(self) -> list[Packet]:
+        """Flush the encoder: the segment's remaining packets."""
+        return [(bytes(p), p.pts, p.dts, p.duration) for p in self._context.encode(None)]
+
+
 def video_frame(array: np.ndarray, fmt: str, pix_fmt: str = "yuv420p") -> Any:
     """A PyAV frame with its own copy of an NV12 or RGB array, in the encoder's `pix_fmt`, tagged BT.709 limited."""
     import av
@@ -198,32 +229,64 @@ def video_frame(array: np.ndarray, fmt: str, pix_fmt: str = "yuv420p") -> Any:
     return frame
 
 
-def _shared_dir() -> str:
+def shared_dir() -> str:
+    """Where shared memory files go: /dev/shm (RAM) where there is one."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 class EncoderProcess:
-    """Parent side of a `PyAVEncoder` running in a child process; see the module docstring.
+    """Parent side of an encoder running in a child process; see the module docstring.
 
     `acquire()` a free slot, fill `slot(index)` (a writable uint8 view), then `submit()` the filled
-    slots with their pts in display order. `close()` waits until the file is finalized.
+    slots with their pts in display order. `close()` waits until the child is done.
+
+    Two kinds of child:
+    - `segments=False`: a `PyAVEncoder` writing `settings.path` itself (and finalizing it even if
+      this process dies);
+    - `segments=True`: closed segments (`SegmentCodec`) and no file. Each submitted frame names its
+      segment; when a segment ends (a frame of a later segment arrives, or `close`) the child writes
+      its packets to a file in `segment_dir` and announces it; `finished` maps the segment index to
+      `(path, packets)` where packets are `(size, pts, dts, duration)` in order. The caller muxes
+      them (`streamflow.video.segmented.ProcessSegmentedEncoder`). The child copies each frame out
+      of its slot at once and keeps up to `backlog` frames waiting for x264, so a caller that hands
+      several children a segment each in turn keeps them all busy with a small ring.
+
+    `wait_ready=False` returns once the child is started; call `wait_ready()` before anything else
+    (so several children start side by side).
     """
 
-    def __init__(self, settings: EncoderSettings, *, fmt: str, slots: int = 8) -> None:
+    def __init__(
+        self,
+        settings: EncoderSettings,
+        *,
+        fmt: str,
+        slots: int = 8,
+        segments: bool = False,
+        segment_dir: str | None = None,
+        backlog: int = 0,
+        wait_ready: bool = True,
+    ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if segments and not segment_dir:
+            raise ValueError("segments=True needs a segment_dir")
         self.settings = settings
         self.fmt = fmt
+        self.slots = slots
         self.shape = frame_shape(fmt, settings.width, settings.height)
         self.slot_bytes = int(np.prod(self.shape))
         self.frames = 0
+        self.blocked_s = 0.0  # time `acquire` waited for the child to free a slot
+        self.finished: dict[int, tuple[str, list[tuple[int, int | None, int | None, int | None]]]] = {}
         self._free: deque[int] = deque(range(slots))
         self._in_flight = 0
         self._buffer = b""
         self._closed = False
+        self._close_sent = False
+        self._ready = False
         self._error: str | None = None
-        path = os.path.join(_shared_dir(), f"streamflow-encode-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._memory_path = os.path.join(shared_dir(), f"streamflow-encode-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        fd = os.open(self._memory_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, slots * self.slot_bytes)
             self._map = mmap.mmap(fd, slots * self.slot_bytes)
@@ -243,16 +306,39 @@ class EncoderProcess:
             self._stdin: IO[bytes] = self._child.stdin
             self._stdout_fd = self._child.stdout.fileno()
             os.set_blocking(self._stdout_fd, False)
-            hello = {"settings": settings.to_json(), "fmt": fmt, "memory": path, "slots": slots}
+            hello = {
+                "settings": settings.to_json(),
+                "fmt": fmt,
+                "memory": self._memory_path,
+                "slots": slots,
+                "segments": segment_dir if segments else None,
+                "backlog": backlog,
+            }
             self._send([hello])
+        except BaseException:
+            self._forget_memory_name()
+            self._kill()
+            raise
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait until the child has opened the encoder (raises with its one-line error if it could not)."""
+        if self._ready:
+            return
+        try:
             self._expect("ready", _START_TIMEOUT_S)
+            self._ready = True
         except BaseException:
             self._kill()
             raise
         finally:
             # The child has mapped the memory (or failed): the name is no longer needed.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            self._forget_memory_name()
+
+    def _forget_memory_name(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._memory_path)
 
     # -- frames -----------------------------------------------------------------------------------
     def slot(self, index: int) -> np.ndarray:
@@ -261,19 +347,22 @@ class EncoderProcess:
 
     def acquire(self, *, wait: bool = True) -> int | None:
         """A free slot's index; waits for the child to free one when `wait`, else None if none is free."""
-        self._read_replies(0.0)
-        while not self._free:
-            if not wait:
-                return None
-            self._read_replies(None)
-        return self._free.popleft()
+        if not self._free:
+            self._read_replies(0.0)
+        if not self._free and wait:
+            began = time.perf_counter()
+            while not self._free:
+                self._read_replies(None)
+            self.blocked_s += time.perf_counter() - began
+        return self._free.popleft() if self._free else None
 
-    def submit(self, entries: list[tuple[int, int]]) -> None:
-        """Hand filled slots `(slot, pts)` to the child, in display order."""
+    def submit(self, entries: list[tuple[int, int]] | list[tuple[int, int, int]]) -> None:
+        """Hand filled slots `(slot, pts)` (segment children: `(slot, pts, segment)`) to the child, in display order."""
         if not entries:
             return
         self._check()
-        self._send([{"slot": slot, "pts": pts} for slot, pts in entries])
+        keys = ("slot", "pts", "seg")
+        self._send([dict(zip(keys, entry, strict=False)) for entry in entries])
         self._in_flight += len(entries)
         self.frames += len(entries)
 
@@ -281,15 +370,42 @@ class EncoderProcess:
         """Give back a slot that was acquired but not submitted."""
         self._free.append(slot)
 
+    def poll(self) -> None:
+        """Read what the child has said so far (freed slots, finished segments) without waiting."""
+        self._check()
+
+    @property
+    def memories(self) -> list[np.ndarray]:
+        """The ring, as a list (the interface `ProcessSegmentedEncoder` shares)."""
+        return [self.memory]
+
+    @property
+    def fd(self) -> int:
+        """The child's reply pipe, for `select` over several children."""
+        return self._stdout_fd
+
     # -- end --------------------------------------------------------------------------------------
+    def request_close(self) -> None:
+        """Tell the child to finish now, without waiting (`close()` waits); lets several children flush together."""
+        if not self._close_sent and self._error is None and self._child.poll() is None:
+            self._close_sent = True
+            self._send([{"close": True}])
+
+    def abandon(self) -> None:
+        """Stop the child without a `close`: a file child finalizes what it has, a segment child drops its work."""
+        self._closed = True
+        self._forget_memory_name()
+        self._kill()
+
     def close(self) -> int:
-        """Flush and finalize the file; returns the frames the child wrote. Raises if the child failed."""
+        """Flush and finish (the file, or the last segment); returns the frames handed over. Raises on failure."""
         if self._closed:
             return self.frames
         self._closed = True
         try:
-            if self._error is None and self._child.poll() is None:
-                self._send([{"close": True}])
+            if self._error is None:
+                self.request_close()
+                # Also when the child has exited already: its last replies are still in the pipe.
                 self._expect("closed", _CLOSE_TIMEOUT_S)
             self._child.wait(timeout=_CLOSE_TIMEOUT_S)
         except BaseException:
@@ -343,12 +459,15 @@ class EncoderProcess:
 
     def _read_replies(self, timeout: float | None) -> list[str]:
         """Read what the child has said (waiting up to `timeout` s for something, None = until it says something)."""
-        ready, _, _ = select.select([self._stdout_fd], [], [], timeout)
+        if timeout is not None and timeout <= 0:
+            ready = True  # the pipe is non-blocking: just try, one system call instead of two
+        else:
+            ready = bool(select.select([self._stdout_fd], [], [], timeout)[0])
         lines: list[str] = []
         if not ready:
             return lines
         try:
-            chunk = os.read(self._stdout_fd, 65536)
+            chunk = os.read(self._stdout_fd, 1 << 16)
         except BlockingIOError:
             return lines
         if not chunk:  # the child closed its stdout: it has exited or is about to
@@ -365,6 +484,9 @@ class EncoderProcess:
             if kind == "free":
                 self._free.append(int(rest))
                 self._in_flight -= 1
+            elif kind == "segment":
+                done = json.loads(rest)
+                self.finished[int(done["segment"])] = (done["path"], [tuple(p) for p in done["packets"]])
             elif kind == "error":
                 self._error = self._error or rest
             lines.append(line)
@@ -395,18 +517,20 @@ def _child_main() -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     parent_gone = False
+    say_lock = threading.Lock()  # segment children answer from two threads
 
     def say(line: str) -> None:
         nonlocal parent_gone
-        if parent_gone:
-            return
-        try:
-            stdout.write((line + "\n").encode())
-            stdout.flush()
-        except (BrokenPipeError, OSError):
-            # The parent died: nobody reads the replies any more, but every frame it handed over is
-            # still encoded and the file finalized.
-            parent_gone = True
+        with say_lock:
+            if parent_gone:
+                return
+            try:
+                stdout.write((line + "\n").encode())
+                stdout.flush()
+            except (BrokenPipeError, OSError):
+                # The parent died: nobody reads the replies any more, but every frame it handed over is
+                # still encoded and the file finalized.
+                parent_gone = True
 
     hello = json.loads(stdin.readline() or "{}")
     encoder: PyAVEncoder | None = None
@@ -418,6 +542,8 @@ def _child_main() -> int:
         with open(hello["memory"], "r+b") as handle:
             shared = mmap.mmap(handle.fileno(), slots * slot_bytes)
         memory = np.frombuffer(shared, dtype=np.uint8).reshape(slots, slot_bytes)
+        if hello.get("segments"):
+            return _child_segments(hello, settings, memory, shape, fmt, say)
         encoder = PyAVEncoder(settings)
         say("ready")
         for raw in stdin:
@@ -438,6 +564,84 @@ def _child_main() -> int:
             with contextlib.suppress(BaseException):
                 encoder.close()
         return 1
+
+
+def _child_segments(
+    hello: dict[str, Any],
+    settings: EncoderSettings,
+    memory: np.ndarray,
+    shape: tuple[int, ...],
+    fmt: str,
+    say: Callable[[str], None],
+) -> int:
+    """Segment child: this thread copies frames out of their slots, a second one encodes them.
+
+    The copy frees the slot at once, so the parent's ring stays small; the frames wait here
+    (at most `backlog`) while x264 works on the segment before. A segment ends when a frame of a
+    later one arrives or at `close`; its packets go to one file, announced with their sizes and
+    timestamps. Without `close` (the parent died) nothing is written and the folder is removed.
+    """
+    directory = str(hello["segments"])
+    work: queue.Queue[tuple[Any, int, int] | None] = queue.Queue(maxsize=max(1, int(hello.get("backlog") or 1)))
+    failures: list[BaseException] = []
+    orphaned = threading.Event()
+
+    def encode_segments() -> None:
+        codec: SegmentCodec | None = None
+        segment, packets = -1, []
+        while True:
+            item = work.get()
+            if failures:
+                if item is None:
+                    return
+                continue  # keep taking frames so the reader never blocks on a dead encoder
+            try:
+                if item is None or item[2] != segment:
+                    if codec is not None and not orphaned.is_set():
+                        packets.extend(codec.finish())
+                        path = os.path.join(directory, f"segment-{segment:08d}.h26x")
+                        with open(path, "wb") as handle:
+                            handle.write(b"".join(data for data, *_ in packets))
+                        table = [[len(data), pts, dts, duration] for data, pts, dts, duration in packets]
+                        say("segment " + json.dumps({"segment": segment, "path": path, "packets": table}))
+                    if item is None:
+                        return
+                    codec, segment, packets = SegmentCodec(settings), item[2], []
+                frame, pts, _ = item
+                frame.pts, frame.time_base = pts, settings.time_base
+                assert codec is not None
+                packets.extend(codec.encode(frame))
+            except BaseException as error:  # reported by the reader, in one line
+                failures.append(error)
+
+    encoder = threading.Thread(target=encode_segments, name="x264-segments", daemon=True)
+    encoder.start()
+    say("ready")
+    closed = False
+    try:
+        for raw in sys.stdin.buffer:
+            message = json.loads(raw)
+            if message.get("close"):
+                closed = True
+                break
+            if failures:
+                break
+            slot = int(message["slot"])
+            frame = video_frame(memory[slot].reshape(shape), fmt, settings.pix_fmt)
+            work.put((frame, int(message["pts"]), int(message["seg"])))  # waits while the backlog is full
+            say(f"free {slot}")
+    finally:
+        if not closed:
+            orphaned.set()
+        work.put(None)
+        encoder.join()
+    if not closed and not failures:
+        shutil.rmtree(directory, ignore_errors=True)  # the parent died: nobody will mux these
+        return 1
+    if failures:
+        raise failures[0]
+    say("closed")
+    return 0
 
 
 if __name__ == "__main__":

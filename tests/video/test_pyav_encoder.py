@@ -176,8 +176,13 @@ def test_encoder_process_directly(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "options",
-    [{"cpu_encoder": "process", "slots": 4}, {"cpu_encoder": "thread"}, {"encoders": 2, "segment_seconds": 0.2}],
-    ids=["process", "thread", "segments"],
+    [
+        {"cpu_encoder": "process", "slots": 4},
+        {"cpu_encoder": "thread"},
+        {"encoders": 2, "segment_seconds": 0.2},
+        {"cpu_encoder": "process", "encoders": 3, "segment_seconds": 0.1, "slots": 2},
+    ],
+    ids=["process", "thread", "segments", "process-segments"],
 )
 def test_gpu_frames_are_copied_after_their_producer_finished(tmp_path: Path, options: dict[str, object]) -> None:
     """Frames written on a side stream right after a long kernel: the copy must wait for it, not race it."""

@@ -1,9 +1,16 @@
-"""Parallel segment encoding (`encoders: N`): one ordinary stream, every frame in order, a keyframe per segment."""
+"""Parallel segment encoding (`encoders: N`, in threads or child processes): one ordinary stream, every frame
+in order, a keyframe per segment."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,8 +25,8 @@ from stages.encode import Encode
 from streamflow import Pipeline, PixelFormat
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.video.encode import EncodeError, VideoWriter
-from streamflow.video.pyav_encoder import EncoderSettings
-from streamflow.video.segmented import SegmentedEncoder
+from streamflow.video.pyav_encoder import EncoderSettings, shared_dir
+from streamflow.video.segmented import ProcessSegmentedEncoder, SegmentedEncoder
 from streamflow.video.synth import write_clip
 
 
@@ -50,16 +57,52 @@ def packets_and_frames(path: Path) -> tuple[list[tuple[int, int, bool]], list[np
     return packets, images, [f.pts * f.time_base for f in decoded]
 
 
+def encode_segments(
+    kind: str, settings: EncoderSettings, frames: list[np.ndarray], pts: list[int], *, workers: int, segment: int
+) -> int:
+    """Encode NV12 frames with `SegmentedEncoder` ("thread") or `ProcessSegmentedEncoder` ("process").
+
+    Returns the number of segments.
+    """
+    if kind == "thread":
+        encoder = SegmentedEncoder(settings, workers=workers, segment_frames=segment)
+        for frame, stamp in zip(frames, pts, strict=True):
+            encoder.encode(frame, "nv12", stamp)
+        encoder.close()
+        assert encoder.frames == len(frames)
+        return encoder.segments
+    children = ProcessSegmentedEncoder(settings, fmt="nv12", workers=workers, segment_frames=segment, slots=2)
+    for start in range(0, len(frames), 3):  # batches of 3, as a GPU writer hands them over
+        staged = []
+        for frame, stamp in zip(frames[start : start + 3], pts[start : start + 3], strict=True):
+            slot = children.acquire(wait=False)
+            if slot is None:  # that child's ring is full: hand over what is staged first (as VideoWriter does)
+                children.submit(staged)
+                staged, slot = [], children.acquire()
+            assert slot is not None
+            children.slot(slot)[:] = frame
+            staged.append((slot, stamp))
+        children.submit(staged)
+    children.close()
+    assert children.frames == len(frames)
+    return children.segments
+
+
+def leftover_shared_files() -> list[str]:
+    return [name for name in os.listdir(shared_dir()) if name.startswith("streamflow-")]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
 @pytest.mark.parametrize(
     ("workers", "segment", "count", "suffix"), [(3, 7, 25, ".mp4"), (2, 5, 10, ".mkv"), (4, 30, 9, ".mp4")]
 )
 def test_every_frame_in_order_with_a_keyframe_per_segment(
-    tmp_path: Path, workers: int, segment: int, count: int, suffix: str
+    tmp_path: Path, kind: str, workers: int, segment: int, count: int, suffix: str
 ) -> None:
     frames = smooth_frames(count)
     path = tmp_path / f"seg{suffix}"
@@ -67,11 +110,10 @@ def test_every_frame_in_order_with_a_keyframe_per_segment(
     settings = EncoderSettings(
         str(path), "mp4" if suffix == ".mp4" else "matroska", 80, 48, Fraction(30), Fraction(1, 90000), crf=16
     )
-    encoder = SegmentedEncoder(settings, workers=workers, segment_frames=segment)
-    for i, frame in enumerate(frames):
-        encoder.encode(rgb_to_nv12(frame).numpy(), "nv12", 3000 * i)
-    encoder.close()
-    assert encoder.frames == count and encoder.segments == math.ceil(count / segment)
+    nv12 = [rgb_to_nv12(frame).numpy() for frame in frames]
+    segments = encode_segments(kind, settings, nv12, [3000 * i for i in range(count)], workers=workers, segment=segment)
+    assert segments == math.ceil(count / segment)
+    assert leftover_shared_files() == []
 
     packets, images, times = packets_and_frames(path)
     assert len(images) == count
@@ -104,10 +146,27 @@ def test_segmented_matches_a_single_encoder_within_a_segment(tmp_path: Path) -> 
     assert all(np.array_equal(a, b) for a, b in zip(*outputs, strict=True))
 
 
-def test_video_writer_with_parallel_encoders_and_gpu_style_batches(tmp_path: Path) -> None:
+def test_child_processes_write_the_same_stream_as_threads(tmp_path: Path) -> None:
+    """Same cut, same settings: the children's packets are the threads' packets, byte for byte."""
+    frames = [rgb_to_nv12(f).numpy() for f in smooth_frames(23)]
+    streams = []
+    for kind in ("thread", "process"):
+        path = tmp_path / f"{kind}.mp4"
+        settings = EncoderSettings(str(path), "mp4", 80, 48, Fraction(30), Fraction(1, 30), crf=18, pix_fmt="nv12")
+        encode_segments(kind, settings, frames, list(range(23)), workers=3, segment=4)
+        with av.open(str(path)) as container:
+            streams.append([(bytes(p), p.pts, p.dts) for p in container.demux(video=0) if p.size])
+    assert len(streams[0]) == 23 and streams[0] == streams[1]
+
+
+@pytest.mark.parametrize("cpu_encoder", ["thread", "process"])
+def test_video_writer_with_parallel_encoders_and_gpu_style_batches(tmp_path: Path, cpu_encoder: str) -> None:
     path = tmp_path / "w.mp4"
     frames = smooth_frames(20)
-    with VideoWriter(path, fps=30, backend="cpu", encoders=3, segment_seconds=0.2) as writer:  # 6-frame segments
+    # 6-frame segments
+    with VideoWriter(
+        path, fps=30, backend="cpu", encoders=3, segment_seconds=0.2, cpu_encoder=cpu_encoder, slots=2
+    ) as writer:
         writer.write_batch([(f, PixelFormat.RGB, i, Fraction(1, 30)) for i, f in enumerate(frames[:10])])
         writer.write_batch([(rgb_to_nv12(f), PixelFormat.NV12, 10 + i, None) for i, f in enumerate(frames[10:])])
     packets, images, times = packets_and_frames(path)
@@ -115,15 +174,50 @@ def test_video_writer_with_parallel_encoders_and_gpu_style_batches(tmp_path: Pat
     assert sum(key for _, _, key in packets) == 4  # frames 0, 6, 12, 18
 
 
-def test_a_failing_segment_encoder_is_reported_and_the_file_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cpu_encoder", ["thread", "process"])
+def test_a_failing_segment_encoder_is_reported_and_the_file_closed(tmp_path: Path, cpu_encoder: str) -> None:
     path = tmp_path / "bad.mp4"
-    writer = VideoWriter(path, fps=30, backend="cpu", encoders=2, segment_seconds=0.1, preset="no-such-preset")
+    writer = VideoWriter(
+        path, fps=30, backend="cpu", encoders=2, segment_seconds=0.1, preset="no-such-preset", cpu_encoder=cpu_encoder
+    )
     with pytest.raises(EncodeError) as caught:
         for frame in smooth_frames(30):
             writer.write(frame, PixelFormat.RGB)
         writer.close()
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     writer.close()  # idempotent, no hang
+    assert leftover_shared_files() == []
+
+
+def test_segment_children_clean_up_when_the_parent_dies(tmp_path: Path) -> None:
+    """A parent killed mid-stream: its children see their input end, drop their work and remove the segment folder."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from fractions import Fraction
+        import numpy as np
+        from streamflow.video.pyav_encoder import EncoderSettings
+        from streamflow.video.segmented import ProcessSegmentedEncoder
+        path = {str(tmp_path / "o.mp4")!r}
+        settings = EncoderSettings(path, "mp4", 64, 48, Fraction(30), Fraction(1, 30), pix_fmt="nv12")
+        encoder = ProcessSegmentedEncoder(settings, fmt="nv12", workers=2, segment_frames=3, slots=2)
+        for i in range(10):
+            slot = encoder.acquire()
+            encoder.slot(slot)[:] = 16 * i
+            encoder.submit([(slot, i)])
+        print(" ".join(str(c._child.pid) for c in encoder._children), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    children = [int(pid) for pid in run.stdout.split()]
+    assert len(children) == 2
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children), "children outlived their parent"
+    assert leftover_shared_files() == []
 
 
 def test_stage_round_trip_and_config(tmp_path: Path) -> None:
@@ -138,7 +232,6 @@ def test_stage_round_trip_and_config(tmp_path: Path) -> None:
     packets, images, times = packets_and_frames(out)
     assert len(images) == 45 and [float(t) for t in times] == pytest.approx(expected, abs=1e-3)
     assert sum(key for _, _, key in packets) == 3  # 15-frame segments at 30 fps
-    with pytest.raises(ValidationError, match="use cpu_encoder: thread"):
-        Encode(path="o.mp4", encoders=2, cpu_encoder="process")
+    assert Encode(path="o.mp4", encoders=2, cpu_encoder="process").config.encoders == 2
     with pytest.raises(ValidationError):
         Encode(path="o.mp4", encoders=0)
