@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr-variants|study|demo|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr-variants|sr-process|study|demo|all|final]
 # Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh); for the 1080p face benchmark
 # .gpu/faces1080.mp4 (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4);
 # for the super-resolution benchmark .gpu/sr_bench.mp4 (python tools/make_sr_clip.py --frames 300 --out .gpu/sr_bench.mp4);
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr-variants|study|demo|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr-variants|sr-process|study|demo|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 mkdir -p "$out" /tmp/gpusite-root /tmp/sf
@@ -112,6 +112,19 @@ if [ "$what" = sr-variants ]; then
         step "super-resolution: GIL switch interval $interval s"
         TAIL=11 SWITCH_INTERVAL=$interval sr_bench --json "$out/sr_switch_$interval.json"
     done
+fi
+
+if [ "$what" = sr-process ]; then
+    # Parallel segment encoders in child processes (own GIL each) against the shipped config, all
+    # against the same serial loop; then the encoder and NVDEC GPU tests (looping sources included).
+    step "super-resolution: config as shipped (one encoder in the stage's thread)"
+    TAIL=11 sr_bench --json "$out/sr_thread1.json"
+    for n in ${SR_PROCESS_ENCODERS:-2 3 4}; do
+        step "super-resolution: $n segment encoders in child processes"
+        TAIL=11 sr_bench --set video.cpu_encoder=process --set video.encoders=$n --json "$out/sr_process$n.json"
+    done
+    step "encoder and NVDEC GPU tests"
+    timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/video 2>&1 | tail -8
 fi
 
 if [ "$what" = study ]; then

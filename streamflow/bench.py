@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from streamflow.config import build_pipeline, load_config
+from streamflow.config import PipelineConfig, build_pipeline, load_config
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.observers import Observer, RunStats, percentile
 from streamflow.pipeline import Pipeline, _as_items
@@ -96,6 +96,8 @@ class BenchResult:
     baseline_cores: float | None = None
     # (pipeline fps, baseline fps) of each round; the figures above are the medians over rounds.
     rounds: list[tuple[float, float | None]] = field(default_factory=list)
+    # Files written by the last round of each run, by stage name: {"pipeline": {...}, "baseline_serial": {...}}.
+    output_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -117,6 +119,7 @@ class BenchResult:
             },
             "peak_gpu_mib": self.peak_gpu_mib,
             "cpu_cores_busy": {"pipeline": self.pipeline_cores, "baseline_serial": self.baseline_cores},
+            "output_bytes": self.output_bytes,
         }
         if self.baseline:
             lat = self.baseline.latency_ms
@@ -172,7 +175,11 @@ class BenchResult:
             cores = f"pipeline {self.pipeline_cores:.2f}"
             if self.baseline_cores is not None:
                 cores += f", serial baseline {self.baseline_cores:.2f}"
-            console.print(f"CPU cores busy on average (this process): {cores}")
+            console.print(f"CPU cores busy on average (this process and its encoder processes): {cores}")
+        for run, sizes in self.output_bytes.items():
+            if sizes:
+                files = ", ".join(f"{name} {size:,} bytes" for name, size in sizes.items())
+                console.print(f"output files ({run.replace('_', ' ')}): {files}")
         if self.peak_gpu_mib is not None:
             console.print(f"peak GPU memory allocated: {self.peak_gpu_mib:.0f} MiB")
         console.print(f"host: {', '.join(f'{k}={v}' for k, v in self.host.items())}")
@@ -187,19 +194,39 @@ def _host_info(device: torch.device) -> dict[str, str]:
     return info
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its child processes that have ended (encoders)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class _CpuMeter:
-    """Cores this process kept busy over a block: CPU time of all its threads / wall time."""
+    """Cores kept busy over a block: CPU time of this process and its ended children / wall time."""
 
     def __init__(self) -> None:
         self.cores: float | None = None
 
     def __enter__(self) -> _CpuMeter:
-        self._cpu, self._wall = time.process_time(), time.perf_counter()
+        self._cpu, self._wall = _cpu_seconds(), time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._wall
-        self.cores = round((time.process_time() - self._cpu) / wall, 2) if wall > 0 else None
+        self.cores = round((_cpu_seconds() - self._cpu) / wall, 2) if wall > 0 else None
+
+
+def _output_bytes(config: PipelineConfig) -> dict[str, int]:
+    """Size of each file the stages of `config` wrote (options named `path`), read after a run.
+
+    Settings that trade size for speed (e.g. parallel segment encoders: a keyframe per segment)
+    show up here, next to the fps they bought.
+    """
+    sizes = {}
+    for stage in config.stages:
+        path = stage.options.get("path")
+        if isinstance(path, str) and os.path.isfile(path):
+            sizes[stage.name] = os.path.getsize(path)
+    return sizes
 
 
 def _split_frames(item: Item) -> list[Item]:
@@ -300,6 +327,8 @@ def run_bench(
     serial_config = load_config(config_path, [*overrides, *baseline_overrides]) if baseline == "serial" else None
     total = frames + warmup
     rounds: list[tuple[float, float | None]] = []
+    pipeline_bytes: dict[str, int] = {}
+    baseline_bytes: dict[str, int] = {}
     serial_runs: list[SerialStats] = []
     pipeline_runs: list[tuple[float, int, RunStats, float | None]] = []
     baseline_cores: list[float] = []
@@ -313,11 +342,13 @@ def run_bench(
             stats = pipeline.run_sync()
         fps, count, _ = _steady_fps(done.times, warmup, done.finished)
         pipeline_runs.append((fps, count, stats, pipeline_cpu.cores))
+        pipeline_bytes = _output_bytes(config)
         serial_fps: float | None = None
         if serial_config is not None:
             with _CpuMeter() as baseline_cpu:
                 serial_runs.append(run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup))
             serial_fps = serial_runs[-1].fps
+            baseline_bytes = _output_bytes(serial_config)
             if baseline_cpu.cores is not None:
                 baseline_cores.append(baseline_cpu.cores)
         rounds.append((fps, serial_fps))
@@ -338,4 +369,5 @@ def run_bench(
         pipeline_cores=cores,
         baseline_cores=statistics.median(baseline_cores) if baseline_cores else None,
         rounds=rounds,
+        output_bytes={"pipeline": pipeline_bytes, "baseline_serial": baseline_bytes},
     )

@@ -57,8 +57,9 @@ def test_too_few_frames_for_the_warmup_is_a_clear_error(tmp_path: Path) -> None:
         run_bench(lines_config(tmp_path, count=3), frames=5, warmup=5, baseline="none")
 
 
-def test_encode_bench_with_a_baseline_override(tmp_path: Path) -> None:
-    """Decode -> encode, the pipeline's encoder in a child process, the baseline's in its own thread."""
+@pytest.mark.parametrize("encoders", [1, 2])
+def test_encode_bench_with_a_baseline_override(tmp_path: Path, encoders: int) -> None:
+    """Decode -> encode, the pipeline's encoder(s) in child processes, the baseline's in its own thread."""
     clip = write_clip(tmp_path / "in.mp4", width=64, height=48, frames=24)
     config = tmp_path / "enc.yaml"
     config.write_text(f"""
@@ -73,10 +74,19 @@ stages:
     path: {tmp_path / "out.mp4"}
     backend: cpu
     preset: ultrafast
+    cpu_encoder: process
+    encoders: {encoders}
+    segment_seconds: 0.2
 """)
-    result = run_bench(config, frames=16, warmup=4, baseline="serial", baseline_overrides=["video.cpu_encoder=thread"])
+    overrides = ["video.cpu_encoder=thread", "video.encoders=1"]
+    result = run_bench(config, frames=16, warmup=4, baseline="serial", baseline_overrides=overrides)
     assert result.pipeline_frames == 16 and result.baseline is not None and result.baseline.frames == 16
-    assert result.baseline_overrides == ["video.cpu_encoder=thread"]
+    assert result.baseline_overrides == overrides
+    # Both runs' files are measured (a keyframe every 6 frames costs bytes: that is reported, not hidden).
+    sizes = result.to_dict()["output_bytes"]
+    assert sizes["pipeline"]["video"] > 0 and sizes["baseline_serial"]["video"] > 0
+    if encoders == 1:  # the same encoder, the same frames: the same stream
+        assert sizes["pipeline"]["video"] == sizes["baseline_serial"]["video"]
     with av.open(str(tmp_path / "out.mp4")) as container:  # the baseline's run wrote the file last
         assert sum(1 for _ in container.decode(video=0)) == 20
 
