@@ -39,7 +39,8 @@ gpu_tests() {
 # need not be an encoder); SWITCH_INTERVAL: the GIL switch interval in seconds (Python's default
 # 0.005); TAIL: lines shown.
 sr_bench() {
-    local one_encoder=(--baseline-set video.encoders=1)  # the loop's libx264, whatever --set asks of the pipeline
+    # The loop's libx264 in the loop's own thread, whatever --set asks of the pipeline's encoder.
+    local one_encoder=(--baseline-set video.encoders=1 --baseline-set video.cpu_encoder=thread)
     [ -n "${CONFIG:-}" ] && one_encoder=()
     SR_CLIP=${SR_CLIP:-.gpu/sr_bench.mp4} SR_OUT=/tmp/sf timeout 200 python3 -c \
         "import sys; sys.setswitchinterval(${SWITCH_INTERVAL:-0.005}); from streamflow.cli import main; main()" \
@@ -115,16 +116,28 @@ if [ "$what" = sr-variants ]; then
 fi
 
 if [ "$what" = sr-process ]; then
-    # Parallel segment encoders in child processes (own GIL each) against the shipped config, all
-    # against the same serial loop; then the encoder and NVDEC GPU tests (looping sources included).
+    # The SR model alone (the GPU's share), then segment encoders in child processes (own GIL each)
+    # and NHWC fp16 convolutions, against the shipped config; every run against the same serial loop
+    # (one libx264 in the loop's thread), which gets the same model options.
+    for layout in "" "--channels-last --cudnn-benchmark"; do
+        step "SR model alone, fp16, batch 4 and 1 ${layout:-(NCHW)}"
+        timeout 120 python3 benchmarks/infer.py --model models/vsr_x2.onnx --input-shape 15x360x640 --batches 1,4 \
+            --frames 512 --backend torch $layout 2>&1 | tail -4
+    done
+    fast=(--set upscale.channels_last=true --set upscale.cudnn_benchmark=true)
     step "super-resolution: config as shipped (one encoder in the stage's thread)"
     TAIL=11 sr_bench --json "$out/sr_thread1.json"
-    for n in ${SR_PROCESS_ENCODERS:-2 3 4}; do
-        step "super-resolution: $n segment encoders in child processes"
-        TAIL=11 sr_bench --set video.cpu_encoder=process --set video.encoders=$n --json "$out/sr_process$n.json"
+    step "super-resolution: 2 segment encoders in child processes"
+    TAIL=11 sr_bench --set video.cpu_encoder=process --set video.encoders=2 --json "$out/sr_process2.json"
+    for n in ${SR_PROCESS_ENCODERS:-2 3}; do
+        step "super-resolution: $n segment encoders in child processes, NHWC + cuDNN benchmark"
+        TAIL=11 sr_bench --set video.cpu_encoder=process --set video.encoders=$n "${fast[@]}" \
+            --json "$out/sr_process${n}_nhwc.json"
     done
-    step "encoder and NVDEC GPU tests"
-    timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/video 2>&1 | tail -8
+    step "super-resolution: one encoder in the stage's thread, NHWC + cuDNN benchmark"
+    TAIL=11 sr_bench "${fast[@]}" --json "$out/sr_thread1_nhwc.json"
+    step "model and encoder GPU tests"
+    timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/video tests/models/test_vsr.py 2>&1 | tail -8
 fi
 
 if [ "$what" = study ]; then

@@ -89,6 +89,8 @@ def bench_raw(args: argparse.Namespace, spec: InputSpec, x: torch.Tensor) -> tup
         precision=args.precision,
         device=args.device,
         cuda_graph=args.cuda_graph,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     on_gpu = x.device.type == "cuda"
     # A non-default stream, like a stage's: the same conditions the stage runs under.
@@ -121,6 +123,8 @@ def bench_stage(args: argparse.Namespace, spec: InputSpec, x: torch.Tensor) -> f
         precision=args.precision,
         backend=args.backend,
         cuda_graph=args.cuda_graph,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     source = ListSource(_batches(x, args.warmup + args.iterations), name="source")
     Pipeline([source, infer, sink], device=args.device).run_sync()
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=[p.value for p in Precision], default="fp16")
     parser.add_argument("--backend", choices=["auto", "tensorrt", "torch", "onnxruntime"], default="auto")
     parser.add_argument("--cuda-graph", choices=[m.value for m in CudaGraphMode], default="auto")
+    parser.add_argument("--channels-last", action="store_true", help="torch backend: NHWC weights and inputs")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="torch backend: cuDNN times its algorithms")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             "precision": args.precision,
             "backend": description,
             "cuda_graph": args.cuda_graph,
+            "channels_last": args.channels_last,
+            "cudnn_benchmark": args.cudnn_benchmark,
             "frames": args.frames,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "torch": torch.__version__,

@@ -92,6 +92,12 @@ class Infer(Stage):
             None, description="TensorRT engine cache (default ~/.cache/streamflow/engines)"
         )
         cuda_graph: CudaGraphMode = CudaGraphMode.AUTO
+        channels_last: bool = Field(
+            False, description="torch backend: NHWC weights and inputs (faster fp16 convolutions with cuDNN)"
+        )
+        cudnn_benchmark: bool = Field(
+            False, description="torch backend on CUDA: let cuDNN time its algorithms per shape (process-wide)"
+        )
         input: str | None = Field(
             None, description="the model input that gets the batch's data (default: the only one)"
         )
@@ -145,6 +151,8 @@ class Infer(Stage):
             device=self.device,
             engine_cache=cfg.engine_cache if cfg.engine_cache is not None else default_engine_cache(),
             cuda_graph=cfg.cuda_graph,
+            channels_last=cfg.channels_last,
+            cudnn_benchmark=cfg.cudnn_benchmark,
             logger=self.log,
         )
         backend.load()

@@ -66,6 +66,8 @@ def create_backend(
     device: torch.device | str = "cpu",
     engine_cache: str | Path | None = None,
     cuda_graph: CudaGraphMode | str = CudaGraphMode.AUTO,
+    channels_last: bool = False,
+    cudnn_benchmark: bool = False,
     logger: logging.Logger | None = None,
 ) -> InferenceBackend:
     """Choose (for `auto`), create and return a backend; `load()` it before `infer()`.
@@ -83,6 +85,9 @@ def create_backend(
         raise ModelError(f"model file not found: {model}")
     chosen, reason = choose_backend(kind, device, model=model)
     (logger or log).info("inference backend: %s (%s)", chosen, reason)
+    torch_only = [name for name, on in (("channels_last", channels_last), ("cudnn_benchmark", cudnn_benchmark)) if on]
+    if torch_only and chosen is not BackendKind.TORCH:
+        (logger or log).info("%s: options of the torch backend, not used by %s", ", ".join(torch_only), chosen)
     if chosen is BackendKind.TENSORRT:
         from streamflow.inference.tensorrt_backend import TensorRTBackend
 
@@ -94,7 +99,15 @@ def create_backend(
     if chosen is BackendKind.TORCH:
         from streamflow.inference.torch_backend import TorchBackend
 
-        return TorchBackend(model, inputs, precision=precision, device=device, cuda_graph=cuda_graph)
+        return TorchBackend(
+            model,
+            inputs,
+            precision=precision,
+            device=device,
+            cuda_graph=cuda_graph,
+            channels_last=channels_last,
+            cudnn_benchmark=cudnn_benchmark,
+        )
     from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
 
     if cuda_graph is CudaGraphMode.ON:

@@ -64,9 +64,16 @@ class TorchBackend(InferenceBackend):
         precision: Precision = Precision.FP32,
         device: torch.device | str = "cpu",
         cuda_graph: CudaGraphMode = CudaGraphMode.AUTO,
+        channels_last: bool = False,
+        cudnn_benchmark: bool = False,
     ) -> None:
         super().__init__(model, inputs, precision=precision, device=device)
         self.cuda_graph_mode = CudaGraphMode(cuda_graph)
+        # NHWC weights and 4-D inputs: cuDNN's tensor-core convolutions work in that layout, and
+        # NCHW fp16 input costs them a transpose per layer.
+        self.channels_last = channels_last
+        # cuDNN times its algorithms for each new shape (process-wide); worth it for fixed shapes.
+        self.cudnn_benchmark = cudnn_benchmark
         if self.cuda_graph_mode is CudaGraphMode.ON and self.device.type != "cuda":
             raise ValueError(f"cuda_graph on needs a CUDA device, but this runs on {self.device}: use auto or off")
         self.module: torch.nn.Module | None = None
@@ -107,6 +114,10 @@ class TorchBackend(InferenceBackend):
         frozen = freeze_constant_arguments(module)
         log.debug("%s: froze %d Resize/Slice node(s) with constant parameters", self.model_path.name, frozen)
         self.module = module.eval().to(device=self.device, dtype=self.precision.dtype)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        if self.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self._input_order = [vi.name for vi in onnx_model.graph.input]
         self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
         if self.uses_cuda_graph:
@@ -123,7 +134,17 @@ class TorchBackend(InferenceBackend):
                     raise ModelError(f"cannot capture {self.model_path.name} in a CUDA graph: {reason}") from error
                 log.warning("%s: CUDA graph capture failed, running eagerly (%s)", self.model_path.name, reason)
         mode = f"CUDA graph at batch {self._graph_batch}" if self.graph is not None else "eager"
+        if self.channels_last:
+            mode += ", channels-last"
+        if self.cudnn_benchmark and self.device.type == "cuda":
+            mode += ", cuDNN benchmark"
         self.description = f"torch {torch.__version__} (onnx2torch) on {self.device}, {self.precision}, {mode}"
+
+    def _layout(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A 4-D input in the module's memory layout (NHWC with `channels_last`), else as it is."""
+        if self.channels_last and tensor.dim() == 4:
+            return tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
 
     def _dtype_of(self, elem_type: int) -> torch.dtype:
         """Float inputs take the chosen precision; others (ids, masks) keep the model's type."""
@@ -144,7 +165,7 @@ class TorchBackend(InferenceBackend):
     def _capture(self) -> None:
         batch = self.max_batch
         self._static_inputs = {
-            name: torch.zeros(spec.shape_for(batch), dtype=self._input_dtypes[name], device=self.device)
+            name: self._layout(torch.zeros(spec.shape_for(batch), dtype=self._input_dtypes[name], device=self.device))
             for name, spec in self.inputs.items()
         }
         current = torch.cuda.current_stream(self.device)
@@ -190,15 +211,22 @@ class TorchBackend(InferenceBackend):
         with torch.no_grad():
             if self.graph is None:
                 feed = {
-                    n: t.to(device=self.device, dtype=self._input_dtypes[n], non_blocking=True)
+                    n: self._layout(t.to(device=self.device, dtype=self._input_dtypes[n], non_blocking=True))
                     for n, t in inputs.items()
                 }
-                return self._forward(feed)
+                outputs = self._forward(feed)
+                if self.channels_last:  # consumers get the ordinary layout, as without the option
+                    outputs = {n: t.contiguous() for n, t in outputs.items()}
+                return outputs
             count = next(iter(inputs.values())).shape[0]
             for name, tensor in inputs.items():
                 self._static_inputs[name][:count].copy_(tensor, non_blocking=True)
             self.graph.replay()
-            return {name: out[:count].clone() for name, out in self._static_outputs.items()}
+            # The copy out of the graph's buffer also gives consumers the ordinary (contiguous) layout.
+            return {
+                name: out[:count].clone(memory_format=torch.contiguous_format)
+                for name, out in self._static_outputs.items()
+            }
 
     def close(self) -> None:
         self.graph = None

@@ -183,3 +183,47 @@ def test_cuda_fp16_is_within_tolerance_of_fp32() -> None:
     assert float(diff.max()) <= FP16_ATOL, f"max |fp16 - fp32| = {float(diff.max()):.2e}"
     levels = ((fp32.clamp(0, 1) * 255).round() - (fp16.clamp(0, 1) * 255).round()).abs().max()
     assert int(levels) <= FP16_MAX_LEVELS
+
+
+def test_channels_last_backend_gives_the_same_output_in_the_ordinary_layout() -> None:
+    """`channels_last: true` changes the layout the convolutions work in, not the result."""
+    from streamflow.inference.base import InputSpec
+    from streamflow.inference.torch_backend import TorchBackend
+
+    x = torch.rand(2, 15, 24, 40)
+    outputs = []
+    for channels_last in (False, True):
+        backend = TorchBackend(
+            SHIPPED, {"frames": InputSpec.static("frames", [2, 15, 24, 40])}, channels_last=channels_last
+        )
+        backend.load()
+        outputs.append(backend.infer({"frames": x})["hr"])
+        assert ("channels-last" in backend.description) is channels_last
+    assert outputs[1].is_contiguous() and outputs[1].shape == (2, 3, 48, 80)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_fp16_channels_last_is_within_tolerance_of_fp32() -> None:
+    """The configuration the GPU benchmark runs: fp16, CUDA graph at batch 4, NHWC, cuDNN benchmark."""
+    from streamflow.inference.base import InputSpec, Precision
+    from streamflow.inference.torch_backend import TorchBackend
+
+    seq = _held_out_sequence(frames=5, crop=(360, 520))
+    frames = [f.cuda() for f in seq.lr]  # type: ignore[attr-defined]
+    x = torch.stack([stack_window(frames, i, 5) for i in range(4)])
+    spec = {"frames": InputSpec.static("frames", list(x.shape))}
+    reference = TorchBackend(SHIPPED, spec, device="cuda")
+    reference.load()
+    fast = TorchBackend(
+        SHIPPED, spec, device="cuda", precision=Precision.FP16, channels_last=True, cudnn_benchmark=True
+    )
+    fast.load()
+    assert fast.graph is not None and "channels-last" in fast.description
+    fp32 = reference.infer({"frames": x})["hr"]
+    fp16 = fast.infer({"frames": x})["hr"].float()
+    assert fp16.is_contiguous()
+    diff = (fp32 - fp16).abs()
+    assert float(diff.max()) <= FP16_ATOL, f"max |fp16 - fp32| = {float(diff.max()):.2e}"
+    levels = ((fp32.clamp(0, 1) * 255).round() - (fp16.clamp(0, 1) * 255).round()).abs().max()
+    assert int(levels) <= FP16_MAX_LEVELS
