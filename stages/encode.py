@@ -7,8 +7,10 @@ warning line naming why. GPU frames are copied to pinned host memory on the stag
 host wait per batch. On the CPU, `encoders: N` cuts the video into closed segments of
 `segment_seconds` (each starts with a keyframe) encoded by N libx264 encoders in parallel and muxed
 in order: one libx264 leaves most of a many-core machine idle. `cpu_encoder: process` runs the
-single encoder in a child process instead (own GIL; the file is finalized even if this process
-dies). The file is finalized at end of stream and also after an error or SIGINT (teardown), so it
+encoder(s) in child processes instead, each with its own GIL (one child finalizes the file even if
+this process dies; with `encoders: N` the children encode segments and this process muxes them).
+The `encoder_wait_ms` counter says how long the stage waited for busy encoders. The file is
+finalized at end of stream and also after an error or SIGINT (teardown), so it
 stays playable. Items are passed on unchanged, so a `jsonl` sink may follow.
 
 Example (YAML):
@@ -21,7 +23,7 @@ Example (YAML):
       backend: auto      # auto | nvenc | cpu
       encoders: 1        # CPU: parallel segment encoders (2-4 on a many-core machine)
       segment_seconds: 2 # CPU, encoders > 1: keyframe interval = segment length
-      cpu_encoder: thread  # thread | process: where a single CPU encoder runs
+      cpu_encoder: thread  # thread | process: CPU encoder(s) in this process or in child processes
 
 Example (Python):
     >>> import tempfile, pathlib
@@ -59,11 +61,11 @@ class Encode(Stage):
         backend: EncodeBackend = EncodeBackend.AUTO
         cpu_encoder: CpuEncoderMode = Field(
             CpuEncoderMode.THREAD,
-            description="a single CPU encoder in the stage's thread or in a child process (own GIL)",
+            description="CPU encoder(s) in this process's threads or in child processes (a GIL each)",
         )
         encoders: int = Field(1, ge=1, le=16, description="CPU: encoders working on segments in parallel")
         segment_seconds: float = Field(2.0, gt=0, description="CPU, encoders > 1: segment and keyframe interval")
-        slots: int = Field(8, ge=1, le=256, description="cpu_encoder process: frames that may wait for the encoder")
+        slots: int = Field(8, ge=1, le=256, description="cpu_encoder process: frames each child's ring holds")
 
         @model_validator(mode="after")
         def _one_rate_control(self) -> Encode.Config:

@@ -13,10 +13,13 @@ and writes them in arrival order. The backend is chosen once:
   - `encoders: N > 1`: the video is cut into closed segments of `segment_seconds` encoded by N
     parallel libx264 encoders and muxed in order (`streamflow.video.segmented`): one encoder
     leaves most of a many-core machine idle;
-  - `cpu_encoder: process`: one encoder in a child process with its own GIL, fed through pinned
-    shared memory; the file is still finalized if this process dies. (Measured slower than
-    `thread` in the super-resolution pipeline on the H100 host, see the README's "Measured": it
-    isolates the encoder rather than speeding it up.)
+  - `cpu_encoder: process`: the encoder in a child process with its own GIL, fed through pinned
+    shared memory (GPU frames are copied straight into it); one child finalizes the file itself,
+    even if this process dies;
+  - `cpu_encoder: process`, `encoders: N > 1`: N children encode the segments in turn, and this
+    process muxes them (`ProcessSegmentedEncoder`). The fastest on a many-core machine: no
+    encoder shares the pipeline's GIL (super-resolution on the H100 host: 316 vs 195 fps with
+    one encoder in the stage's thread; README, "Measured").
 
 `write_batch` stages several frames and waits for the GPU once for all of them; `write` is one
 frame. With the child process a frame is handed over when `write`/`write_batch` returns and
@@ -181,8 +184,8 @@ class VideoWriter:
     - `preset`: encoder preset (libx264 names like `veryfast`; NVENC `P1`..`P7`).
     - `backend`: `auto`, `nvenc` or `cpu`. `gpu_id`: GPU for NVENC and the probe.
     - `cpu_encoder`: `thread` (default) or `process`; `encoders`, `segment_seconds`: parallel
-      segment encoding (thread only); `slots`: frames that may wait for the child process. See the
-      module docstring.
+      segment encoding (in threads, or in child processes with `process`); `slots`: frames that
+      may wait in each child's shared-memory ring. See the module docstring.
 
     Frames are written in arrival order. A frame whose pts is missing or not after the previous
     one gets the previous pts plus one frame duration, so the output's timeline never goes back.

@@ -5,9 +5,10 @@ several times a frame (frame construction, `encode`, `mux`), and every time anot
 holds the GIL the encoder waits for it. Measured on the H100 host (16 cores, 1280x720, veryfast,
 `benchmarks/x264_study.py`): 203 fps alone, 25 fps while one other Python thread runs a pure-Python
 loop. A child process has its own interpreter and GIL, and it finishes the file even if the parent
-dies. In the super-resolution pipeline it measured slower than encoding in the stage's thread
-(142-153 vs 167 fps on the H100 host, same session), so `thread` is the default and this is the
-option for isolation.
+dies. One child alone measured slower than encoding in the stage's thread in the super-resolution
+pipeline (H100 host, one session: 142-153 vs 167 fps); what pays is several children encoding
+closed segments in turn (`segments=True`, driven by `streamflow.video.segmented.ProcessSegmentedEncoder`):
+three children 316 fps against 195 fps for one encoder in the stage's thread, in one session.
 
 `EncoderProcess` is the parent's handle. Frames travel through a ring of fixed-size slots in shared
 memory (a file in /dev/shm, unlinked as soon as the child has mapped it, so nothing leaks even if
