@@ -20,6 +20,7 @@ from streamflow.frame import PixelFormat
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.video.encode import CpuEncoderMode, EncodeError, VideoWriter
 from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings, PyAVEncoder
+from streamflow.video.segmented import ProcessSegmentedEncoder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,16 +106,23 @@ def test_an_error_in_the_child_is_one_line_naming_the_file(tmp_path: Path) -> No
     assert leftover_shared_files() == []
 
 
-def test_the_child_ignores_sigint_and_finishes_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoders", [1, 3])
+def test_the_children_ignore_sigint_and_finish_the_file(tmp_path: Path, encoders: int) -> None:
     path = tmp_path / "sigint.mp4"
     frames = moving_frames(10)
-    with VideoWriter(path, fps=30, backend="cpu", cpu_encoder="process") as writer:
+    with VideoWriter(
+        path, fps=30, backend="cpu", cpu_encoder="process", encoders=encoders, segment_seconds=0.1
+    ) as writer:
         writer.write_batch([(f, PixelFormat.RGB, i, None) for i, f in enumerate(frames[:5])])
-        assert writer._process is not None
-        os.kill(writer._process._child.pid, signal.SIGINT)  # what Ctrl-C sends the whole process group
+        process = writer._process
+        children = process._children if isinstance(process, ProcessSegmentedEncoder) else [process]
+        for child in children:
+            assert child is not None
+            os.kill(child._child.pid, signal.SIGINT)  # what Ctrl-C sends the whole process group
         writer.write_batch([(f, PixelFormat.RGB, 5 + i, None) for i, f in enumerate(frames[5:])])
     images, _ = decoded(path)
     assert len(images) == 10
+    assert leftover_shared_files() == []
 
 
 def test_a_killed_child_is_reported_on_the_next_write(tmp_path: Path) -> None:
