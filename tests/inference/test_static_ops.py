@@ -102,18 +102,19 @@ def test_vsr_model_freezes_its_slice_and_resize_and_computes_the_same() -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def _with_constant_inputs(op: str, constants: Sequence[onnx.NodeProto | None], **attrs: str) -> onnx.ModelProto:
+    """`op` on `x`, its later inputs fed by Constant nodes in order (None: the input left empty); trailing
+    empty inputs are dropped, as exporters write them."""
+    inputs = ["x", *(node.output[0] if node is not None else "" for node in constants)]
+    while inputs[-1] == "":
+        inputs.pop()
+    nodes = [node for node in constants if node is not None]
+    return _model([*nodes, helper.make_node(op, inputs, ["y"], **attrs)])
+
+
 def _resize(mode: str, *, scales: Sequence[float] = (), sizes: Sequence[int] = (), **attrs: str) -> onnx.ModelProto:
-    nodes = []
-    inputs = ["x", "", "", ""]
-    if scales:
-        nodes.append(_floats("scales", scales))
-        inputs[2] = "scales"
-    if sizes:
-        nodes.append(_ints("sizes", sizes))
-        inputs[3] = "sizes"
-    inputs = inputs[: 3 if not sizes else 4]
-    nodes.append(helper.make_node("Resize", inputs, ["y"], mode=mode, **attrs))
-    return _model(nodes)
+    constants = [None, _floats("scales", scales) if scales else None, _ints("sizes", sizes) if sizes else None]
+    return _with_constant_inputs("Resize", constants, mode=mode, **attrs)
 
 
 # (model, does onnx2torch agree with ONNX Runtime on it)
@@ -186,17 +187,8 @@ def test_resize_v10_and_one_spatial_dim() -> None:
 def _slice(
     starts: Sequence[int], ends: Sequence[int], axes: Sequence[int] = (), steps: Sequence[int] = ()
 ) -> onnx.ModelProto:
-    nodes = [_ints("starts", starts), _ints("ends", ends)]
-    inputs = ["x", "starts", "ends", "", ""]
-    if axes:
-        nodes.append(_ints("axes", axes))
-        inputs[3] = "axes"
-    if steps:
-        nodes.append(_ints("steps", steps))
-        inputs[4] = "steps"
-    while inputs[-1] == "":
-        inputs.pop()
-    return _model([*nodes, helper.make_node("Slice", inputs, ["y"])])
+    optional = [_ints("axes", axes) if axes else None, _ints("steps", steps) if steps else None]
+    return _with_constant_inputs("Slice", [_ints("starts", starts), _ints("ends", ends), *optional])
 
 
 SLICE_CASES = {

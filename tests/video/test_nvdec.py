@@ -64,6 +64,16 @@ def pyav_frames(path: Path) -> list[tuple[np.ndarray, np.ndarray, int | None]]:
     return out
 
 
+def decode_packets(decoder: PacketDecoder, path: Path) -> list[tuple[torch.Tensor, int | None]]:
+    """Every (NV12, pts) pair `decoder` gives for the Annex B packets of `path`, flush included."""
+    with av.open(str(path)) as container:
+        pairs = []
+        for data, pts in iter_annexb_packets(container, container.streams.video[0]):
+            pairs += decoder.decode(data, pts)
+        pairs += decoder.flush()
+    return pairs
+
+
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_packet_decoder_matches_pyav(clips: dict[str, Path], name: str) -> None:
     path = clips[name]
@@ -129,12 +139,7 @@ def test_frames_are_owned_not_pool_views(clips: dict[str, Path]) -> None:
     kept = [f for b in NvdecFileDecoder(path, found, output=PixelFormat.NV12, batch_size=2).batches() for f in b]
     # Later batches reuse the decoder's pool; the frames kept from early batches must be intact.
     assert psnr(kept[0].image[:240], reference[0][0][:240]) >= 40
-    decoder = PacketDecoder("h264")
-    with av.open(str(path)) as container:
-        pairs = []
-        for data, pts in iter_annexb_packets(container, container.streams.video[0]):
-            pairs += decoder.decode(data, pts)
-        pairs += decoder.flush()
+    pairs = decode_packets(PacketDecoder("h264"), path)
     assert len(pairs) == len(reference)
     assert psnr(pairs[0][0][:240], reference[0][0][:240]) >= 40
 
@@ -159,11 +164,7 @@ def test_packet_decoder_opens_a_session_per_size(tmp_path: Path) -> None:
         tmp_path / "c.hevc", [(320, 240), (480, 272), (320, 240)], frames_each=3, codec="hevc"
     )
     decoder = PacketDecoder("hevc")
-    with av.open(str(path)) as container:
-        pairs = []
-        for data, pts in iter_annexb_packets(container, container.streams.video[0]):
-            pairs += decoder.decode(data, pts)
-        pairs += decoder.flush()
+    pairs = decode_packets(decoder, path)
     assert [tuple(nv12.shape) for nv12, _ in pairs] == [(360, 320)] * 3 + [(408, 480)] * 3 + [(360, 320)] * 3
     assert decoder.sessions == 3 and decoder.size == (320, 240)
 
