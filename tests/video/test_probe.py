@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 from fractions import Fraction
 from pathlib import Path
 
@@ -68,11 +68,14 @@ def test_audio_only(tmp_path: Path) -> None:
 
 
 def test_random_bytes(tmp_path: Path) -> None:
+    # Fixed bytes, not os.urandom: some random draws look enough like a container for a demuxer to
+    # report a video stream with no frame size, which is a different (also clear) error.
     path = tmp_path / "r.mp4"
-    path.write_bytes(os.urandom(20000))
+    path.write_bytes(random.Random(20000).randbytes(20000))
     with pytest.raises(VideoInputError) as error:
         probe(path)
-    assert "not a recognised media file" in _one_line(error, path)
+    line = _one_line(error, path)
+    assert "not a recognised media file" in line or "no frame size" in line
 
 
 def test_truncated_mp4_without_index(tmp_path: Path) -> None:
