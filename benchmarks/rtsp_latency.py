@@ -1,6 +1,6 @@
 """Live RTSP benchmark: capture-to-detection latency, and how many live streams one process keeps up with.
 
-A real RTSP server (`tests/rtsp_server.py`: gst-rtsp-server under Debian's /usr/bin/python3, x264
+A real RTSP server (`tests/support/rtsp_server.py`: gst-rtsp-server under Debian's /usr/bin/python3, x264
 ultrafast/zerolatency, one keyframe per second) serves a live `videotestsrc` stream on 127.0.0.1.
 Each stream is one pipeline `rtsp -> preprocess -> infer (CenterFace) -> centerface -> null`; K
 streams are K such pipelines (K RTSP sessions, K decoders, K models) on one event loop in this process.
@@ -54,7 +54,7 @@ CAMERA = "camera"
 
 
 def load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location("rtsp_server", ROOT / "tests" / "rtsp_server.py")
+    spec = importlib.util.spec_from_file_location("rtsp_server", ROOT / "tests" / "support" / "rtsp_server.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

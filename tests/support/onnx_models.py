@@ -1,11 +1,10 @@
-"""Fixtures for inference tests: a small ONNX model exported by torch, and the CenterFace model."""
+"""ONNX models for tests: a small detector-like network exported by torch, and where the CenterFace model lives."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
 CENTERFACE = Path(__file__).resolve().parents[2] / "models" / "centerface.onnx"
@@ -53,15 +52,3 @@ def export_small_model(path: Path, *, batch: int = 2, height: int = 32, width: i
             dynamo=False,
         )
     return path
-
-
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_small_model(tmp_path_factory.mktemp("models") / "small.onnx")
-
-
-@pytest.fixture(scope="session")
-def centerface() -> Path:
-    if not CENTERFACE.is_file():
-        pytest.skip(f"{CENTERFACE} is not in the repository")
-    return CENTERFACE
