@@ -171,11 +171,12 @@ def normalize(
 def _interpolate(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
     """Bilinear resize of (N, C, H, W) to `size`, computed and returned in float32 on every device.
 
-    uint8 input is converted first on purpose: the CPU's uint8 kernel (vectorised, about 4x faster)
-    uses fixed-point weights and rounds its output to whole levels, while CUDA has no uint8
-    antialias kernel. Mixing the two put CPU and GPU inputs up to a grey level apart (more after
-    colour conversion), enough to move a CenterFace heatmap peak by one cell. In float32 both
-    devices compute the same filter and differ only in summation order (about 1e-4 of a level).
+    uint8 input is converted first on purpose: the CPU's uint8 kernel (vectorised, several times
+    faster: docs/MEASURED.md, "Resize") uses fixed-point weights and rounds its output to whole
+    levels, while CUDA has no uint8 antialias kernel. Mixing the two put CPU and GPU inputs up to a
+    grey level apart (more after colour conversion), enough to move a CenterFace heatmap peak by one
+    cell. In float32 both devices compute the same filter and differ only in summation order (about
+    1e-4 of a level).
     """
     return F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
