@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stages.centerface import CenterFacePostprocess  # noqa: E402  (after the repo root is importable)
+from stages.centerface import CenterFace  # noqa: E402  (after the repo root is importable)
 from stages.infer import Infer  # noqa: E402
 from stages.null import NullSink  # noqa: E402
 from stages.preprocess import Preprocess  # noqa: E402
@@ -98,7 +98,7 @@ def build(uri: str, index: int, args: argparse.Namespace) -> tuple[Pipeline, Det
             input_shapes={"input.1": [1, 3, args.input_height, args.input_width]},
             precision="fp16" if args.fp16 else "fp32",
         ),
-        CenterFacePostprocess(name="faces", threshold=0.5),
+        CenterFace(name="faces", threshold=0.5),
         NullSink(name=SINK),
     ]
     return Pipeline(stages, name=f"stream{index}", device=args.device, observers=[probe]), probe
