@@ -2,9 +2,10 @@
 
 - The core library `streamflow/` never imports `stages/`: stages plug into the core through the
   registry, so the core must work without them.
-- Only the application layer (command line, benchmark, report) imports `typer` or `rich`; the library
-  stays usable without a terminal UI. `APPLICATION_LAYER` lists those modules by path; when they move
-  into one package, the list shrinks to that package.
+- The library (everything else in `streamflow/` and `stages/`) imports neither the application layer
+  (command line, benchmark, report) nor `typer`/`rich`; it stays usable without a terminal UI.
+  `APPLICATION_LAYER` lists those modules by path; when they move into one package, the list shrinks
+  to that package.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def imported_modules(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
             else:
                 module = node.module or ""
             found.append((node.lineno, module))
+            # `from streamflow import cli` imports the module streamflow.cli.
+            found.extend((node.lineno, f"{module}.{alias.name}") for alias in node.names if alias.name != "*")
     return found
 
 
@@ -52,12 +55,13 @@ def top_level(module: str) -> str:
 
 
 def violations(files: list[Path], forbidden: frozenset[str], root: Path = ROOT) -> list[str]:
-    return [
-        f"{path.relative_to(root)}:{line}: imports {module}"
-        for path in files
-        for line, module in imported_modules(path, root)
-        if top_level(module) in forbidden
-    ]
+    """One line per import statement that reaches a `forbidden` top-level package."""
+    found: dict[tuple[Path, int], str] = {}
+    for path in files:
+        for line, module in imported_modules(path, root):
+            if top_level(module) in forbidden:
+                found.setdefault((path, line), f"{path.relative_to(root)}:{line}: imports {module}")
+    return list(found.values())
 
 
 def core_files() -> list[Path]:
@@ -76,11 +80,24 @@ def test_core_does_not_import_stages() -> None:
     assert violations(core_files(), frozenset({"stages"})) == []
 
 
+def library_files() -> list[Path]:
+    files = [*core_files(), *sorted(STAGES.rglob("*.py"))]
+    return [path for path in files if str(path.relative_to(ROOT)) not in APPLICATION_LAYER]
+
+
 def test_only_the_application_layer_imports_terminal_ui_libraries() -> None:
-    library = [
-        p for p in [*core_files(), *sorted(STAGES.rglob("*.py"))] if str(p.relative_to(ROOT)) not in APPLICATION_LAYER
+    assert violations(library_files(), UI_LIBRARIES) == []
+
+
+def test_the_library_does_not_import_the_application_layer() -> None:
+    application = {name.removesuffix(".py").replace("/", ".") for name in APPLICATION_LAYER}
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: imports {module}"
+        for path in library_files()
+        for line, module in imported_modules(path)
+        if any(module == app or module.startswith(app + ".") for app in application)
     ]
-    assert violations(library, UI_LIBRARIES) == []
+    assert found == []
 
 
 def test_relative_imports_resolve_to_their_package(tmp_path: Path) -> None:
@@ -90,8 +107,11 @@ def test_relative_imports_resolve_to_their_package(tmp_path: Path) -> None:
     module.write_text("from .. import stage\nfrom ..stages import decode\nfrom . import probe\nimport typer.main\n")
     assert imported_modules(module, tmp_path) == [
         (1, "streamflow"),
+        (1, "streamflow.stage"),
         (2, "streamflow.stages"),
+        (2, "streamflow.stages.decode"),
         (3, "streamflow.video"),
+        (3, "streamflow.video.probe"),
         (4, "typer.main"),
     ]
     assert violations([module], UI_LIBRARIES, tmp_path) == ["streamflow/video/sample.py:4: imports typer.main"]
