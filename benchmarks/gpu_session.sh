@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# Everything we measure on the offline GPU host, in one go. Usage (on the host, from the repo root):
+# The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
 #   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]
-# Needs .gpu/site.tar.xz and .gpu/streamflow-*.whl (tools/gpu_bundle.sh); for the 1080p face benchmark
-# .gpu/faces1080.mp4 (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4);
-# for the super-resolution benchmark .gpu/sr_bench.mp4 (python tools/make_sr_clip.py --frames 300 --out .gpu/sr_bench.mp4);
+# The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
+# package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
+# Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
+# (python tools/make_face_sample.py --scale 1.5 --frames 600 --crf 23 --out .gpu/faces1080.mp4); for the
+# super-resolution benchmark .gpu/sr_bench.mp4 (python tools/make_sr_clip.py --frames 300 --out .gpu/sr_bench.mp4);
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
+# SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
 usage="usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]"
 out=${1:?$usage}
 what=${2:-all}
-mkdir -p "$out" /tmp/gpusite-root /tmp/sf
-[ -d /tmp/gpusite-root/gpusite ] || tar -xJf .gpu/site.tar.xz -C /tmp/gpusite-root
-# Stage types are found through the package's entry points, i.e. its installed metadata: take the
-# dist-info of a wheel built from this tree (the code itself is imported from the tree, first on the path).
-rm -rf /tmp/sfmeta && python3 - .gpu/streamflow-*.whl <<'PY'
+scratch=${SCRATCH:-/tmp/streamflow-gpu}
+mkdir -p "$out" "$scratch/out"
+if [ -f .gpu/site.tar.xz ]; then
+    # Packages unpacked rather than installed (the host's own torch stays untouched).
+    [ -d "$scratch/site/gpusite" ] || { mkdir -p "$scratch/site" && tar -xJf .gpu/site.tar.xz -C "$scratch/site"; }
+    # Stage types are found through the package's entry points, i.e. its installed metadata: take the
+    # dist-info of a wheel built from this tree (the code itself is imported from the tree, first on the path).
+    rm -rf "$scratch/meta" && python3 - .gpu/streamflow-*.whl "$scratch/meta" <<'PY'
 import sys, zipfile
 wheel = zipfile.ZipFile(sys.argv[1])
 for name in wheel.namelist():
     if ".dist-info/" in name:
-        wheel.extract(name, "/tmp/sfmeta")
+        wheel.extract(name, sys.argv[2])
 PY
-export PYTHONPATH=$PWD:/tmp/gpusite-root/gpusite:/tmp/sfmeta PYTHONUNBUFFERED=1
+    export PYTHONPATH=$PWD:$scratch/site/gpusite:$scratch/meta
+fi
+export PYTHONUNBUFFERED=1
 step() { echo "== $1 ($(date +%T))"; }
 nvidia-smi -L; python3 -c "import torch, PyNvVideoCodec, av; print('torch', torch.__version__, 'av', av.__version__)"
 
@@ -32,7 +40,7 @@ gpu_tests() {
 }
 
 # The super-resolution benchmark as the README reports it: pipeline and serial loop alternate
-# (REPEAT rounds, default 3; this host's CPU speed drifts by 20-30 % between minutes), 240 frames
+# (REPEAT rounds, default 3: a shared host's CPU speed drifts between minutes), 240 frames
 # timed after 20, fp16, the model replayed from a CUDA graph at batch 4; the baseline is the
 # hand-written loop (batch 1, one libx264 called in the loop). Arguments go to `streamflow bench`.
 # SR_CLIP: the input (default the 300-frame clip); CONFIG: a variant of the config (its `video` stage
@@ -42,7 +50,7 @@ sr_bench() {
     # The loop's libx264 in the loop's own thread, whatever --set asks of the pipeline's encoder.
     local one_encoder=(--baseline-set video.encoders=1 --baseline-set video.cpu_encoder=thread)
     [ -n "${CONFIG:-}" ] && one_encoder=()
-    SR_CLIP=${SR_CLIP:-.gpu/sr_bench.mp4} SR_OUT=/tmp/sf timeout 200 python3 -c \
+    SR_CLIP=${SR_CLIP:-.gpu/sr_bench.mp4} SR_OUT=$scratch/out timeout 200 python3 -c \
         "import sys; sys.setswitchinterval(${SWITCH_INTERVAL:-0.005}); from streamflow.cli import main; main()" \
         bench "${CONFIG:-configs/super_resolution.yaml}" --frames 240 --warmup 20 --repeat "${REPEAT:-3}" \
         --baseline serial --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
@@ -54,7 +62,7 @@ sr_bench() {
 # The face-detection benchmark (1080p, fp16, detections written, no encode) against its serial loop.
 face_bench() {
     step "face detection: pipeline vs serial (1080p, fp16, detections written, no encode)"
-    FACES_CLIP=$clip FACES_OUT=/tmp/sf timeout 240 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 240 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
         --frames 1200 --warmup 100 --baseline serial --set source.loop=true \
         --baseline-set source.emit_batch=1 --baseline-set "detect.input_shapes={input.1: [1, 3, 384, 640]}" \
         --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -"${TAIL:-30}"
@@ -63,9 +71,9 @@ face_bench() {
 # The face-detection demo config end to end on the GPU (annotated video through CPU libx264).
 demo() {
     step "face detection demo config on the GPU"
-    FACES_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml -q \
+    FACES_OUT=$scratch/out timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml -q \
         --stats-json "$out/demo_stats.json" 2>&1 | grep -v "^streamflow: INFO" | tail -5
-    python3 -c "import json, av; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes;', len(list(av.open('/tmp/sf/face_detect.mp4').decode(video=0))), 'frames in the MP4')"
+    python3 -c "import json, av; d=[json.loads(l) for l in open('$scratch/out/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes;', len(list(av.open('$scratch/out/face_detect.mp4').decode(video=0))), 'frames in the MP4')"
 }
 
 clip=.gpu/faces1080.mp4
@@ -103,7 +111,7 @@ fi
 
 if [ "$what" = sr-bench ]; then
     # The shipped super-resolution benchmark only, twice on the 300-frame clip and once looped: for
-    # another machine start (this host's CPU speed differs between starts).
+    # another machine start (a shared host's CPU speed differs between starts).
     for run in 1 2; do
         step "super-resolution: config as shipped, 300-frame clip, run $run"
         TAIL=11 sr_bench --json "$out/sr_bench_$run.json"
@@ -158,17 +166,17 @@ if [ "$what" = study ]; then
     step "x264 study (bicubic x2 of the sample)"
     timeout 200 python3 benchmarks/x264_study.py --frames 240 --json "$out/x264_study.json" 2>&1 | tail -20
     step "x264 study on the model's output"
-    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/super_resolution.yaml -q \
+    SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=$scratch/out timeout 120 python3 -m streamflow.cli run configs/super_resolution.yaml -q \
         --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --set video.crf=12 2>&1 | tail -3
-    timeout 150 python3 benchmarks/x264_study.py --clip /tmp/sf/super_resolution.mp4 --scale 1 --frames 240 --quick \
+    timeout 150 python3 benchmarks/x264_study.py --clip $scratch/out/super_resolution.mp4 --scale 1 --frames 240 --quick \
         --json "$out/x264_sr_output.json" 2>&1 | tail -8
     step "super-resolution with a null sink instead of the encoder"
-    python3 -c "import yaml; c=yaml.safe_load(open('configs/super_resolution.yaml')); c['stages'][-1]={'name':'video','type':'null'}; yaml.safe_dump(c, open('/tmp/sr_null.yaml','w'))"
-    CONFIG=/tmp/sr_null.yaml sr_bench --json "$out/sr_null.json"
+    python3 -c "import yaml; c=yaml.safe_load(open('configs/super_resolution.yaml')); c['stages'][-1]={'name':'video','type':'null'}; yaml.safe_dump(c, open('$scratch/sr_null.yaml','w'))"
+    CONFIG=$scratch/sr_null.yaml sr_bench --json "$out/sr_null.json"
     if ls .gpu/py_spy-*.whl >/dev/null 2>&1; then
         step "py-spy: which threads hold the GIL in the shipped pipeline (no baseline)"
-        python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl
-        SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 90 /tmp/pyspy/bin/py-spy record --gil --threads -r 250 -f raw \
+        python3 -m pip install -q --no-index --no-deps --target $scratch/pyspy .gpu/py_spy-*.whl
+        SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=$scratch/out timeout 90 $scratch/pyspy/bin/py-spy record --gil --threads -r 250 -f raw \
             -o "$out/spy_gil.txt" -- python3 -m streamflow.cli bench configs/super_resolution.yaml --frames 240 \
             --warmup 20 --baseline none --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
             2>&1 | grep -v "^streamflow: INFO" | tail -3

@@ -1,6 +1,6 @@
 """Live RTSP benchmark: capture-to-detection latency, and how many live streams one process keeps up with.
 
-A real RTSP server (`tests/rtsp_server.py`: gst-rtsp-server under Debian's /usr/bin/python3, x264
+A real RTSP server (`tests/support/rtsp_server.py`: gst-rtsp-server under Debian's /usr/bin/python3, x264
 ultrafast/zerolatency, one keyframe per second) serves a live `videotestsrc` stream on 127.0.0.1.
 Each stream is one pipeline `rtsp -> preprocess -> infer (CenterFace) -> centerface -> null`; K
 streams are K such pipelines (K RTSP sessions, K decoders, K models) on one event loop in this process.
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stages.centerface import CenterFacePostprocess  # noqa: E402  (after the repo root is importable)
+from stages.centerface import CenterFace  # noqa: E402  (after the repo root is importable)
 from stages.infer import Infer  # noqa: E402
 from stages.null import NullSink  # noqa: E402
 from stages.preprocess import Preprocess  # noqa: E402
@@ -54,7 +54,7 @@ CAMERA = "camera"
 
 
 def load_server_module() -> Any:
-    spec = importlib.util.spec_from_file_location("rtsp_server", ROOT / "tests" / "rtsp_server.py")
+    spec = importlib.util.spec_from_file_location("rtsp_server", ROOT / "tests" / "support" / "rtsp_server.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -98,7 +98,7 @@ def build(uri: str, index: int, args: argparse.Namespace) -> tuple[Pipeline, Det
             input_shapes={"input.1": [1, 3, args.input_height, args.input_width]},
             precision="fp16" if args.fp16 else "fp32",
         ),
-        CenterFacePostprocess(name="faces", threshold=0.5),
+        CenterFace(name="faces", threshold=0.5),
         NullSink(name=SINK),
     ]
     return Pipeline(stages, name=f"stream{index}", device=args.device, observers=[probe]), probe

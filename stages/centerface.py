@@ -29,7 +29,7 @@ Example (Python):
     >>> heat = torch.zeros(1, 1, 8, 8); heat[0, 0, 4, 4] = 0.9
     >>> z = torch.zeros(1, 2, 8, 8)
     >>> b = Batch([f], results={"537": heat, "538": z, "539": z, "540": torch.zeros(1, 10, 8, 8)})
-    >>> run_stage(CenterFacePostprocess(), [b])[0].frames[0].results["boxes"].tolist()
+    >>> run_stage(CenterFace(), [b])[0].frames[0].results["boxes"].tolist()
     [[16.0, 16.0, 20.0, 20.0]]
 """
 
@@ -45,11 +45,11 @@ from streamflow.models.centerface import OUTPUT_NAMES, check_outputs, decode
 from streamflow.ops.resize import Letterbox
 from streamflow.stage import Stage, StageConfig
 
-__all__ = ["CenterFacePostprocess"]
+__all__ = ["CenterFace"]
 
 
-class CenterFacePostprocess(Stage):
-    """Heatmap threshold, box and landmark decode, NMS, mapping back to frame pixels."""
+class CenterFace(Stage):
+    """The `centerface` stage: CenterFace's outputs to face boxes (heatmap threshold, decode, NMS, mapping back)."""
 
     class Config(StageConfig):
         threshold: float = Field(0.5, gt=0.0, lt=1.0, description="minimum heatmap score of a face")

@@ -29,52 +29,31 @@ Example (Python):
 
 from __future__ import annotations
 
-import enum
 from typing import ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from streamflow.frame import Batch, Frame, PixelFormat
-from streamflow.inference.base import Precision
 from streamflow.ops.color import ColorMatrix
-from streamflow.ops.resize import Letterbox, ResizeMode, letterbox_resize, letterbox_resize_nv12
+from streamflow.ops.resize import InputTransform, Letterbox, letterbox_resize, letterbox_resize_nv12
 from streamflow.stage import Stage, StageConfig
 
-__all__ = ["ChannelOrder", "Preprocess"]
-
-
-class ChannelOrder(enum.StrEnum):
-    """Channel order the model expects."""
-
-    RGB = "rgb"
-    BGR = "bgr"
+__all__ = ["Preprocess"]
 
 
 class Preprocess(Stage):
     """Resize, normalise and batch frames into the model input (`Batch.data`, NCHW float)."""
 
-    class Config(StageConfig):
+    class Config(StageConfig, InputTransform):
+        """The model input's size, the `InputTransform` options (mode, input_scale, mean, std, pad_value,
+        dtype, channel_order, antialias) flat beside it, and NV12 colour and result-key settings."""
+
         width: int = Field(640, gt=0, description="model input width in pixels")
         height: int = Field(384, gt=0, description="model input height in pixels")
-        mode: ResizeMode = Field(ResizeMode.LETTERBOX, description="letterbox (keep aspect, pad) or stretch")
-        input_scale: float = Field(1.0, description="pixels (0..255) are multiplied by this first, e.g. 1/255")
-        mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="per-channel mean, after input_scale")
-        std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="per-channel std, after input_scale")
-        pad_value: float = Field(0.0, description="letterbox padding, in pixel units before normalisation")
-        dtype: Precision = Field(Precision.FP32, description="element type of the model input")
-        channel_order: ChannelOrder = Field(ChannelOrder.RGB, description="channel order the model expects")
-        antialias: bool = Field(True, description="low-pass filter when shrinking (avoids aliasing at 1080p->640)")
         matrix: ColorMatrix | None = Field(None, description="NV12 input: YCbCr matrix; default: the stream's")
         full_range: bool | None = Field(None, description="NV12 input: full-range YCbCr; default: the stream's")
         key: str = Field("letterbox", description="frame.results key for the frame's Letterbox mapping")
-
-        @field_validator("std")
-        @classmethod
-        def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-            if any(s == 0 for s in value):
-                raise ValueError("std must not contain 0")
-            return value
 
     uses_gpu: ClassVar[bool] = True
 
@@ -90,7 +69,7 @@ class Preprocess(Stage):
         if len(groups) == 1:
             data = self._convert([frames[i] for i in range(len(frames))], size)
         else:
-            data = torch.empty(len(frames), 3, cfg.height, cfg.width, dtype=cfg.dtype.dtype, device=self.device)
+            data = torch.empty(len(frames), 3, cfg.height, cfg.width, dtype=cfg.dtype.torch_dtype, device=self.device)
             for indices in groups.values():
                 data[indices] = self._convert([frames[i] for i in indices], size)
         if isinstance(item, Batch):
@@ -115,22 +94,12 @@ class Preprocess(Stage):
         cfg = self.config
         images = torch.stack([f.image for f in frames]) if len(frames) > 1 else frames[0].image[None]
         images = images.to(self.device, non_blocking=True)
-        options = dict(
-            mode=cfg.mode,
-            input_scale=cfg.input_scale,
-            mean=cfg.mean,
-            std=cfg.std,
-            pad_value=cfg.pad_value,
-            dtype=cfg.dtype.dtype,
-            antialias=cfg.antialias,
-            bgr=cfg.channel_order is ChannelOrder.BGR,
-        )
         if frames[0].format is PixelFormat.NV12:
             matrix, full = self._colour(frames[0])
             # Shrinks the planes before converting: colour conversion at model size, not frame size.
-            x, lb = letterbox_resize_nv12(images, size, matrix=matrix, full_range=full, **options)  # type: ignore[arg-type]
+            x, lb = letterbox_resize_nv12(images, size, cfg, matrix=matrix, full_range=full)
         else:
-            x, lb = letterbox_resize(images, size, **options)  # type: ignore[arg-type]
+            x, lb = letterbox_resize(images, size, cfg)
         for frame in frames:
             frame.results[cfg.key] = lb
         return x

@@ -17,11 +17,6 @@ from streamflow.video.synth import write_clip
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def support_stages_importable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(TESTS))
-
-
 def lines_config(tmp_path: Path, *, count: int, flush_delay: float = 0.0) -> Path:
     path = tmp_path / "bench.yaml"
     path.write_text(f"""
@@ -29,10 +24,10 @@ name: bench-test
 device: cpu
 stages:
   - name: source
-    type: support_stages:CountingSource
+    type: support.stages:CountingSource
     count: {count}
   - name: sink
-    type: support_stages:LinesSink
+    type: support.stages:LinesSink
     path: {tmp_path / "out.jsonl"}
     flush_delay: {flush_delay}
 """)

@@ -27,11 +27,11 @@ name: cli
 device: cpu
 stages:
   - name: source
-    type: support_stages:CountingSource
+    type: support.stages:CountingSource
     count: {count}
     interval: {interval}
 {extra}  - name: writer
-    type: support_stages:LinesSink
+    type: support.stages:LinesSink
     path: {tmp_path / "out.jsonl"}
 """)
     return path
@@ -59,7 +59,7 @@ def test_invalid_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -
 
 
 def test_failure_while_running_exits_1_naming_the_stage(tmp_path: Path) -> None:
-    extra = "  - name: checker\n    type: support_stages:FailOn\n    index: 2\n"
+    extra = "  - name: checker\n    type: support.stages:FailOn\n    index: 2\n"
     result = cli("run", str(config(tmp_path, extra=extra)))
     assert result.returncode == 1
     assert "stage 'checker': KeyError" in result.stderr

@@ -6,8 +6,8 @@ import pytest
 
 from streamflow.config import ConfigError, build_pipeline, load_config, parse_override
 
-SOURCE = "support_stages:CountingSource"
-SINK = "support_stages:LinesSink"
+SOURCE = "support.stages:CountingSource"
+SINK = "support.stages:LinesSink"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -69,7 +69,7 @@ def test_overrides_set_stage_fields(tmp_path: Path) -> None:
         (lambda t: t.replace(SOURCE, "decdoe"), r"stage 'source': field 'type': unknown stage type 'decdoe'"),
         (
             lambda t: t.replace("count: 5", "cuont: 5"),
-            r"stage 'source' \(support_stages:CountingSource\): field 'cuont': unknown option; did you mean 'count'\?",
+            r"stage 'source' \(support.stages:CountingSource\): field 'cuont': unknown option; did you mean 'count'\?",
         ),
         (lambda t: t.replace("count: 5", "count: many"), r"stage 'source' .*field 'count': .*integer"),
         (lambda t: t.replace("name: writer", "name: source"), r"stage 'source': field 'name': duplicate stage name"),

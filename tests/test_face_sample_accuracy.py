@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from stages.centerface import CenterFacePostprocess
+from stages.centerface import CenterFace
 from stages.preprocess import Preprocess
 from streamflow.detection import agreement, precision_recall
 from streamflow.frame import Batch, Frame, PixelFormat
@@ -65,7 +65,7 @@ def detect(frames: list[Frame], run_model, device: str) -> list[Frame]:  # type:
     for batch in prepared:
         assert isinstance(batch, Batch) and batch.data is not None
         batch.results.update(run_model(batch.data))
-    decoded = run_stage(CenterFacePostprocess(), prepared, device=device)
+    decoded = run_stage(CenterFace(), prepared, device=device)
     return [frame for batch in decoded for frame in batch.frames]
 
 

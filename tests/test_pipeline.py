@@ -12,7 +12,7 @@ import torch
 from streamflow import Batch, EndOfStream, Frame, Pipeline, PipelineError, Stage, StageConfig
 from streamflow.stage import Overflow
 from streamflow.testing import ListSink, ListSource, RaiseError, make_frames, run_stage
-from support_stages import FailOn, LinesSink, Tracker
+from support.stages import FailOn, LinesSink, Tracker
 
 
 class Buffering(Stage):

@@ -1,5 +1,7 @@
 """Resize RGB frames into a model's input: letterbox (keep aspect) or stretch, normalise, NCHW float.
 
+`InputTransform` holds the settings of that conversion (fit, normalisation, channel order, element
+type) in one validated model; the `preprocess` stage's options are this model plus its own.
 Everything is torch on the images' device. The returned `Letterbox` records how model-input pixels
 map back to the source frame, `x_src = (x_model - offset_x) / scale_x`, so detections can be drawn
 on (and reported for) the original frame.
@@ -10,6 +12,9 @@ Example:
     >>> x, lb = letterbox_resize(rgb, (384, 640))
     >>> x.shape, x.dtype
     (torch.Size([2, 3, 384, 640]), torch.float32)
+    >>> half, _ = letterbox_resize(rgb, (384, 640), InputTransform(input_scale=1 / 255, dtype="fp16"))
+    >>> half.dtype
+    torch.float16
     >>> lb.scale_x, lb.offset_y
     (0.5, 12.0)
     >>> lb.to_source(torch.tensor([[0.0, 12.0, 640.0, 372.0]])).tolist()
@@ -24,11 +29,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # _weights is color.py's matrix table; the float conversion below must use exactly the same coefficients.
 from streamflow.ops.color import _weights, nv12_to_rgb, nv12_to_yuv, yuv420_to_nv12
 
 __all__ = [
+    "ChannelOrder",
+    "InputDtype",
+    "InputTransform",
     "Letterbox",
     "ResizeMode",
     "fit",
@@ -44,6 +53,54 @@ class ResizeMode(enum.StrEnum):
 
     LETTERBOX = "letterbox"  # keep the aspect ratio, pad the rest (centred)
     STRETCH = "stretch"  # scale x and y independently to fill the input
+
+
+class ChannelOrder(enum.StrEnum):
+    """Channel order the model expects."""
+
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+class InputDtype(enum.StrEnum):
+    """Element type of the model input tensor (the model's own precision is the inference backend's setting)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float16 if self is InputDtype.FP16 else torch.float32
+
+
+class InputTransform(BaseModel):
+    """How frames become a model input: fit, normalisation `(pixel * input_scale - mean) / std`, layout.
+
+    Example:
+        >>> InputTransform(input_scale=1 / 255, mean=(0.5, 0.5, 0.5), channel_order="bgr").channel_order
+        <ChannelOrder.BGR: 'bgr'>
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: ResizeMode = Field(default=ResizeMode.LETTERBOX, description="letterbox (keep aspect, pad) or stretch")
+    input_scale: float = Field(default=1.0, description="pixels (0..255) are multiplied by this first, e.g. 1/255")
+    mean: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="per-channel mean, after input_scale")
+    std: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="per-channel std, after input_scale")
+    pad_value: float = Field(default=0.0, description="letterbox padding, in pixel units before normalisation")
+    dtype: InputDtype = Field(default=InputDtype.FP32, description="element type of the model input")
+    channel_order: ChannelOrder = Field(default=ChannelOrder.RGB, description="channel order the model expects")
+    antialias: bool = Field(default=True, description="low-pass filter when shrinking (avoids aliasing at 1080p->640)")
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in value):
+            raise ValueError("std must not contain 0")
+        return value
+
+
+_IDENTITY = InputTransform()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +171,12 @@ def normalize(
 def _interpolate(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Tensor:
     """Bilinear resize of (N, C, H, W) to `size`, computed and returned in float32 on every device.
 
-    uint8 input is converted first on purpose: the CPU's uint8 kernel (vectorised, about 4x faster)
-    uses fixed-point weights and rounds its output to whole levels, while CUDA has no uint8
-    antialias kernel. Mixing the two put CPU and GPU inputs up to a grey level apart (more after
-    colour conversion), enough to move a CenterFace heatmap peak by one cell. In float32 both
-    devices compute the same filter and differ only in summation order (about 1e-4 of a level).
+    uint8 input is converted first on purpose: the CPU's uint8 kernel (vectorised, several times
+    faster: docs/MEASURED.md, "Resize") uses fixed-point weights and rounds its output to whole
+    levels, while CUDA has no uint8 antialias kernel. Mixing the two put CPU and GPU inputs up to a
+    grey level apart (more after colour conversion), enough to move a CenterFace heatmap peak by one
+    cell. In float32 both devices compute the same filter and differ only in summation order (about
+    1e-4 of a level).
     """
     return F.interpolate(x.to(torch.float32), size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
@@ -145,54 +203,38 @@ def _yuv_to_rgb(y: torch.Tensor, uv: torch.Tensor, *, matrix: str, full_range: b
 
 
 def _place(
-    x: torch.Tensor,
-    lb: Letterbox,
-    size: tuple[int, int],
-    *,
-    input_scale: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-    pad_value: float,
-    dtype: torch.dtype,
-    source: torch.Tensor,
+    x: torch.Tensor, lb: Letterbox, size: tuple[int, int], transform: InputTransform, *, source: torch.Tensor
 ) -> torch.Tensor:
     """Pad resized content `x` into the `size` input at the letterbox offset, then normalise."""
     n, _, nh, nw = x.shape
     dh, dw = size
+    if transform.channel_order is ChannelOrder.BGR:
+        x = x.flip(1)
     if (nh, nw) != (dh, dw):
-        out = torch.full((n, 3, dh, dw), pad_value, dtype=x.dtype, device=x.device)
+        out = torch.full((n, 3, dh, dw), transform.pad_value, dtype=x.dtype, device=x.device)
         ox, oy = int(lb.offset_x), int(lb.offset_y)
         out[:, :, oy : oy + nh, ox : ox + nw] = x
         x = out
     elif x.data_ptr() == source.data_ptr():
         x = x.clone()  # normalize() works in place: never on the caller's tensor
-    x = normalize(x, input_scale=input_scale, mean=mean, std=std)
-    return x.to(dtype)
+    x = normalize(x, input_scale=transform.input_scale, mean=transform.mean, std=transform.std)
+    return x.to(transform.dtype.torch_dtype)
 
 
 def letterbox_resize(
-    rgb: torch.Tensor,
-    size: tuple[int, int],
-    *,
-    mode: ResizeMode | str = ResizeMode.LETTERBOX,
-    input_scale: float = 1.0,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-    pad_value: float = 0.0,
-    dtype: torch.dtype = torch.float32,
-    antialias: bool = True,
-    bgr: bool = False,
+    rgb: torch.Tensor, size: tuple[int, int], transform: InputTransform = _IDENTITY
 ) -> tuple[torch.Tensor, Letterbox]:
     """Resize uint8 or float RGB `(3, H, W)` or `(N, 3, H, W)` to a normalised `(N, 3, h, w)` batch.
 
-    `size` is the model input (h, w). `pad_value` is in source pixel units (before normalisation),
-    so padding looks like that grey level to the model. `antialias` low-pass filters when shrinking,
-    which matters for 1080p -> 640 (a factor of 3). `bgr=True` swaps the channels for BGR models.
-    All frames of one call share a size and therefore one `Letterbox`.
+    `size` is the model input (h, w); `transform` says how (the default only resizes, letterboxed,
+    to float32). Its `pad_value` is in source pixel units (before normalisation), so padding looks
+    like that grey level to the model. `antialias` low-pass filters when shrinking, which matters
+    for 1080p -> 640 (a factor of 3). All frames of one call share a size and therefore one `Letterbox`.
 
     Example:
         >>> import torch
-        >>> x, lb = letterbox_resize(torch.full((3, 100, 200), 255, dtype=torch.uint8), (64, 64), input_scale=1 / 255)
+        >>> white = torch.full((3, 100, 200), 255, dtype=torch.uint8)
+        >>> x, lb = letterbox_resize(white, (64, 64), InputTransform(input_scale=1 / 255))
         >>> x.shape, round(float(x[0, 0, 32, 32]), 4), float(x[0, 0, 0, 0]), lb.offset_y
         (torch.Size([1, 3, 64, 64]), 1.0, 0.0, 16.0)
     """
@@ -201,14 +243,11 @@ def letterbox_resize(
     if rgb.ndim != 4 or rgb.shape[1] != 3:
         raise ValueError(f"letterbox_resize expects (3, H, W) or (N, 3, H, W) RGB, got shape {tuple(rgb.shape)}")
     _, _, sh, sw = rgb.shape
-    lb = fit((sh, sw), size, mode)
+    lb = fit((sh, sw), size, transform.mode)
     nw, nh = round(sw * lb.scale_x), round(sh * lb.scale_y)
     # Resample and normalise in fp32 on every device (see _interpolate); cast to `dtype` at the end.
-    x = _interpolate(rgb, (nh, nw), antialias) if (nh, nw) != (sh, sw) else rgb.to(torch.float32)
-    if bgr:
-        x = x.flip(1)
-    x = _place(x, lb, size, input_scale=input_scale, mean=mean, std=std, pad_value=pad_value, dtype=dtype, source=rgb)
-    return x, lb
+    x = _interpolate(rgb, (nh, nw), transform.antialias) if (nh, nw) != (sh, sw) else rgb.to(torch.float32)
+    return _place(x, lb, size, transform, source=rgb), lb
 
 
 def resize_nv12(nv12: torch.Tensor, size: tuple[int, int], *, antialias: bool = True) -> torch.Tensor:
@@ -235,17 +274,10 @@ def resize_nv12(nv12: torch.Tensor, size: tuple[int, int], *, antialias: bool = 
 def letterbox_resize_nv12(
     nv12: torch.Tensor,
     size: tuple[int, int],
+    transform: InputTransform = _IDENTITY,
     *,
     matrix: str = "bt709",
     full_range: bool = False,
-    mode: ResizeMode | str = ResizeMode.LETTERBOX,
-    input_scale: float = 1.0,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-    pad_value: float = 0.0,
-    dtype: torch.dtype = torch.float32,
-    antialias: bool = True,
-    bgr: bool = False,
 ) -> tuple[torch.Tensor, Letterbox]:
     """`letterbox_resize` for NV12 `(H*3//2, W)` or `(N, H*3//2, W)` frames.
 
@@ -267,25 +299,15 @@ def letterbox_resize_nv12(
     if nv12.ndim != 3:
         raise ValueError(f"letterbox_resize_nv12 expects (H*3//2, W) or (N, H*3//2, W), got {tuple(nv12.shape)}")
     sh, sw = nv12.shape[-2] * 2 // 3, nv12.shape[-1]
-    lb = fit((sh, sw), size, mode)
+    lb = fit((sh, sw), size, transform.mode)
     nw, nh = round(sw * lb.scale_x), round(sh * lb.scale_y)
-    options = dict(input_scale=input_scale, mean=mean, std=std, pad_value=pad_value, dtype=dtype)
     if nh % 2 or nw % 2 or nh > sh or nw > sw or (nh, nw) == (sh, sw):
-        x, _ = letterbox_resize(
-            nv12_to_rgb(nv12, matrix=matrix, full_range=full_range),
-            size,
-            mode=mode,
-            antialias=antialias,
-            bgr=bgr,
-            **options,  # type: ignore[arg-type]
-        )
+        x, _ = letterbox_resize(nv12_to_rgb(nv12, matrix=matrix, full_range=full_range), size, transform)
         return x, lb
     # Planes stay float from the resize through the colour conversion: no rounding to uint8 between
     # steps, so CPU and GPU agree to float32 precision rather than to a level or more.
     y, u, v = nv12_to_yuv(nv12)
-    y_small = _interpolate(y[:, None], (nh, nw), antialias)[:, 0]
-    uv_small = _interpolate(torch.stack((u, v), dim=1), (nh // 2, nw // 2), antialias)
+    y_small = _interpolate(y[:, None], (nh, nw), transform.antialias)[:, 0]
+    uv_small = _interpolate(torch.stack((u, v), dim=1), (nh // 2, nw // 2), transform.antialias)
     x = _yuv_to_rgb(y_small, uv_small, matrix=matrix, full_range=full_range)
-    if bgr:
-        x = x.flip(1)
-    return _place(x, lb, size, source=nv12, **options), lb  # type: ignore[arg-type]
+    return _place(x, lb, size, transform, source=nv12), lb

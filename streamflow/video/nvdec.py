@@ -1,6 +1,6 @@
 """NVDEC decoding with PyNvVideoCodec into torch CUDA tensors that the caller owns.
 
-Two paths, picked per input (both measured on the H100, see `../shared/gpu-host.md`):
+Two paths, picked per input:
 
 - **Files**: `NvdecFileDecoder` uses PyNvVideoCodec's own demuxer and its batch decoder
   (`ThreadedDecoder`, which decodes ahead in a C++ thread, or `SimpleDecoder`) with
@@ -60,8 +60,8 @@ NVDEC_CODECS: dict[str, str] = {"h264": "H264", "hevc": "HEVC", "vp9": "VP9", "a
 _ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 # Containers where SimpleDecoder's frame index is exact: the MP4/MOV sample table lists every frame.
 # Elsewhere (Matroska/WebM cues list only key frames) PyNvVideoCodec warns "Seek accuracy may be
-# impacted" and its get_batch_frames() returned neighbouring frames for some indices (HEVC in MKV on
-# the H100: Y PSNR 29 dB against PyAV, while ThreadedDecoder on the same file was exact).
+# impacted" and its get_batch_frames() returned neighbouring frames for some indices, while
+# ThreadedDecoder on the same file was exact (HEVC in MKV; docs/MEASURED.md, "Decode").
 _SIMPLE_DECODER_CONTAINERS = frozenset({"mov", "mp4"})
 
 _nvc_lock = threading.Lock()
@@ -133,7 +133,7 @@ def _gpu_decodes(codec: str) -> bool:
 
 
 def _chroma_420(nvc: ModuleType) -> Any:
-    # PyNvVideoCodec 2.2.4 has no `cudaVideoChromaFormat.YUV420` (measured); pick the 4:2:0 member by name.
+    # PyNvVideoCodec 2.2.4 has no `cudaVideoChromaFormat.YUV420`; pick the 4:2:0 member by name.
     enum_type = nvc.cudaVideoChromaFormat
     for name in dir(enum_type):
         if "420" in name:
@@ -484,8 +484,8 @@ class NvdecFileDecoder:
                     if not frames:
                         return
                     views = [(_as_rgbp if self.output is PixelFormat.RGB else _as_nv12)(f) for f in frames]
-                    # ThreadedDecoder returns the stream's pts; SimpleDecoder's getPTS() measured 2 frames
-                    # early (-1024, -512, 0... for 0, 512, 1024...), so its frames are numbered instead.
+                    # ThreadedDecoder returns the stream's pts; SimpleDecoder's getPTS() runs 2 frames early
+                    # (-1024, -512, 0... for 0, 512, 1024...), so its frames are numbered instead.
                     pts_list = [_frame_pts(f) if self.threaded else None for f in frames]
                     # One copy for the whole batch: the decoder's pool is reused by the next call.
                     batch = torch.stack(views)

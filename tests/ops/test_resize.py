@@ -7,6 +7,7 @@ import torch
 
 from streamflow.ops.color import nv12_to_rgb, rgb_to_nv12
 from streamflow.ops.resize import (
+    InputTransform,
     Letterbox,
     ResizeMode,
     fit,
@@ -51,7 +52,7 @@ def test_letterbox_places_content_and_pads() -> None:
     # A white 20x40 rectangle at (x=100, y=50) in a 200x400 frame; model input 100x100 -> scale 0.25.
     frame = torch.zeros(3, 200, 400, dtype=torch.uint8)
     frame[:, 50:70, 100:140] = 255
-    x, lb = letterbox_resize(frame, (100, 100), pad_value=7.0)
+    x, lb = letterbox_resize(frame, (100, 100), InputTransform(pad_value=7.0))
     assert x.shape == (1, 3, 100, 100) and x.dtype == torch.float32
     assert (lb.scale_x, lb.offset_y) == (0.25, 25.0)
     assert float(x[0, 0, 0, 50]) == 7.0 and float(x[0, 0, 99, 50]) == 7.0  # padding rows, pad_value
@@ -65,9 +66,8 @@ def test_letterbox_places_content_and_pads() -> None:
 
 def test_uniform_image_stays_uniform_and_normalises() -> None:
     frame = torch.full((2, 3, 90, 160), 200, dtype=torch.uint8)
-    x, _ = letterbox_resize(
-        frame, (90, 160), input_scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), antialias=True
-    )
+    transform = InputTransform(input_scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), antialias=True)
+    x, _ = letterbox_resize(frame, (90, 160), transform)
     v = 200 / 255
     torch.testing.assert_close(x[:, :, 5, 5], torch.tensor([[(v - 0.5) / 0.25, (v - 0.5) / 0.5, v - 0.5]] * 2))
     assert frame.max() == 200  # the caller's tensor is never modified
@@ -76,10 +76,20 @@ def test_uniform_image_stays_uniform_and_normalises() -> None:
 def test_bgr_fp16_and_stretch() -> None:
     frame = torch.zeros(3, 40, 80, dtype=torch.uint8)
     frame[0] = 255  # pure red
-    x, lb = letterbox_resize(frame, (32, 32), mode="stretch", bgr=True, dtype=torch.float16)
+    x, lb = letterbox_resize(frame, (32, 32), InputTransform(mode="stretch", channel_order="bgr", dtype="fp16"))
     assert x.dtype == torch.float16 and x.shape == (1, 3, 32, 32)
     assert float(x[0, 2].min()) == 255.0 and float(x[0, 0].max()) == 0.0  # red is now the last channel
     assert (lb.scale_x, lb.scale_y) == (0.4, 0.8)
+    nv12 = rgb_to_nv12(frame[None].expand(1, 3, 40, 80).contiguous())
+    x12, _ = letterbox_resize_nv12(nv12, (20, 40), InputTransform(channel_order="bgr", dtype="fp16"))
+    assert x12.dtype == torch.float16 and float(x12[0, 2].mean()) > 200 > 50 > float(x12[0, 0].mean())
+
+
+def test_transform_rejects_zero_std_and_unknown_options() -> None:
+    with pytest.raises(ValueError, match="std must not contain 0"):
+        InputTransform(std=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="bgr"):
+        InputTransform(bgr=True)
 
 
 def test_rejects_non_rgb() -> None:
@@ -157,7 +167,7 @@ def test_cuda_matches_cpu() -> None:
     gpu, lb_gpu = letterbox_resize(frame.cuda(), (384, 640))
     assert lb_cpu == lb_gpu and gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, atol=FP32_ATOL, rtol=0)
-    half, _ = letterbox_resize(frame.cuda(), (384, 640), dtype=torch.float16)
+    half, _ = letterbox_resize(frame.cuda(), (384, 640), InputTransform(dtype="fp16"))
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float().cpu(), cpu, atol=FP16_ATOL, rtol=0)
     nv12 = rgb_to_nv12(smooth_rgb(2, 720, 1280))
@@ -165,6 +175,6 @@ def test_cuda_matches_cpu() -> None:
     gpu12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640))
     assert gpu12.is_cuda and gpu12.dtype == torch.float32
     torch.testing.assert_close(gpu12.cpu(), cpu12, atol=FP32_ATOL, rtol=0)
-    half12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640), dtype=torch.float16)
+    half12, _ = letterbox_resize_nv12(nv12.cuda(), (384, 640), InputTransform(dtype="fp16"))
     assert half12.is_cuda and half12.dtype == torch.float16
     torch.testing.assert_close(half12.float().cpu(), cpu12, atol=FP16_ATOL, rtol=0)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from stages.centerface import CenterFacePostprocess
+from stages.centerface import CenterFace
 from stages.preprocess import Preprocess
 from streamflow.detection import agreement, box_iou
 from streamflow.frame import Batch, Frame
@@ -46,7 +46,7 @@ def test_faces_are_found_in_frame_pixels(session: ort.InferenceSession) -> None:
     blank = Frame(image=torch.full((3, 360, 640), 90, dtype=torch.uint8), pts=1, time_base=Fraction(1, 30))
     (batch,) = run_stage(Preprocess(width=320, height=192), [Batch([frame, blank])])
     assert isinstance(batch, Batch)
-    (out,) = run_stage(CenterFacePostprocess(), [infer(session, batch)])
+    (out,) = run_stage(CenterFace(), [infer(session, batch)])
     assert isinstance(out, Batch)
     face, empty = out.frames
     assert face.results["boxes"].shape == (1, 4) and face.results["landmarks"].shape == (1, 5, 2)
@@ -64,7 +64,7 @@ def test_keep_outputs_and_threshold(session: ort.InferenceSession) -> None:
     frame, _ = scene()
     (batch,) = run_stage(Preprocess(width=320, height=192), [frame])
     assert isinstance(batch, Batch)
-    (out,) = run_stage(CenterFacePostprocess(threshold=0.99, keep_outputs=True), [infer(session, batch)])
+    (out,) = run_stage(CenterFace(threshold=0.99, keep_outputs=True), [infer(session, batch)])
     assert isinstance(out, Batch)
     assert set(cf.OUTPUT_NAMES) <= set(out.results) and out.data is not None
     assert "letterbox" in out.frames[0].results
@@ -77,11 +77,11 @@ def test_wrong_outputs_name_expected_and_actual() -> None:
     with pytest.raises(
         cf.OutputMismatchError, match=r"missing \['537', '538', '539', '540'\].*got 'output': \(1, 1000\)"
     ):
-        run_stage(CenterFacePostprocess(), [batch])
+        run_stage(CenterFace(), [batch])
     z = torch.zeros(1, 2, 8, 8)
     renamed = Batch([frame], results={"hm": torch.zeros(1, 1, 8, 8), "s": z, "o": z, "lm": torch.zeros(1, 10, 4, 4)})
     with pytest.raises(cf.OutputMismatchError, match=r"shapes don't match.*'lm': \(1, 10, 4, 4\)"):
-        run_stage(CenterFacePostprocess(outputs=("hm", "s", "o", "lm")), [renamed])
+        run_stage(CenterFace(outputs=("hm", "s", "o", "lm")), [renamed])
 
 
 @pytest.mark.gpu
@@ -96,7 +96,7 @@ def test_cuda_matches_cpu(session: ort.InferenceSession) -> None:
         assert isinstance(batch, Batch)
         infer(session, batch)
         batch.results = {k: v.to(device) for k, v in batch.results.items()}
-        (out,) = run_stage(CenterFacePostprocess(threshold=0.3), [batch], device=device)
+        (out,) = run_stage(CenterFace(threshold=0.3), [batch], device=device)
         assert isinstance(out, Batch)
         boxes[device] = out.frames[0].results["boxes"]
     assert boxes["cuda"].is_cuda and len(boxes["cpu"]) >= 1

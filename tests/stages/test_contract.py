@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.conftest import export_small_model
-from rtsp_server import RtspServer, server_unavailable_reason
 from streamflow import Batch, Frame, Pipeline, Source, Stage
 from streamflow.frame import Item
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.testing import ListSink, ListSource, make_frames, run_stage
 from streamflow.video.synth import write_clip
+from support.onnx_models import export_small_model
+from support.rtsp_server import RtspServer, server_unavailable_reason
 
 Case = Callable[[Path], tuple[Stage, list[Item]]]
 

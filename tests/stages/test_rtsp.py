@@ -8,7 +8,6 @@ error after the backoff, or endless retries logged once each); a resolution chan
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
@@ -28,14 +27,9 @@ import torch
 from stages.rtsp import RtspConnectionError, RtspSource
 from streamflow import Pipeline, PixelFormat, RunStats
 from streamflow.testing import ListSink
+from support.rtsp_server import RtspServer, server_unavailable_reason
 
-_spec = importlib.util.spec_from_file_location("rtsp_server", Path(__file__).parents[1] / "rtsp_server.py")
-assert _spec is not None and _spec.loader is not None
-rtsp_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rtsp_server)
-RtspServer = rtsp_server.RtspServer
-
-_UNAVAILABLE = rtsp_server.server_unavailable_reason()
+_UNAVAILABLE = server_unavailable_reason()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
 
 W, H = 160, 120

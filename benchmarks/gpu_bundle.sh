@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Pack the Python packages an offline GPU host lacks (PyNvVideoCodec, PyAV, pydantic, onnx2torch,
-# pytest-asyncio) for CPython 3.12 into one compressed tree, .gpu/site.tar.xz (~32 MB), small enough to
-# travel with the working tree. On the host:
-#   tar -xJf .gpu/site.tar.xz -C /tmp && export PYTHONPATH=/tmp/gpusite:$PWD
-#   python3 -m pytest -m gpu tests
+# For a GPU machine without package access: pack the Python packages it lacks (PyNvVideoCodec, PyAV,
+# pydantic, onnx2torch, pytest-asyncio) for CPython 3.12 into one compressed tree, .gpu/site.tar.xz
+# (~32 MB), small enough to travel with the working tree, plus this project's wheel. Run it on a machine
+# with PyPI access; on the GPU machine, benchmarks/gpu_session.sh unpacks and uses both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)

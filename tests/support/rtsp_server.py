@@ -14,7 +14,7 @@ When ready it prints one line `READY rtsp://127.0.0.1:PORT/PATH` on stdout.
 
 Command line (port 0 picks a free port; the ready line tells which):
 
-    /usr/bin/python3 tests/rtsp_server.py --port 0 --path /live --width 320 --height 240 --fps 30
+    /usr/bin/python3 tests/support/rtsp_server.py --port 0 --path /live --width 320 --height 240 --fps 30
 
 From Python:
 

@@ -1,4 +1,4 @@
-"""Small stages used by the core tests (importable as `support_stages:Name` with tests/ on the path)."""
+"""Small stages used by the core tests (a YAML config names them `support.stages:Name`; tests/ is on the path)."""
 
 from __future__ import annotations
 
