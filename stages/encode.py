@@ -42,8 +42,9 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from streamflow.frame import Batch, Frame
+from streamflow.preflight import ensure_output_folder
 from streamflow.stage import Stage, StageConfig, StageOutput
-from streamflow.video.encode import CpuEncoderMode, EncodeBackend, EncodeError, VideoCodec, VideoWriter
+from streamflow.video.encode import CpuEncoderMode, EncodeBackend, VideoCodec, VideoWriter
 
 __all__ = ["Encode"]
 
@@ -76,15 +77,15 @@ class Encode(Stage):
             return self
 
     uses_gpu: ClassVar[bool] = True
+    output_path_fields: ClassVar[tuple[str, ...]] = ("path",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writer: VideoWriter | None = None
 
     def setup(self) -> None:
-        parent = Path(self.config.path).parent
-        if not parent.is_dir():
-            raise EncodeError(f"cannot write {self.config.path!r}: directory {str(parent)!r} does not exist")
+        # The runner's preflight did this already; a stage used on its own gets the same folders.
+        ensure_output_folder(self.config.path, owner=f"stage {self.name!r}")
 
     def _writer_for(self, frame: Frame) -> VideoWriter:
         if self.writer is None:

@@ -71,6 +71,9 @@ class Probe:
     start_pts: int | None
     stream_index: int
     container: str
+    #: True when `info.frame_count` is the container's own count, False when it is estimated
+    #: from the duration (MKV, TS) or unknown.
+    frame_count_exact: bool = False
 
     @property
     def is_8bit_420(self) -> bool:
@@ -205,6 +208,11 @@ def probe(uri: str | Path, *, options: dict[str, str] | None = None, display_uri
             kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
             raise VideoInputError(f"cannot read video {shown!r}: no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
+        # A truncated header can leave a stream without even a codec (PyAV then has no context).
+        if stream.codec_context is None:
+            raise VideoInputError(
+                f"cannot read video {shown!r}: video stream has no codec (truncated or corrupt header?)"
+            )
         if not stream.codec_context.width or not stream.codec_context.height:
             raise VideoInputError(f"cannot read video {shown!r}: video stream has no frame size (corrupt header?)")
         info, extra = stream_info(container, stream, shown)
@@ -216,4 +224,5 @@ def probe(uri: str | Path, *, options: dict[str, str] | None = None, display_uri
             start_pts=stream.start_time,
             stream_index=stream.index,
             container=container.format.name,
+            frame_count_exact=bool(stream.frames),
         )
