@@ -61,7 +61,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _describe_failure(error: BaseException) -> str:
     stage = getattr(error, "stage_name", None)
     text = str(error).splitlines()[0] if str(error) else ""
-    where = f"stage {stage!r}: " if stage else ""
+    where = f"stage {stage!r}: " if stage and not text.startswith(f"stage {stage!r}") else ""
     return f"{where}{type(error).__name__}: {text}"
 
 

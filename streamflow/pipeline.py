@@ -80,7 +80,7 @@ class StageContractError(TypeError):
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, also for tensors inside
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
@@ -471,7 +471,10 @@ class Pipeline:
                     worker.executor.shutdown(wait=False)
                     continue
                 try:
-                    await self._unless_abandoned(worker.call(worker.stage.teardown))
+                    if self._abandoned is None:
+                        await self._unless_abandoned(worker.call(worker.stage.teardown))
+                    else:  # abandoned already, but this stage's thread is free: its teardown runs
+                        await asyncio.shield(worker.call(worker.stage.teardown))
                 except _Abandoned:
                     self.unfinished.append(worker.stage.name)
                 except Exception as error:
