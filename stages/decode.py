@@ -206,7 +206,7 @@ class Decode(Source):
         if bad:
             reasons.append(f"{bad} bad packets")
         if self._packets_read is not None and self._packets_read < expected:
-            reasons.append(f"only {self._packets_read} packets in the file")
+            reasons.append(f"demuxing ended after {self._packets_read} packets: file truncated or damaged")
         why = ", ".join(reasons) or "the decoder returned fewer frames than packets"
         kind = "states" if allowed == 0 else "implies (from its duration)"
         return (

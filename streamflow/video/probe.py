@@ -113,7 +113,11 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
             raise VideoInputError(f"cannot read video {shown!r}: file is empty")
         name = str(path)
     try:
-        return av.open(name, "r", options=options or {}, timeout=10.0 if is_url(name) else None)
+        # Damaged or foreign metadata is often not UTF-8: show it with replacement characters
+        # rather than refusing the video.
+        return av.open(
+            name, "r", options=options or {}, timeout=10.0 if is_url(name) else None, metadata_errors="replace"
+        )
     except av.error.InvalidDataError as error:
         raise VideoInputError(
             f"cannot read video {shown!r}: not a recognised media file ({_explain(error)})"
