@@ -10,8 +10,10 @@ in order: one libx264 leaves most of a many-core machine idle. `cpu_encoder: pro
 encoder(s) in child processes instead, each with its own GIL (one child finalizes the file even if
 this process dies; with `encoders: N` the children encode segments and this process muxes them).
 The `encoder_wait_ms` counter says how long the stage waited for busy encoders. The file is
-finalized at end of stream and also after an error or SIGINT (teardown), so it
-stays playable. Items are passed on unchanged, so a `jsonl` sink may follow.
+finalized at end of stream and also after an error or SIGINT (teardown). MP4 is written fragmented
+(a fragment at each keyframe and at least once a second), so even a killed process, a power cut or
+a full disk leaves a file that plays up to its last fragment. Missing folders of `path` are created.
+Items are passed on unchanged, so a `jsonl` sink may follow.
 
 Example (YAML):
     - name: out

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -84,7 +84,7 @@ def run(
         pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
-            ensure_output_folder(stats_json, owner="--stats-json")
+            pipeline.output_files.append(("--stats-json", str(stats_json)))
         pipeline.preflight()
     except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
@@ -117,11 +117,11 @@ def run(
     _exit(pipeline, 0)
 
 
-def _write_stats(path: Path, data: dict[str, object]) -> None:
+def _write_stats(path: Path, data: dict[str, Any]) -> None:
     try:
         path.write_text(json.dumps(data, indent=2))
     except OSError as error:  # the run's own outcome matters more than its figures: say it, go on
-        err.print(f"[bold red]error:[/] cannot write --stats-json {str(path)!r}: {error.strerror or error}")
+        err.print(f"[bold red]error:[/] cannot write {str(path)!r}: {error.strerror or error}", highlight=False)
 
 
 def _exit(pipeline: Pipeline, code: int) -> None:
@@ -195,6 +195,8 @@ def bench(
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
+        if json_path:
+            ensure_output_folder(json_path, owner="--json")
         result = run_bench(
             config,
             frames=frames,
@@ -204,7 +206,7 @@ def bench(
             baseline_overrides=baseline_set or [],
             repeat=repeat,
         )
-    except ConfigError as error:
+    except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     except BenchError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
@@ -214,8 +216,7 @@ def bench(
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     result.print(out)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        _write_stats(json_path, result.to_dict())
 
 
 register_build_engine(app)

@@ -5,16 +5,20 @@ Shape::
     name: face_detect
     device: auto          # auto | cpu | cuda | cuda:N
     queue_size: 4         # default bound of every edge
+    watchdog_s: 10        # optional: warn when one hook call takes longer (per stage too)
+    stop_timeout_s: 30    # after a stop (signal, error), abandon stages still busy after this long
+    strict_frames: false  # true: a source that delivers fewer frames than it states fails the run
     stages:
       - name: source      # unique
         type: decode      # a registered stage type, or "package.module:ClassName"
         uri: input.mp4    # options sit beside name/type and are validated by the stage's Config
       - name: infer
         type: infer
-        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device
+        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device, watchdog_s
 
 Every problem is a `ConfigError` whose message is one line naming the file, the stage and the
-field, with the closest valid name for a typo.
+field, with the closest valid name for a typo. Duplicate keys are errors, and a file may not exceed
+`MAX_CONFIG_BYTES`, `MAX_STAGES`, `MAX_CONFIG_DEPTH` or `MAX_CONFIG_NODES` (after aliases expand).
 
 Example:
     >>> import tempfile, pathlib
@@ -206,7 +210,11 @@ def parse_override(text: str) -> tuple[str, list[str], Any]:
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {text!r} must look like STAGE.FIELD=VALUE")
-    return parts[0], parts[1:], yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else ""  # same bounds as a file
+    except (ConfigError, yaml.YAMLError, RecursionError) as error:
+        raise ConfigError(f"override {text!r}: invalid value ({str(error).splitlines()[0]})") from None
+    return parts[0], parts[1:], value
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:

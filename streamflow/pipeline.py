@@ -259,6 +259,8 @@ class Pipeline:
         self._stop_event = threading.Event()
         #: Files the pipeline reads besides its stages' own (the config file): outputs may not overwrite them.
         self.input_files: list[str] = []
+        #: (owner, path) of files written besides the stages' own (a statistics file), checked alike.
+        self.output_files: list[tuple[str, str]] = []
         #: Default of every stage's `watchdog_s`: warn once when one hook call runs longer than this.
         self.watchdog_s = watchdog_s
         self.stop_timeout_s = stop_timeout_s
@@ -291,7 +293,12 @@ class Pipeline:
             resolve_device(self.device_spec)
         except ValueError as error:
             raise PreflightError(f"pipeline: {error}") from None
-        check_pipeline_files(self.stages, extra_inputs=self.input_files, create_folders=create_folders)
+        check_pipeline_files(
+            self.stages,
+            extra_inputs=self.input_files,
+            extra_outputs=self.output_files,
+            create_folders=create_folders,
+        )
 
     def snapshot(self) -> RunStats:
         """Live figures while running (used by progress displays)."""

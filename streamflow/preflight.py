@@ -104,9 +104,16 @@ def ensure_output_folder(path: str | os.PathLike[str], *, create: bool = True, o
 
 
 def check_pipeline_files(
-    stages: Sequence[Stage], *, extra_inputs: Iterable[str] = (), create_folders: bool = True
+    stages: Sequence[Stage],
+    *,
+    extra_inputs: Iterable[str] = (),
+    extra_outputs: Iterable[tuple[str, str]] = (),
+    create_folders: bool = True,
 ) -> None:
-    """Refuse outputs that clash with inputs or each other; check inputs; prepare output folders."""
+    """Refuse outputs that clash with inputs or each other; check inputs; prepare output folders.
+
+    `extra_inputs` are files read besides the stages' own (the config file); `extra_outputs` are
+    (owner, path) pairs written besides theirs (a statistics file)."""
     for stage in stages:
         if stage.device_spec not in (None, "auto"):
             try:
@@ -122,18 +129,17 @@ def check_pipeline_files(
             _check_input(f"stage {stage.name!r}", path, resolved)
             inputs.setdefault(resolved, (f"stage {stage.name!r}", path))
     outputs: dict[str, tuple[str, str]] = {}
-    for stage in stages:
-        owner = f"stage {stage.name!r}"
-        for path in stage.output_paths():
-            resolved = _resolved(path)
-            clash = inputs.get(resolved)
-            if clash is not None:
-                raise PreflightError(
-                    f"{owner}: output {path!r} is the input {clash[1]!r} of {clash[0]} ({resolved}); "
-                    "writing it would destroy the input"
-                )
-            clash = outputs.get(resolved)
-            if clash is not None:
-                raise PreflightError(f"{owner}: output {path!r} is also the output {clash[1]!r} of {clash[0]}")
-            outputs[resolved] = (owner, path)
-            ensure_output_folder(path, create=create_folders, owner=owner)
+    declared = [(f"stage {stage.name!r}", path) for stage in stages for path in stage.output_paths()]
+    for owner, path in [*declared, *extra_outputs]:
+        resolved = _resolved(path)
+        clash = inputs.get(resolved)
+        if clash is not None:
+            raise PreflightError(
+                f"{owner}: output {path!r} is the input {clash[1]!r} of {clash[0]} ({resolved}); "
+                "writing it would destroy the input"
+            )
+        clash = outputs.get(resolved)
+        if clash is not None:
+            raise PreflightError(f"{owner}: output {path!r} is also the output {clash[1]!r} of {clash[0]}")
+        outputs[resolved] = (owner, path)
+        ensure_output_folder(path, create=create_folders, owner=owner)

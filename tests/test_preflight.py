@@ -124,3 +124,11 @@ def test_unusable_devices_fail_validate_with_one_line(tmp_path: Path, clip: Path
     result = cli("validate", str(pipeline_yaml(tmp_path, str(clip), "  - {name: n, type: 'null'}\n", device=device)))
     assert result.returncode == 2
     assert words in one_error_line(result.stderr)
+
+
+def test_stats_json_onto_the_config_is_refused(tmp_path: Path, clip: Path) -> None:
+    path = pipeline_yaml(tmp_path, str(clip), "  - {name: n, type: 'null'}\n")
+    before = path.read_text()
+    result = cli("run", str(path), "--stats-json", str(path))
+    assert result.returncode == 2
+    assert "--stats-json: output" in one_error_line(result.stderr) and path.read_text() == before
