@@ -6,7 +6,7 @@ Shape::
     device: auto          # auto | cpu | cuda | cuda:N
     queue_size: 4         # default bound of every edge
     watchdog_s: 10        # optional: warn when one hook call takes longer (per stage too)
-    stop_timeout_s: 30    # after a stop (signal, error), abandon stages still busy after this long
+    stop_timeout_s: 60    # optional: after a stop (signal, error), abandon stages still busy this long
     strict_frames: false  # true: a source that delivers fewer frames than it states fails the run
     stages:
       - name: source      # unique

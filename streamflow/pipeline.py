@@ -56,10 +56,10 @@ from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, r
 __all__ = ["FrameLossError", "Pipeline", "PipelineError", "StageContractError"]
 
 log = logging.getLogger("streamflow.pipeline")
-#: After stop() (a signal, an error), how long the runner waits for stages to drain before it
-#: abandons the ones still inside a hook. Draining takes a few queue lengths of frames; a stage
-#: still busy after this long is stuck, and waiting longer would only hide that.
-DEFAULT_STOP_TIMEOUT_S = 30.0
+#: After stop() (a signal, an error), how long the runner waits for stages to drain and finalize
+#: before it abandons the ones still inside a hook. Off by default: finalizing a long encode can
+#: legitimately take long, and abandoning it would lose the output; a second signal always abandons.
+DEFAULT_STOP_TIMEOUT_S: float | None = None
 _MONITOR_PERIOD_S = 0.1
 T = TypeVar("T")
 
