@@ -17,6 +17,12 @@ How a run works:
   the stage (and `exc.stage_name`). `teardown()` runs for every stage that was set up, always.
 - `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the source
   stop producing; what is in flight drains, every stage flushes and tears down, outputs are final.
+- A second SIGINT/SIGTERM (or `stop_timeout_s` after a stop) abandons stages still inside a hook:
+  the others tear down, `RunStats.unfinished` names the abandoned ones (their threads live on, so a
+  process should then end with `os._exit`). `watchdog_s` warns once about a long hook call.
+- Before anything starts, `preflight()` checks devices and files (`streamflow.preflight`). After a
+  source ran to its end, `Source.frame_shortfall()` says whether frames were lost: one warning in
+  `RunStats.warnings`, or `FrameLossError` with `strict_frames`.
 
 Example:
     >>> from streamflow.testing import ListSink, ListSource
@@ -344,6 +350,9 @@ class Pipeline:
                 # Abandoned (second signal, stop timeout): finalize what the other stages wrote.
         except BaseException:
             failed = True
+            # Cancelled from outside, say: stages stop taking input, and the stop timeout (if any)
+            # bounds the teardown below.
+            self.stop(reason="cancelled")
             raise
         finally:
             teardown_error = await self._teardown_all(workers)

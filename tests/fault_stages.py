@@ -21,16 +21,22 @@ class BlockOn(Stage):
         spin: bool = False
         marker: str | None = None  # a file created when the block starts (tests wait for it)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()  # set by an in-process test to end the block
+        self.returned = False
+
     def process(self, item: Frame | Batch) -> Frame | Batch:
         if any(frame.index == self.config.index for frame in item.frames):
             if self.config.marker:
                 Path(self.config.marker).touch()
             deadline = None if self.config.seconds is None else time.monotonic() + self.config.seconds
             if self.config.spin:
-                while deadline is None or time.monotonic() < deadline:
+                while (deadline is None or time.monotonic() < deadline) and not self.release.is_set():
                     pass
             else:
-                threading.Event().wait(self.config.seconds)
+                self.release.wait(self.config.seconds)
+            self.returned = True
         return item
 
 
