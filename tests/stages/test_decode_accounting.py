@@ -14,6 +14,7 @@ from stages.decode import Decode
 from streamflow import Pipeline
 from streamflow.pipeline import FrameLossError
 from streamflow.testing import ListSink
+from streamflow.video.probe import VideoInputError
 from streamflow.video.synth import write_clip
 
 
@@ -71,3 +72,23 @@ def test_strict_mode_makes_lost_frames_an_error(cut_clip: Path, tmp_path: Path) 
     assert "FrameLossError: source" in result.stderr.strip().splitlines()[-1]
     path.write_text(path.read_text().replace("device: cpu", "device: cpu\nstrict_frames: true"))
     assert cli("run", str(path), "-q").returncode == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "nvdec"])
+def test_nvdec_paths_account_for_lost_frames_too(cut_clip: Path, tmp_path: Path, backend: str) -> None:
+    """NVDEC (batch decoder for the indexed MP4, packet decoder for MKV): the same warning, or one clear line."""
+    clip = write_clip(tmp_path / "c.mkv", width=64, height=48, frames=30, gop=10)
+    spans = packet_spans(clip)
+    zeroed_mkv = tmp_path / "zeroed.mkv"
+    zeroed_mkv.write_bytes(zeroed(clip.read_bytes(), spans[14].pos, spans[16].pos + spans[16].size - spans[14].pos))
+    for uri in (cut_clip, zeroed_mkv):
+        sink = ListSink()
+        try:
+            stats = Pipeline([Decode(uri=str(uri), name="cam", backend=backend), sink], device="cuda").run_sync()
+        except VideoInputError as error:
+            assert "\n" not in str(error) and str(uri) in str(error)
+            continue
+        delivered = len(sink.frames)
+        if delivered < 29:
+            assert len(stats.warnings) == 1 and f"{delivered} delivered, {30 - delivered} lost" in stats.warnings[0]
