@@ -33,7 +33,7 @@ from pathlib import Path
 
 from streamflow.stage import Stage, resolve_device
 
-__all__ = ["PreflightError", "check_pipeline_files", "ensure_output_folder"]
+__all__ = ["PreflightError", "check_pipeline_files", "ensure_output_folder", "file_kind", "is_kernel_pseudo_file"]
 
 # Kernel pseudo-filesystems: their files look regular (often 0 bytes) but hold no media.
 _PSEUDO_ROOTS = ("/proc/", "/sys/")
@@ -47,7 +47,8 @@ def _resolved(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, from its `st_mode`, for messages ("a character device")."""
     for test, name in (
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
@@ -60,14 +61,19 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def is_kernel_pseudo_file(path: str | os.PathLike[str]) -> bool:
+    """True for files under /proc and /sys: they look regular (often 0 bytes) but hold no media."""
+    return _resolved(str(path)).startswith(_PSEUDO_ROOTS)
+
+
 def _check_input(owner: str, path: str, resolved: str) -> None:
     try:
         info = os.stat(resolved)
     except OSError:
         return  # missing inputs are reported by the stage's own config validation, with its field
     if not stat.S_ISREG(info.st_mode):
-        raise PreflightError(f"{owner}: input {path!r} is {_kind(info.st_mode)}, not a file that can be read")
-    if resolved.startswith(_PSEUDO_ROOTS):
+        raise PreflightError(f"{owner}: input {path!r} is {file_kind(info.st_mode)}, not a file that can be read")
+    if is_kernel_pseudo_file(resolved):
         raise PreflightError(f"{owner}: input {path!r} is a kernel pseudo-file ({resolved}), not a media file")
 
 

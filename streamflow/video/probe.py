@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamflow.frame import StreamInfo
+from streamflow.preflight import file_kind, is_kernel_pseudo_file
 from streamflow.uri import redact_text, redact_uri
 
 if TYPE_CHECKING:
@@ -109,6 +111,11 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
             raise VideoInputError(f"cannot read video {shown!r}: is a directory")
         if not os.access(path, os.R_OK):
             raise VideoInputError(f"cannot read video {shown!r}: permission denied")
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # /dev/zero, /dev/urandom: endless bytes, never a video
+            raise VideoInputError(f"cannot read video {shown!r}: it is {file_kind(mode)}, not a media file")
+        if is_kernel_pseudo_file(path):
+            raise VideoInputError(f"cannot read video {shown!r}: a kernel pseudo-file, not a media file")
         if path.stat().st_size == 0:
             raise VideoInputError(f"cannot read video {shown!r}: file is empty")
         name = str(path)
