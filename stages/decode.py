@@ -119,6 +119,7 @@ class Decode(Source):
             yield from super().__repr_args__()
 
     uses_gpu: ClassVar[bool] = True
+    input_path_fields: ClassVar[tuple[str, ...]] = ("uri",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,6 +133,7 @@ class Decode(Source):
             )
         self.probe: Probe | None = None
         self.path: _Path = _Path.CPU
+        self._packets_read: int | None = None  # by the last CPU pass, to explain lost frames
 
     @property
     def source_id(self) -> str:
@@ -187,6 +189,30 @@ class Decode(Source):
         if produced == 0 and not self.stopping.is_set():
             bad = int(self.counters.get("bad_packets", 0))
             raise VideoInputError(f"cannot read video {self.display_uri!r}: no decodable frame ({bad} bad packets)")
+
+    def frame_shortfall(self, delivered: int) -> str | None:
+        """Frames the container states minus what came out, with the likely reason (see `Source`)."""
+        config = self.config
+        stated = self.probe.info.frame_count if self.probe is not None else None
+        if stated is None or config.loop or config.start is not None or config.end is not None:
+            return None  # nothing stated, or only part of the input asked for
+        expected = stated if config.max_frames is None else min(stated, config.max_frames)
+        # A count estimated from the duration (MKV, TS) can be one off by rounding.
+        allowed = 0 if self.probe is not None and self.probe.frame_count_exact else 1
+        if delivered >= expected - allowed:
+            return None
+        reasons = []
+        bad = int(self.counters.get("bad_packets", 0))
+        if bad:
+            reasons.append(f"{bad} bad packets")
+        if self._packets_read is not None and self._packets_read < expected:
+            reasons.append(f"demuxing ended after {self._packets_read} packets: file truncated or damaged")
+        why = ", ".join(reasons) or "the decoder returned fewer frames than packets"
+        kind = "states" if allowed == 0 else "implies (from its duration)"
+        return (
+            f"source {self.display_uri!r} (stage {self.name!r}): the container {kind} {expected} frames, "
+            f"{delivered} delivered, {expected - delivered} lost ({why})"
+        )
 
     def _frames(self) -> Iterator[Frame]:
         """All frames over every loop pass, with pts and index continuing across passes."""
@@ -245,6 +271,7 @@ class Decode(Source):
                 frame.image = frame.image.to(self.device, non_blocking=True)
             yield frame
         self._sync_counters(decoder.stats, reported)
+        self._packets_read = decoder.stats["packets"]
 
     def _nvdec_file_pass(self, limit: int | None) -> Iterator[Frame]:
         from streamflow.video.nvdec import NvdecFileDecoder

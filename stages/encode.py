@@ -10,8 +10,10 @@ in order: one libx264 leaves most of a many-core machine idle. `cpu_encoder: pro
 encoder(s) in child processes instead, each with its own GIL (one child finalizes the file even if
 this process dies; with `encoders: N` the children encode segments and this process muxes them).
 The `encoder_wait_ms` counter says how long the stage waited for busy encoders. The file is
-finalized at end of stream and also after an error or SIGINT (teardown), so it
-stays playable. Items are passed on unchanged, so a `jsonl` sink may follow.
+finalized at end of stream and also after an error or SIGINT (teardown). MP4 is written fragmented
+(a fragment at each keyframe and at least once a second), so even a killed process, a power cut or
+a full disk leaves a file that plays up to its last fragment. Missing folders of `path` are created.
+Items are passed on unchanged, so a `jsonl` sink may follow.
 
 Example (YAML):
     - name: out
@@ -42,8 +44,9 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from streamflow.frame import Batch, Frame
+from streamflow.preflight import ensure_output_folder
 from streamflow.stage import Stage, StageConfig, StageOutput
-from streamflow.video.encode import CpuEncoderMode, EncodeBackend, EncodeError, VideoCodec, VideoWriter
+from streamflow.video.encode import CpuEncoderMode, EncodeBackend, VideoCodec, VideoWriter
 
 __all__ = ["Encode"]
 
@@ -76,15 +79,15 @@ class Encode(Stage):
             return self
 
     uses_gpu: ClassVar[bool] = True
+    output_path_fields: ClassVar[tuple[str, ...]] = ("path",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writer: VideoWriter | None = None
 
     def setup(self) -> None:
-        parent = Path(self.config.path).parent
-        if not parent.is_dir():
-            raise EncodeError(f"cannot write {self.config.path!r}: directory {str(parent)!r} does not exist")
+        # The runner's preflight did this already; a stage used on its own gets the same folders.
+        ensure_output_folder(self.config.path, owner=f"stage {self.name!r}")
 
     def _writer_for(self, frame: Frame) -> VideoWriter:
         if self.writer is None:

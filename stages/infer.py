@@ -125,6 +125,7 @@ class Infer(Stage):
             }
 
     uses_gpu: ClassVar[bool] = True
+    input_path_fields: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(self, config: StageConfig | None = None, /, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)

@@ -2,8 +2,10 @@
 
 Each line holds `source_id`, `index`, `pts` (seconds, or null), `width`/`height` when known and
 `results`: everything the frame carries, with tensors and arrays converted to lists (boxes stay
-as the xyxy pixel coordinates postprocessing put there). Each line is written with a single
-unbuffered `write`, so a crash never leaves half a line and readers see lines as they come.
+as the xyxy pixel coordinates postprocessing put there). Lines are written unbuffered, so readers
+see them as they come, and whole (`streamflow.linefile.LineFile`): a write that fails half-way
+(disk full, file-size limit) is cut back to the last complete line and stops the run with one line
+saying how many were kept; a crash never leaves half a line.
 
 Example (YAML):
     - name: detections
@@ -27,13 +29,15 @@ import enum
 import json
 import math
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from streamflow.frame import Batch, Frame
+from streamflow.linefile import LineFile
+from streamflow.preflight import ensure_output_folder
 from streamflow.stage import Stage, StageConfig, StageOutput
 
 __all__ = ["JsonlSink", "to_jsonable"]
@@ -73,16 +77,17 @@ class JsonlSink(Stage):
     class Config(StageConfig):
         path: str = Field(min_length=1)
 
+    is_sink: ClassVar[bool] = True
+    output_path_fields: ClassVar[tuple[str, ...]] = ("path",)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._file: IO[bytes] | None = None
+        self._file: LineFile | None = None
 
     def setup(self) -> None:
         path = Path(self.config.path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"cannot write {self.config.path!r}: directory {str(path.parent)!r} does not exist")
-        # Unbuffered binary: each line goes to the OS in one write() call, never split across two.
-        self._file = path.open("wb", buffering=0)
+        ensure_output_folder(path, owner=f"stage {self.name!r}")
+        self._file = LineFile(path)
 
     @staticmethod
     def record(frame: Frame) -> dict[str, Any]:
@@ -97,10 +102,7 @@ class JsonlSink(Stage):
         assert self._file is not None, "setup() runs before process()"
         for frame in item.frames:
             data = (json.dumps(self.record(frame), separators=(",", ":"), allow_nan=False) + "\n").encode()
-            written = self._file.write(data)
-            if written != len(data):
-                # A short write (disk full) would leave a partial line; a second write completes it.
-                self._file.write(data[written or 0 :])
+            self._file.write_line(data)
         self.count("lines", len(item.frames))
         return None
 

@@ -10,6 +10,8 @@ Example (YAML):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from streamflow.frame import Batch, Frame
 from streamflow.stage import Stage
 
@@ -18,6 +20,8 @@ __all__ = ["NullSink"]
 
 class NullSink(Stage):
     """Consumes and discards every frame."""
+
+    is_sink: ClassVar[bool] = True
 
     def process(self, item: Frame | Batch) -> None:
         return None

@@ -256,7 +256,7 @@ def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialS
             began = time.perf_counter()
             for item in items:
                 if not isinstance(item, EndOfStream):
-                    next_items.extend(_as_items(stage.process(item)))
+                    next_items.extend(_as_items(stage.process(item), stage, "process"))
             busy[stage.name] += time.perf_counter() - began
             items = next_items
 
@@ -292,7 +292,7 @@ def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialS
                 close()
             for index in range(1, len(stages)):
                 began = time.perf_counter()
-                flushed = _as_items(stages[index].flush())
+                flushed = _as_items(stages[index].flush(), stages[index], "flush")
                 busy[stages[index].name] += time.perf_counter() - began
                 if flushed:
                     through(index + 1, flushed)

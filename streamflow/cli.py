@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +19,8 @@ from rich.table import Table
 
 from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
 from streamflow.inference.engine_cli import register as register_build_engine
+from streamflow.pipeline import Pipeline
+from streamflow.preflight import PreflightError, ensure_output_folder
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.report import LiveDisplay, summary_table
 
@@ -58,7 +61,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 def _describe_failure(error: BaseException) -> str:
     stage = getattr(error, "stage_name", None)
     text = str(error).splitlines()[0] if str(error) else ""
-    where = f"stage {stage!r}: " if stage else ""
+    where = f"stage {stage!r}: " if stage and not text.startswith(f"stage {stage!r}") else ""
     return f"{where}{type(error).__name__}: {text}"
 
 
@@ -69,14 +72,24 @@ def run(
     stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
+    strict_frames: Annotated[
+        bool,
+        typer.Option("--strict-frames", help="Fail (exit 1) when a source delivers fewer frames than it states."),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
     _configure_logging(verbose)
     try:
         pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
-    except ConfigError as error:
+        pipeline.strict_frames = pipeline.strict_frames or strict_frames
+        if stats_json:
+            pipeline.output_files.append(("--stats-json", str(stats_json)))
+        pipeline.preflight()
+    except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted while starting; nothing was written", SIGNAL_EXIT["SIGINT"]) from None
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
@@ -88,18 +101,38 @@ def run(
     except Exception as error:
         if verbose:
             err.print_exception()
-        stats = pipeline.snapshot()
+        failure = _describe_failure(error)
         if stats_json:
-            stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
-        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+            stats = pipeline.snapshot()
+            _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
+        err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+        _exit(pipeline, EXIT_FAILURE)
     if stats_json:
-        stats_json.parent.mkdir(parents=True, exist_ok=True)
-        stats_json.write_text(json.dumps(stats.to_dict(), indent=2))
+        _write_stats(stats_json, stats.to_dict())
     if not quiet:
         err.print(summary_table(stats))
     if stats.stopped_by in SIGNAL_EXIT:
-        err.print(f"stopped by {stats.stopped_by}; outputs finalized")
-        raise typer.Exit(SIGNAL_EXIT[stats.stopped_by])
+        err.print(f"stopped by {stats.stopped_by}; outputs finalized", highlight=False)
+        _exit(pipeline, SIGNAL_EXIT[stats.stopped_by])
+    _exit(pipeline, 0)
+
+
+def _write_stats(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2))
+    except OSError as error:  # the run's own outcome matters more than its figures: say it, go on
+        err.print(f"[bold red]error:[/] cannot write {str(path)!r}: {error.strerror or error}", highlight=False)
+
+
+def _exit(pipeline: Pipeline, code: int) -> None:
+    """Exit with `code`; at once when a stage was abandoned inside a hook (its thread never ends,
+    and a normal exit would wait for it forever)."""
+    if pipeline.unfinished:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -110,7 +143,8 @@ def validate(
     """Check a config (every stage and option) without running anything."""
     try:
         pipeline = build_pipeline(load_config(config, set_ or []))
-    except ConfigError as error:
+        pipeline.preflight(create_folders=False)
+    except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     out.print(f"{config}: valid ({len(pipeline.stages)} stages: {' -> '.join(s.name for s in pipeline.stages)})")
 
@@ -161,6 +195,8 @@ def bench(
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
+        if json_path:
+            ensure_output_folder(json_path, owner="--json")
         result = run_bench(
             config,
             frames=frames,
@@ -170,7 +206,7 @@ def bench(
             baseline_overrides=baseline_set or [],
             repeat=repeat,
         )
-    except ConfigError as error:
+    except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     except BenchError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
@@ -180,15 +216,18 @@ def bench(
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     result.print(out)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        _write_stats(json_path, result.to_dict())
 
 
 register_build_engine(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command could install its own handling
+        err.print("[bold red]error:[/] interrupted", highlight=False)
+        sys.exit(SIGNAL_EXIT["SIGINT"])
 
 
 if __name__ == "__main__":

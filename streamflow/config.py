@@ -5,16 +5,20 @@ Shape::
     name: face_detect
     device: auto          # auto | cpu | cuda | cuda:N
     queue_size: 4         # default bound of every edge
+    watchdog_s: 10        # optional: warn when one hook call takes longer (per stage too)
+    stop_timeout_s: 60    # optional: after a stop (signal, error), abandon stages still busy this long
+    strict_frames: false  # true: a source that delivers fewer frames than it states fails the run
     stages:
       - name: source      # unique
         type: decode      # a registered stage type, or "package.module:ClassName"
         uri: input.mp4    # options sit beside name/type and are validated by the stage's Config
       - name: infer
         type: infer
-        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device
+        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device, watchdog_s
 
 Every problem is a `ConfigError` whose message is one line naming the file, the stage and the
-field, with the closest valid name for a typo.
+field, with the closest valid name for a typo. Duplicate keys are errors, and a file may not exceed
+`MAX_CONFIG_BYTES`, `MAX_STAGES`, `MAX_CONFIG_DEPTH` or `MAX_CONFIG_NODES` (after aliases expand).
 
 Example:
     >>> import tempfile, pathlib
@@ -37,15 +41,89 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamflow.observers import Observer
-from streamflow.pipeline import Pipeline
+from streamflow.pipeline import DEFAULT_STOP_TIMEOUT_S, Pipeline
 from streamflow.registry import UnknownStageType, resolve_stage_type
 from streamflow.stage import Overflow, Stage
 
 __all__ = ["ConfigError", "PipelineConfig", "StageSpec", "build_pipeline", "load_config", "parse_override"]
 
 # Keys of a stage entry that belong to the runner; everything else is a stage option.
-RUNNER_KEYS = ("name", "type", "queue_size", "overflow", "batch_size", "device")
+RUNNER_KEYS = ("name", "type", "queue_size", "overflow", "batch_size", "device", "watchdog_s")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Bounds on what a config may be or expand to. Real pipelines are a few kB, a few hundred YAML
+# nodes and well under a hundred stages; the bounds are far above that and far below what would
+# take seconds or gigabytes (nested aliases can otherwise expand exponentially: "billion laughs").
+MAX_CONFIG_BYTES = 256 << 10
+MAX_CONFIG_NODES = 100_000  # after aliases are expanded
+MAX_CONFIG_DEPTH = 64
+MAX_STAGES = 1000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _config_error_at(message: str, mark: yaml.Mark | None) -> ConfigError:
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return ConfigError(f"{where}{message}")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse recursive aliases and trees that expand past the bounds, without recursing."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if children_done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(child)] for child in children)
+            depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
+            if size[key] > MAX_CONFIG_NODES:
+                raise _config_error_at(
+                    f"the config expands to more than {MAX_CONFIG_NODES} values (nested aliases?)", node.start_mark
+                )
+            if depth[key] > MAX_CONFIG_DEPTH:
+                raise _config_error_at(f"nested more than {MAX_CONFIG_DEPTH} levels deep", node.start_mark)
+            continue
+        if key in size:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise _config_error_at("recursive alias: a node contains itself", child.start_mark)
+            if id(child) not in size:
+                stack.append((child, False))
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and alias bombs (see the bounds above)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()  # type: ignore[no-untyped-call]
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise _config_error_at(f"duplicate key {key_node.value!r} in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call,no-any-return]
 
 
 class ConfigError(ValueError):
@@ -82,6 +160,7 @@ class StageSpec(BaseModel):
     overflow: Overflow | None = None
     batch_size: int = Field(default=1, ge=1)
     device: str | None = None
+    watchdog_s: float | None = Field(default=None, gt=0)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -98,6 +177,9 @@ class PipelineConfig(BaseModel):
     queue_size: int = Field(default=4, ge=1)
     overflow: Overflow | None = None
     max_frames: int | None = Field(default=None, ge=1)
+    watchdog_s: float | None = Field(default=None, gt=0)
+    stop_timeout_s: float | None = Field(default=DEFAULT_STOP_TIMEOUT_S, gt=0)
+    strict_frames: bool = False
     stages: list[StageSpec] = Field(min_length=1)
     source_file: str | None = Field(default=None, exclude=True)
 
@@ -128,7 +210,11 @@ def parse_override(text: str) -> tuple[str, list[str], Any]:
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise ConfigError(f"override {text!r} must look like STAGE.FIELD=VALUE")
-    return parts[0], parts[1:], yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else ""  # same bounds as a file
+    except (ConfigError, yaml.YAMLError, RecursionError) as error:
+        raise ConfigError(f"override {text!r}: invalid value ({str(error).splitlines()[0]})") from None
+    return parts[0], parts[1:], value
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -154,8 +240,18 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     file = Path(path)
     if not file.is_file():
         raise ConfigError("config file not found", file=file)
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config is {file.stat().st_size} bytes; the limit is {MAX_CONFIG_BYTES}", file=file)
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=_ConfigLoader)  # a SafeLoader subclass: no tags run code
+    except ConfigError as error:
+        raise ConfigError(str(error), file=file) from None
+    except RecursionError:
+        raise ConfigError(f"nested more than {MAX_CONFIG_DEPTH} levels deep", file=file) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}", file=file
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -177,10 +273,14 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             if key not in entry:
                 label = entry.get("name", f"#{index + 1}")
                 raise ConfigError(f"missing required key {key!r}", file=file, stage=str(label), field=key)
+    if len(stages_raw) > MAX_STAGES:
+        raise ConfigError(f"{len(stages_raw)} stages; the limit is {MAX_STAGES}", file=file, field="stages")
     names = [str(entry["name"]) for entry in stages_raw]
+    seen_names: set[str] = set()
     for name in names:
-        if names.count(name) > 1:
+        if name in seen_names:
             raise ConfigError("duplicate stage name: stage names must be unique", file=file, stage=name, field="name")
+        seen_names.add(name)
     for override in overrides:
         stage_name, keys, value = parse_override(override)
         if stage_name not in names:
@@ -220,6 +320,7 @@ def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
             overflow=spec.overflow,
             batch_size=spec.batch_size,
             device=spec.device,
+            watchdog_s=spec.watchdog_s,
             **spec.options,
         )
     except ValidationError as error:
@@ -241,7 +342,7 @@ def build_pipeline(
         config = load_config(config, overrides)
     stages = [build_stage(spec, file=config.source_file) for spec in config.stages]
     try:
-        return Pipeline(
+        pipeline = Pipeline(
             stages,
             name=config.name,
             device=config.device,
@@ -249,9 +350,15 @@ def build_pipeline(
             overflow=config.overflow,
             observers=observers,
             max_frames=max_frames if max_frames is not None else config.max_frames,
+            watchdog_s=config.watchdog_s,
+            stop_timeout_s=config.stop_timeout_s,
+            strict_frames=config.strict_frames,
         )
     except ValueError as error:
         raise ConfigError(str(error), file=config.source_file) from None
+    if config.source_file is not None:
+        pipeline.input_files.append(config.source_file)
+    return pipeline
 
 
 def stage_options(cls: type[Stage]) -> Mapping[str, tuple[str, Any]]:

@@ -100,6 +100,10 @@ class RunStats:
     wall_s: float
     stages: list[StageStats]
     stopped_by: str | None = None  # "SIGINT", "SIGTERM", "stop()" or None for a natural end
+    #: Stages abandoned while a hook had not returned (a second signal or the stop timeout).
+    unfinished: list[str] = field(default_factory=list)
+    #: One-line warnings about the run as a whole (frames lost, stages abandoned).
+    warnings: list[str] = field(default_factory=list)
 
     def stage(self, name: str) -> StageStats:
         for stats in self.stages:
@@ -112,6 +116,8 @@ class RunStats:
             "pipeline": self.pipeline,
             "wall_s": round(self.wall_s, 4),
             "stopped_by": self.stopped_by,
+            "unfinished": self.unfinished,
+            "warnings": self.warnings,
             "stages": [s.summary(self.wall_s) for s in self.stages],
         }
 

@@ -17,6 +17,12 @@ How a run works:
   the stage (and `exc.stage_name`). `teardown()` runs for every stage that was set up, always.
 - `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the source
   stop producing; what is in flight drains, every stage flushes and tears down, outputs are final.
+- A second SIGINT/SIGTERM (or `stop_timeout_s` after a stop) abandons stages still inside a hook:
+  the others tear down, `RunStats.unfinished` names the abandoned ones (their threads live on, so a
+  process should then end with `os._exit`). `watchdog_s` warns once about a long hook call.
+- Before anything starts, `preflight()` checks devices and files (`streamflow.preflight`). After a
+  source ran to its end, `Source.frame_shortfall()` says whether frames were lost: one warning in
+  `RunStats.warnings`, or `FrameLossError` with `strict_frames`.
 
 Example:
     >>> from streamflow.testing import ListSink, ListSource
@@ -33,12 +39,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,27 +56,53 @@ from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.handoff import accept_on_host, accept_on_stream, mark_ready
 from streamflow.observers import Observer, RunStats, StatsCollector
+from streamflow.preflight import PreflightError, check_pipeline_files
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
 
-__all__ = ["Pipeline", "PipelineError"]
+__all__ = ["FrameLossError", "Pipeline", "PipelineError", "StageContractError"]
 
 log = logging.getLogger("streamflow.pipeline")
+#: After stop() (a signal, an error), how long the runner waits for stages to drain and finalize
+#: before it abandons the ones still inside a hook. Off by default: finalizing a long encode can
+#: legitimately take long, and abandoning it would lose the output; a second signal always abandons.
+DEFAULT_STOP_TIMEOUT_S: float | None = None
+_MONITOR_PERIOD_S = 0.1
 T = TypeVar("T")
+
+
+class FrameLossError(RuntimeError):
+    """Strict frame accounting: a source delivered fewer frames than its container states."""
 
 
 class PipelineError(ValueError):
     """The pipeline graph is invalid (raised when it is built, before anything runs)."""
 
 
-def _as_items(output: StageOutput) -> list[Frame | Batch | EndOfStream]:
+_ALLOWED_OUTPUT = "a Frame, a Batch, EndOfStream, a list or other iterable of them, or None"
+
+
+class StageContractError(TypeError):
+    """A stage broke the contract (returned something that isn't an item, called sys.exit...)."""
+
+
+def _shown(value: object) -> str:
+    text = " ".join(repr(value).split())  # one line, also for tensors inside
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _as_items(output: StageOutput, stage: Stage, hook: str) -> list[Frame | Batch | EndOfStream]:
     if output is None:
         return []
     if isinstance(output, Frame | Batch | EndOfStream):
         return [output]
+    where = f"stage {stage.name!r} ({type(stage).__name__}): {hook}() returned"
+    # Strings, bytes and mappings are iterable, but their characters or keys are never items.
+    if isinstance(output, str | bytes | Mapping) or not isinstance(output, Iterable):
+        raise StageContractError(f"{where} {_shown(output)}; allowed: {_ALLOWED_OUTPUT}")
     items = list(output)
     for item in items:
         if not isinstance(item, Frame | Batch | EndOfStream):
-            raise TypeError(f"a stage must return Frame, Batch, EndOfStream, an iterable of them or None; got {item!r}")
+            raise StageContractError(f"{where} an iterable holding {_shown(item)}; allowed: {_ALLOWED_OUTPUT}")
     return items
 
 
@@ -101,17 +135,40 @@ class _StageWorker:
         self.stage = stage
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamflow-{stage.name}")
         self.set_up = False
+        #: The hook running in the stage's thread now and since when (perf_counter), for the
+        #: watchdog and for naming a stage that never returns.
+        self.busy_hook: str | None = None
+        self.busy_since: float | None = None
+        self.watchdog_warned = False
+        #: process() calls that returned None, and items passed on by any hook.
+        self.none_returns = 0
+        self.items_out = 0
+        self.last_output_was_none = False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._in_context, fn, *args)
 
     def _in_context(self, fn: Callable[..., T], *args: Any) -> T:
-        stream = self.stage.stream
-        if stream is None:
-            return fn(*args)
-        with torch.cuda.stream(stream):
-            return fn(*args)
+        self.busy_hook = getattr(fn, "__name__", "hook")
+        self.watchdog_warned = False
+        self.busy_since = time.perf_counter()
+        try:
+            stream = self.stage.stream
+            if stream is None:
+                return fn(*args)
+            with torch.cuda.stream(stream):
+                return fn(*args)
+        except SystemExit as exit_:
+            # sys.exit() in a worker thread would end the run with that code and no word; it is an
+            # error of the stage, reported like any other.
+            raise StageContractError(
+                f"stage {self.stage.name!r} ({type(self.stage).__name__}) called sys.exit({exit_.code!r}); "
+                "a stage must raise an exception instead"
+            ) from None
+        finally:
+            self.busy_since = None
+            self.busy_hook = None
 
     # The bodies below run in the worker thread.
     def process(self, item: Frame | Batch) -> tuple[list[Item], float]:
@@ -120,7 +177,10 @@ class _StageWorker:
             accept_on_stream(item, stage.stream)
         else:
             accept_on_host(item)
-        return self._timed(stage.process, item)
+        outputs, busy = self._timed(stage.process, item)
+        if not outputs and self.last_output_was_none:
+            self.none_returns += 1
+        return outputs, busy
 
     def flush(self) -> tuple[list[Item], float]:
         return self._timed(self.stage.flush)
@@ -130,8 +190,11 @@ class _StageWorker:
 
     def _timed(self, hook: Callable[..., StageOutput], *args: Any) -> tuple[list[Item], float]:
         started = time.perf_counter()
-        outputs = _as_items(hook(*args))
+        output = hook(*args)
+        self.last_output_was_none = output is None
+        outputs = _as_items(output, self.stage, getattr(hook, "__name__", "hook"))
         busy = time.perf_counter() - started
+        self.items_out += len(outputs)
         self._finish(outputs)
         return outputs, busy
 
@@ -170,6 +233,9 @@ class Pipeline:
         overflow: Overflow | str | None = None,
         observers: Sequence[Observer] = (),
         max_frames: int | None = None,
+        watchdog_s: float | None = None,
+        stop_timeout_s: float | None = DEFAULT_STOP_TIMEOUT_S,
+        strict_frames: bool = False,
     ) -> None:
         if not stages:
             raise PipelineError("a pipeline needs at least one stage")
@@ -178,7 +244,7 @@ class Pipeline:
         if max_frames is not None and max_frames < 1:
             raise PipelineError(f"max_frames must be >= 1, got {max_frames}")
         names = [stage.name for stage in stages]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
             raise PipelineError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
         if not isinstance(stages[0], Source):
@@ -197,15 +263,48 @@ class Pipeline:
         self.edges: dict[str, Edge] = {}
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
+        #: Files the pipeline reads besides its stages' own (the config file): outputs may not overwrite them.
+        self.input_files: list[str] = []
+        #: (owner, path) of files written besides the stages' own (a statistics file), checked alike.
+        self.output_files: list[tuple[str, str]] = []
+        #: Default of every stage's `watchdog_s`: warn once when one hook call runs longer than this.
+        self.watchdog_s = watchdog_s
+        self.stop_timeout_s = stop_timeout_s
+        #: A source that delivered fewer frames than its container states fails the run (else: a warning).
+        self.strict_frames = strict_frames
+        self._frame_loss: str | None = None
+        #: Names of stages abandoned inside a hook. Their threads still run: a process that had
+        #: any should end with `os._exit()` (the CLI does), as interpreter exit would wait for them.
+        self.unfinished: list[str] = []
+        self._stop_requested_at: float | None = None
+        self._abandoned: str | None = None
+        self._abandon_event: asyncio.Event | None = None
+        self._body: asyncio.Task[None] | None = None
+        self._workers: list[_StageWorker] = []
 
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
         """Stop taking input; everything in flight is drained and flushed. Safe from any thread."""
         if self._stop_reason is None:
             self._stop_reason = reason
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.perf_counter()
         self._stop_event.set()
         for stage in self.stages:
             stage.stopping.set()
+
+    def preflight(self, *, create_folders: bool = True) -> None:
+        """Cheap checks before anything starts: devices, inputs, outputs (`streamflow.preflight`)."""
+        try:
+            resolve_device(self.device_spec)
+        except ValueError as error:
+            raise PreflightError(f"pipeline: {error}") from None
+        check_pipeline_files(
+            self.stages,
+            extra_inputs=self.input_files,
+            extra_outputs=self.output_files,
+            create_folders=create_folders,
+        )
 
     def snapshot(self) -> RunStats:
         """Live figures while running (used by progress displays)."""
@@ -226,32 +325,49 @@ class Pipeline:
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
         """Run until end of stream, `stop()`, or an error (re-raised as itself)."""
+        self.preflight()
         self._prepare()
         workers = [_StageWorker(stage) for stage in self.stages]
+        self._workers = workers
         loop = asyncio.get_running_loop()
+        self.unfinished = []
+        self._frame_loss = None
+        self._abandoned = None
+        self._abandon_event = asyncio.Event()
         installed: list[int] = []
         if handle_signals:
             installed = self._install_signal_handlers(loop)
         failed = False
+        # The monitor (watchdog, stop timeout) is owned here: cancelled and awaited in `finally`.
+        monitor = asyncio.create_task(self._monitor(workers), name="streamflow:monitor")
+        self._body = asyncio.create_task(self._run_stages(workers), name="streamflow:stages")
         try:
-            await self._setup_all(workers)
-            for observer in self._all_observers():
-                observer.on_start(self.stages, self.edges)
             try:
-                async with asyncio.TaskGroup() as group:
-                    for index, worker in enumerate(workers):
-                        group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
-            except BaseExceptionGroup as group_error:
-                raise _first_error(group_error) from None
+                await self._body
+            except asyncio.CancelledError:
+                if self._abandoned is None:
+                    raise
+                # Abandoned (second signal, stop timeout): finalize what the other stages wrote.
         except BaseException:
             failed = True
+            # Cancelled from outside, say: stages stop taking input, and the stop timeout (if any)
+            # bounds the teardown below.
+            self.stop(reason="cancelled")
             raise
         finally:
+            teardown_error = await self._teardown_all(workers)
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            teardown_error = await self._teardown_all(workers)
             stats = self.collector.snapshot()
             stats.stopped_by = self._stop_reason
+            stats.unfinished = list(self.unfinished)
+            stats.warnings.extend(self._unfinished_warnings(workers))
+            if self._frame_loss is not None:
+                stats.warnings.append(self._frame_loss)
+            for line in stats.warnings:
+                log.warning("%s", line)
             for observer in self.observers:
                 try:
                     observer.on_end(stats)
@@ -259,7 +375,71 @@ class Pipeline:
                     log.error("observer %r failed in on_end: %s", observer, error)
             if teardown_error is not None and not failed:
                 raise teardown_error
+        if self._frame_loss is not None and self.strict_frames:
+            raise FrameLossError(f"{self._frame_loss} (strict frame accounting)")
         return stats
+
+    async def _run_stages(self, workers: list[_StageWorker]) -> None:
+        await self._setup_all(workers)
+        for observer in self._all_observers():
+            observer.on_start(self.stages, self.edges)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index, worker in enumerate(workers):
+                    group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+
+    def _abandon(self, why: str) -> None:
+        """Stop waiting for stages: cancel their tasks; a hook still running in a thread is left behind."""
+        if self._abandoned is not None:
+            return
+        self._abandoned = why
+        busy = [f"{w.stage.name!r}" for w in self._workers_busy()]
+        log.warning("%s: abandoning %s", why, ", ".join(busy) or "the run")
+        if self._abandon_event is not None:
+            self._abandon_event.set()
+        if self._body is not None:
+            self._body.cancel()
+
+    def _workers_busy(self) -> list[_StageWorker]:
+        return [w for w in self._workers if w.busy_since is not None]
+
+    def _unfinished_warnings(self, workers: list[_StageWorker]) -> list[str]:
+        by_name = {w.stage.name: w for w in workers}
+        lines = []
+        for name in self.unfinished:
+            worker = by_name[name]
+            hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook or "a hook")
+            busy = time.perf_counter() - worker.busy_since if worker.busy_since is not None else 0.0
+            lines.append(
+                f"stage {name!r} ({type(worker.stage).__name__}) did not return from {hook}() "
+                f"(busy for {busy:.1f} s); abandoned after {self._abandoned}, other stages finalized"
+            )
+        return lines
+
+    async def _monitor(self, workers: list[_StageWorker]) -> None:
+        """Watchdog warnings for long hook calls; abandon the run when the stop timeout passes."""
+        while True:
+            await asyncio.sleep(_MONITOR_PERIOD_S)
+            now = time.perf_counter()
+            for worker in workers:
+                limit = worker.stage.watchdog_s if worker.stage.watchdog_s is not None else self.watchdog_s
+                since = worker.busy_since
+                if limit is None or since is None or worker.watchdog_warned or now - since <= limit:
+                    continue
+                worker.watchdog_warned = True
+                hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook)
+                log.warning(
+                    "watchdog: stage %r (%s) has been busy in one %s() call for more than %g s",
+                    worker.stage.name,
+                    type(worker.stage).__name__,
+                    hook,
+                    limit,
+                )
+            requested = self._stop_requested_at
+            if self.stop_timeout_s is not None and requested is not None and now - requested > self.stop_timeout_s:
+                self._abandon(f"stop timeout ({self.stop_timeout_s:g} s)")
 
     def _all_observers(self) -> list[Observer]:
         return [self.collector, *self.observers]
@@ -301,14 +481,37 @@ class Pipeline:
         first_error: BaseException | None = None
         for worker in workers:
             if worker.set_up:
+                if self._abandoned is not None and worker.busy_since is not None:
+                    # Its thread is inside a hook: a teardown queued behind it would wait forever.
+                    self.unfinished.append(worker.stage.name)
+                    worker.executor.shutdown(wait=False)
+                    continue
                 try:
-                    await asyncio.shield(worker.call(worker.stage.teardown))
+                    if self._abandoned is None:
+                        await self._unless_abandoned(worker.call(worker.stage.teardown))
+                    else:  # abandoned already, but this stage's thread is free: its teardown runs
+                        await asyncio.shield(worker.call(worker.stage.teardown))
+                except _Abandoned:
+                    self.unfinished.append(worker.stage.name)
                 except Exception as error:
                     log.error("teardown of stage %r failed: %s", worker.stage.name, error)
                     first_error = first_error or _annotate(error, worker.stage)
                 worker.set_up = False
             worker.executor.shutdown(wait=False)
         return first_error
+
+    async def _unless_abandoned(self, call: Awaitable[T]) -> T:
+        """Await `call` (shielded from cancellation) unless the run is abandoned first."""
+        task = asyncio.ensure_future(call)
+        assert self._abandon_event is not None
+        abandoned = asyncio.ensure_future(self._abandon_event.wait())
+        try:
+            await asyncio.wait({task, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandoned.cancel()
+        if task.done():
+            return task.result()
+        raise _Abandoned
 
     async def _drive(self, index: int, worker: _StageWorker) -> None:
         stage = worker.stage
@@ -342,6 +545,8 @@ class Pipeline:
             while not self._stop_event.is_set():
                 item, busy = await worker.call(worker.next_from, generator)
                 if item is None:
+                    # Ran to its end: did everything the container promised come out?
+                    self._frame_loss = stage.frame_shortfall(produced)
                     break
                 if isinstance(item, EndOfStream):
                     await self._emit(stage, [item], output)
@@ -373,6 +578,12 @@ class Pipeline:
                     await self._emit(stage, [*outputs, item], output)
                     continue
                 outputs, busy = await worker.call(worker.flush)
+                if output is not None and not stage.is_sink and worker.items_out == 0 and worker.none_returns:
+                    raise StageContractError(
+                        f"stage {stage.name!r} ({type(stage).__name__}): process() returned None for all "
+                        f"{worker.none_returns} items it got, so nothing reached the stages after it; return the "
+                        "item to pass it on, [] to drop it on purpose, or set is_sink = True on a sink"
+                    )
                 self._notify(stage, [], outputs, busy)
                 await self._emit(stage, [*outputs, item], output)
                 return
@@ -399,9 +610,13 @@ class Pipeline:
         installed: list[int] = []
         for sig, label in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
 
-            def handler(label: str = label) -> None:
+            def handler(label: str = label, number: int = sig) -> None:
+                if self._abandoned is not None:
+                    # Third time: even a teardown hangs. Nothing more can be saved by waiting.
+                    log.error("%s again while abandoning: exiting now", label)
+                    os._exit(128 + number)
                 if self._stop_event.is_set():
-                    log.warning("%s again: already stopping, waiting for outputs to be finalized", label)
+                    self._abandon(f"{label} again")
                     return
                 log.warning("%s: stopping input, draining and finalizing outputs", label)
                 self.stop(reason=label)
@@ -412,6 +627,10 @@ class Pipeline:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
                 log.debug("cannot install a handler for %s here", label)
         return installed
+
+
+class _Abandoned(Exception):
+    """A wait given up because the run was abandoned."""
 
 
 def _annotate(error: BaseException, stage: Stage) -> BaseException:

@@ -77,7 +77,10 @@ def resolve_device(spec: DeviceSpec | torch.device | None) -> torch.device:
         return spec
     if spec is None or spec == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:  # torch's message lists every device type it knows, most of them not ours
+        raise ValueError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
@@ -96,7 +99,12 @@ class Stage:
     Runner-level settings are keyword arguments shared by every stage: `name`, `queue_size` (bound
     of this stage's input edge), `overflow` (policy of that edge), `batch_size` (how many frames the
     runner gathers into one `Batch` before calling `process`; 1 = items are passed as they come)
-    and `device`. Every other keyword is an option validated by the stage's `Config` model.
+    `device` and `watchdog_s` (one warning line when a single hook call runs longer than that).
+    Every other keyword is an option validated by the stage's `Config` model.
+
+    `process()` returning None passes nothing on, like `[]`. A stage that isn't a sink (`is_sink`)
+    and returns None for every item it got while stages follow it fails at end of stream, naming
+    itself: it almost surely forgot `return item` (return `[]` to drop on purpose).
     """
 
     Config: ClassVar[type[StageConfig]] = StageConfig
@@ -104,6 +112,14 @@ class Stage:
     uses_gpu: ClassVar[bool] = False
     #: Default overflow of this stage's input edge when neither the stage nor the config sets one.
     default_overflow: ClassVar[Overflow] = Overflow.BLOCK
+    #: Config fields that name local files the stage reads / writes. The runner resolves them before
+    #: anything starts, so an output can never overwrite an input (or another output) and output
+    #: folders are created (or refused with one line) before any model loads.
+    #: A sink consumes frames and passes none on by design; any other stage that returns None for
+    #: every item it gets (while stages follow it) fails at end of stream: it forgot `return item`.
+    is_sink: ClassVar[bool] = False
+    input_path_fields: ClassVar[tuple[str, ...]] = ()
+    output_path_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -115,6 +131,7 @@ class Stage:
         overflow: Overflow | str | None = None,
         batch_size: int = 1,
         device: DeviceSpec | None = None,
+        watchdog_s: float | None = None,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -135,6 +152,10 @@ class Stage:
         self.overflow = Overflow(overflow) if overflow is not None else None
         self.batch_size = batch_size
         self.device_spec = device
+        if watchdog_s is not None and watchdog_s <= 0:
+            raise ValueError(f"{type(self).__name__}: watchdog_s must be > 0, got {watchdog_s}")
+        #: Warn (one line) when one call of a hook runs longer than this; None: the pipeline's default.
+        self.watchdog_s = watchdog_s
         #: The resolved device, set by the runner before `setup()`.
         self.device: torch.device = torch.device("cpu")
         #: The stage's own CUDA stream when it runs on a GPU (current while its hooks run).
@@ -164,6 +185,18 @@ class Stage:
     def teardown(self) -> None:
         """Release resources. Always called, also after errors."""
 
+    def input_paths(self) -> list[str]:
+        """Local files this stage reads (network uris left out). Default: `input_path_fields`."""
+        return self._paths_of(self.input_path_fields)
+
+    def output_paths(self) -> list[str]:
+        """Local files this stage writes. Default: `output_path_fields`."""
+        return self._paths_of(self.output_path_fields)
+
+    def _paths_of(self, fields: tuple[str, ...]) -> list[str]:
+        values = (getattr(self.config, field, None) for field in fields)
+        return [str(value) for value in values if value is not None and "://" not in str(value)]
+
     # -- helpers for stage authors ---------------------------------------------------------------
     def count(self, counter: str, amount: float = 1) -> None:
         """Add to a stage counter (reported by observers and in the summary)."""
@@ -187,6 +220,12 @@ class Source(Stage):
     def generate(self) -> Iterator[Item]:
         """Yield frames or batches. Runs in the stage's thread; stop early when `self.stopping` is set."""
         raise NotImplementedError(f"{type(self).__name__} must implement generate()")
+
+    def frame_shortfall(self, delivered: int) -> str | None:
+        """After `generate()` ran to its end having yielded `delivered` frames: one line saying how
+        many frames the input states it has and why fewer came out, or None when nothing is missing
+        (or nothing is known). The runner warns with it, or fails under strict frame accounting."""
+        return None
 
     def process(self, item: Frame | Batch) -> StageOutput:
         raise TypeError(f"source stage {self.name!r} has no input")

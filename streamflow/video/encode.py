@@ -61,6 +61,7 @@ from streamflow.video.pyav_encoder import (
     EncoderProcessError,
     EncoderSettings,
     PyAVEncoder,
+    open_output_container,
 )
 from streamflow.video.segmented import ProcessSegmentedEncoder, SegmentedEncoder
 
@@ -388,7 +389,7 @@ class VideoWriter:
                 ) from error
             return
         try:
-            self._container = av.open(str(self.path), "w", format=container_format)
+            self._container = open_output_container(str(self.path), container_format)
         except (av.error.FFmpegError, OSError) as error:
             raise EncodeError(
                 f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"

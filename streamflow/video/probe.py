@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamflow.frame import StreamInfo
+from streamflow.preflight import file_kind, is_kernel_pseudo_file
 from streamflow.uri import redact_text, redact_uri
 
 if TYPE_CHECKING:
@@ -71,6 +73,9 @@ class Probe:
     start_pts: int | None
     stream_index: int
     container: str
+    #: True when `info.frame_count` is the container's own count, False when it is estimated
+    #: from the duration (MKV, TS) or unknown.
+    frame_count_exact: bool = False
 
     @property
     def is_8bit_420(self) -> bool:
@@ -106,11 +111,20 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
             raise VideoInputError(f"cannot read video {shown!r}: is a directory")
         if not os.access(path, os.R_OK):
             raise VideoInputError(f"cannot read video {shown!r}: permission denied")
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # /dev/zero, /dev/urandom: endless bytes, never a video
+            raise VideoInputError(f"cannot read video {shown!r}: it is {file_kind(mode)}, not a media file")
+        if is_kernel_pseudo_file(path):
+            raise VideoInputError(f"cannot read video {shown!r}: a kernel pseudo-file, not a media file")
         if path.stat().st_size == 0:
             raise VideoInputError(f"cannot read video {shown!r}: file is empty")
         name = str(path)
     try:
-        return av.open(name, "r", options=options or {}, timeout=10.0 if is_url(name) else None)
+        # Damaged or foreign metadata is often not UTF-8: show it with replacement characters
+        # rather than refusing the video.
+        return av.open(
+            name, "r", options=options or {}, timeout=10.0 if is_url(name) else None, metadata_errors="replace"
+        )
     except av.error.InvalidDataError as error:
         raise VideoInputError(
             f"cannot read video {shown!r}: not a recognised media file ({_explain(error)})"
@@ -205,6 +219,11 @@ def probe(uri: str | Path, *, options: dict[str, str] | None = None, display_uri
             kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
             raise VideoInputError(f"cannot read video {shown!r}: no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
+        # A truncated header can leave a stream without even a codec (PyAV then has no context).
+        if stream.codec_context is None:
+            raise VideoInputError(
+                f"cannot read video {shown!r}: video stream has no codec (truncated or corrupt header?)"
+            )
         if not stream.codec_context.width or not stream.codec_context.height:
             raise VideoInputError(f"cannot read video {shown!r}: video stream has no frame size (corrupt header?)")
         info, extra = stream_info(container, stream, shown)
@@ -216,4 +235,5 @@ def probe(uri: str | Path, *, options: dict[str, str] | None = None, display_uri
             start_pts=stream.start_time,
             stream_index=stream.index,
             container=container.format.name,
+            frame_count_exact=bool(stream.frames),
         )

@@ -76,7 +76,8 @@ class PyAVDecoder:
       stops at the first frame at or after `end`.
     - `max_frames`: stop after this many frames (all loops together).
     - `loop`: replay the input from the start (or `start`) until `max_frames` or `should_stop()`.
-    - `stats`: `frames`, `bad_packets` (packets the demuxer or decoder rejected), `resolution_changes`, `loops`.
+    - `stats`: `frames`, `packets` (demuxed), `bad_packets` (packets the demuxer or decoder rejected),
+      `resolution_changes`, `loops`.
 
     Raises `VideoInputError` (one line naming the input) when the input cannot be opened or has no
     video stream.
@@ -110,7 +111,7 @@ class PyAVDecoder:
         self.options = options
         self.display_uri = display_uri if display_uri is not None else redact_uri(self.uri)
         self.should_stop = should_stop or (lambda: False)
-        self.stats: dict[str, int] = {"frames": 0, "bad_packets": 0, "resolution_changes": 0, "loops": 0}
+        self.stats: dict[str, int] = {"frames": 0, "packets": 0, "bad_packets": 0, "resolution_changes": 0, "loops": 0}
         self.info: StreamInfo | None = None
 
     # -- iteration --------------------------------------------------------------------------------
@@ -216,6 +217,8 @@ class PyAVDecoder:
         flushed = False
         for packet in demux_packets(container, stream, stopped):
             flushed = packet.size == 0  # demux ends with an empty packet, which flushes the decoder
+            if not flushed:
+                self.stats["packets"] += 1
             if packet.is_corrupt:
                 self.stats["bad_packets"] += 1
             try:

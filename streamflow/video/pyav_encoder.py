@@ -122,16 +122,38 @@ def frame_shape(fmt: str, width: int, height: int) -> tuple[int, ...]:
     raise ValueError(f"unsupported input format {fmt!r}; use one of {_INPUT_FORMATS}")
 
 
+# MP4 is written fragmented: a header without samples first, then self-contained fragments (each
+# with its own index) at every keyframe and at least once a second. What was written stays
+# playable when the process is killed, the machine loses power or the disk fills up; a
+# classic MP4 keeps its only index in memory until the end and is unplayable without it.
+# (Fast start, the index in front, is the opposite trade: it needs the whole file first.)
+_FRAGMENT_US = 1_000_000
+_FRAGMENTED_MP4 = {
+    # delay_moov: the header waits for the first fragment, so its edit list knows the B-frame
+    # delay and the first frame still shows at its own time (0), as in a classic MP4.
+    "movflags": "frag_keyframe+empty_moov+delay_moov+default_base_moof",
+    "frag_duration": str(_FRAGMENT_US),
+    "flush_packets": "1",  # a finished fragment reaches the file at once, not when a buffer fills
+}
+
+
+def open_output_container(path: str, container_format: str) -> Any:
+    """Open `path` for writing with PyAV; MP4/MOV fragmented so partial files stay playable."""
+    import av
+
+    options = _FRAGMENTED_MP4 if container_format in ("mp4", "mov") else {}
+    return av.open(path, "w", format=container_format, options=dict(options))
+
+
 class PyAVEncoder:
     """libx264/libx265 into an MP4/MKV container; frames are NV12 or RGB numpy arrays with their pts."""
 
     def __init__(self, settings: EncoderSettings) -> None:
-        import av
 
         self.settings = settings
         self.frames = 0
         self._closed = False
-        self._container = av.open(settings.path, "w", format=settings.container_format)
+        self._container = open_output_container(settings.path, settings.container_format)
         try:
             stream: Any = self._container.add_stream(CPU_ENCODERS[settings.codec], rate=settings.rate)
             configure_encoder(stream.codec_context, settings)

@@ -60,6 +60,7 @@ from streamflow.video.pyav_encoder import (
     EncoderSettings,
     Packet,
     SegmentCodec,
+    open_output_container,
     shared_dir,
     video_frame,
 )
@@ -80,7 +81,6 @@ class SegmentedEncoder:
     """`PyAVEncoder`'s interface (`encode`, `close`, `frames`) over N parallel segment encoders."""
 
     def __init__(self, settings: EncoderSettings, *, workers: int, segment_frames: int) -> None:
-        import av
 
         if workers < 1 or segment_frames < 1:
             raise ValueError(f"workers and segment_frames must be >= 1, got {workers} and {segment_frames}")
@@ -93,7 +93,7 @@ class SegmentedEncoder:
         self._closed = False
         self._error: BaseException | None = None
         self._error_reported = False
-        self._container = av.open(settings.path, "w", format=settings.container_format)
+        self._container = open_output_container(settings.path, settings.container_format)
         self._muxer = AnnexBMuxer(self._container, settings.codec, settings.time_base)
         # A frame's duration in time-base ticks, for packets the encoder left without one.
         self._frame_ticks = max(1, round(1 / (settings.rate * settings.time_base)))
@@ -219,7 +219,6 @@ class ProcessSegmentedEncoder:
     def __init__(
         self, settings: EncoderSettings, *, fmt: str, workers: int, segment_frames: int, slots: int = 8
     ) -> None:
-        import av
 
         if workers < 1 or segment_frames < 1:
             raise ValueError(f"workers and segment_frames must be >= 1, got {workers} and {segment_frames}")
@@ -251,7 +250,7 @@ class ProcessSegmentedEncoder:
                 )
             for child in self._children:
                 child.wait_ready()
-            self._container = av.open(settings.path, "w", format=settings.container_format)
+            self._container = open_output_container(settings.path, settings.container_format)
         except BaseException:
             self._stop_children()
             raise

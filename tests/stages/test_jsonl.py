@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +87,46 @@ def test_lines_are_visible_before_the_end(tmp_path: Path) -> None:
         sink.teardown()
 
 
-def test_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        run_stage(JsonlSink(path=str(tmp_path / "no" / "x.jsonl")), make_frames(1))
+def test_missing_folders_are_created(tmp_path: Path) -> None:
+    run_stage(JsonlSink(path=str(tmp_path / "new" / "deeper" / "x.jsonl")), make_frames(2))
+    assert len((tmp_path / "new" / "deeper" / "x.jsonl").read_text().splitlines()) == 2
+
+
+_FILE_SIZE_LIMIT_SCRIPT = """
+import resource, signal, sys
+from stages.jsonl import JsonlSink
+from streamflow import Pipeline
+from streamflow.testing import ListSource, make_frames
+# Past the limit the kernel sends SIGXFSZ (which would kill us) or, ignored, fails the write:
+# a full disk, deterministically.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    Pipeline([ListSource(make_frames(200)), JsonlSink(path=sys.argv[1])], device="cpu").run_sync()
+except OSError as error:
+    print(str(error).splitlines()[0])
+    sys.exit(1)
+"""
+
+
+def test_a_full_file_system_never_leaves_half_a_line(tmp_path: Path) -> None:
+    out = tmp_path / "d.jsonl"
+    sizes = [len(json.dumps(JsonlSink.record(f), separators=(",", ":"))) + 1 for f in make_frames(200)]
+    limit = sum(sizes[:7]) + sizes[7] // 2  # the 8th line fits only half-way
+    done = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT_SCRIPT, str(out), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 1, done.stderr
+    assert "kept 7 complete lines" in done.stdout and "Traceback" not in done.stderr
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and len(data) == sum(sizes[:7])
+    assert [json.loads(text)["index"] for text in data.decode().splitlines()] == list(range(7))
 
 
 def test_to_jsonable_odd_types() -> None:

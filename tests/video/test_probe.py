@@ -85,3 +85,16 @@ def test_truncated_mp4_without_index(tmp_path: Path) -> None:
     with pytest.raises(VideoInputError) as error:
         probe(path)
     _one_line(error, path)
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("/dev/zero", "it is a character device, not a media file"),
+        ("/dev/urandom", "it is a character device, not a media file"),
+        ("/proc/self/mem", "a kernel pseudo-file, not a media file"),
+    ],
+)
+def test_devices_and_kernel_files_are_named_as_such(uri: str, words: str) -> None:
+    with pytest.raises(VideoInputError, match=f"cannot read video '{uri}': {words}"):
+        probe(uri)
