@@ -42,9 +42,9 @@ name: stuck
 device: cpu
 {extra_top}
 stages:
-  - {{name: source, type: "support_stages:CountingSource", count: 0, interval: 0.005}}
-  - {{name: stuck, type: "fault_stages:BlockOn", index: 5, marker: '{tmp_path / "blocked"}'{stage_extra}}}
-  - {{name: writer, type: "support_stages:LinesSink", path: '{tmp_path / "out.jsonl"}'}}
+  - {{name: source, type: "support.stages:CountingSource", count: 0, interval: 0.005}}
+  - {{name: stuck, type: "support.fault_stages:BlockOn", index: 5, marker: '{tmp_path / "blocked"}'{stage_extra}}}
+  - {{name: writer, type: "support.stages:LinesSink", path: '{tmp_path / "out.jsonl"}'}}
 """)
     return path
 
@@ -97,8 +97,8 @@ def test_ctrl_c_while_starting_is_one_line_and_130(tmp_path: Path) -> None:
 name: t
 device: cpu
 stages:
-  - {name: source, type: "support_stages:CountingSource", count: 3}
-  - {name: slow, type: "slow_import_stages:Slow"}
+  - {name: source, type: "support.stages:CountingSource", count: 3}
+  - {name: slow, type: "support.slow_import_stages:Slow"}
 """)
     process = start(path, env={"STREAMFLOW_TEST_MARKER": str(marker)})
     wait_for(marker, process)  # the stage module is being imported: the pipeline is being built
@@ -116,8 +116,8 @@ def test_a_failing_run_writes_stats_into_a_new_folder_and_says_one_line(tmp_path
 name: t
 device: cpu
 stages:
-  - {name: source, type: "support_stages:CountingSource", count: 3}
-  - {name: bad, type: "fault_stages:Returns", value: dict}
+  - {name: source, type: "support.stages:CountingSource", count: 3}
+  - {name: bad, type: "support.fault_stages:Returns", value: dict}
 """)
     stats = tmp_path / "missing" / "folder" / "stats.json"
     result = cli("run", str(path), "-q", "--stats-json", str(stats))
@@ -134,8 +134,8 @@ def test_sys_exit_in_a_stage_is_an_error_of_that_stage(tmp_path: Path) -> None:
 name: t
 device: cpu
 stages:
-  - {name: source, type: "support_stages:CountingSource", count: 3}
-  - {name: quitter, type: "fault_stages:Exits", code: 3}
+  - {name: source, type: "support.stages:CountingSource", count: 3}
+  - {name: quitter, type: "support.fault_stages:Exits", code: 3}
 """)
     result = cli("run", str(path), "-q")
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fault_stages import BlockOn
 
 from streamflow import Pipeline
 from streamflow.testing import ListSink, ListSource, make_frames
+from support.fault_stages import BlockOn
 
 
 def test_wait_for_gets_control_back_from_a_stuck_stage() -> None:

@@ -95,8 +95,8 @@ def test_a_folder_that_cannot_be_created_fails_before_any_stage_is_set_up(tmp_pa
 name: t
 device: cpu
 stages:
-  - {{name: source, type: "support_stages:CountingSource", count: 3}}
-  - {{name: early, type: "support_stages:LinesSink", path: '{marker}'}}
+  - {{name: source, type: "support.stages:CountingSource", count: 3}}
+  - {{name: early, type: "support.stages:LinesSink", path: '{marker}'}}
   - {{name: late, type: jsonl, path: '{tmp_path / "file" / "sub" / "d.jsonl"}'}}
 """)
     for command in ("validate", "run"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fault_stages import Exits, Returns, ReturnsNone
 
 from streamflow import Batch, Frame, Pipeline, Stage
 from streamflow.pipeline import StageContractError
 from streamflow.testing import ListSink, ListSource, make_frames
+from support.fault_stages import Exits, Returns, ReturnsNone
 
 
 def run(*stages: Stage) -> ListSink:

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from damage import packet_spans, truncated, zeroed
 from test_cli import cli
 
 from stages.decode import Decode
@@ -16,6 +15,7 @@ from streamflow.pipeline import FrameLossError
 from streamflow.testing import ListSink
 from streamflow.video.probe import VideoInputError
 from streamflow.video.synth import write_clip
+from support.damage import packet_spans, truncated, zeroed
 
 
 @pytest.fixture(scope="module")

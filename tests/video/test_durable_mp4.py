@@ -29,7 +29,7 @@ device: cpu
 stages:
   - {{name: src, type: decode, uri: '{clip}'}}
   - {{name: video, type: encode, path: '{out}', backend: cpu, {encoder}}}
-  - {{name: stuck, type: "fault_stages:BlockOn", index: 100, marker: '{tmp_path / "blocked"}'}}
+  - {{name: stuck, type: "support.fault_stages:BlockOn", index: 100, marker: '{tmp_path / "blocked"}'}}
 """)
     process = start(path)
     wait_for(tmp_path / "blocked", process)  # the encoder has taken 101 frames (3 s of video)

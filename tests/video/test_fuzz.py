@@ -16,13 +16,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from damage import variants
 
 from stages.decode import Decode
 from streamflow import Pipeline
 from streamflow.testing import ListSink
 from streamflow.video.probe import VideoInputError, probe
 from streamflow.video.synth import write_clip
+from support.damage import variants
 
 CLIP_FRAMES = 12
 TIME_LIMIT_S = 30.0  # per run; a healthy run of these clips takes a small fraction of a second

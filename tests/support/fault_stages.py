@@ -1,4 +1,4 @@
-"""Stages that misbehave on purpose, for the fault tests (importable as `fault_stages:Name` with
+"""Stages that misbehave on purpose, for the fault tests (importable as `support.fault_stages:Name` with
 tests/ on the path)."""
 
 from __future__ import annotations
