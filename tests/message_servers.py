@@ -17,16 +17,33 @@ Example:
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MosquittoServer", "RedisServer", "free_port", "missing_binary"]
+from streamflow import Batch, Frame, Pipeline, Stage
+from streamflow.sinks.stage import PublishingSink
+from streamflow.testing import ListSource
+
+__all__ = [
+    "AtFrame",
+    "MosquittoServer",
+    "MqttCollector",
+    "RedisServer",
+    "distinct",
+    "free_port",
+    "missing_binary",
+    "redis_messages",
+    "run_through_outage",
+]
 
 _READY_S = 30.0
 
@@ -151,3 +168,124 @@ class MosquittoServer(_Server):
     def kill(self, sig: signal.Signals = signal.SIGTERM) -> None:
         # SIGTERM: mosquitto saves its database first, as a broker restarted by its supervisor does.
         super().kill(sig)
+
+
+def redis_messages(server: RedisServer, stream: str) -> list[dict[str, Any]]:
+    """Every message of a Redis Stream, oldest first, as a real consumer reads it (XRANGE pages)."""
+    client = server.client()
+    messages: list[dict[str, Any]] = []
+    start = "-"
+    while True:
+        entries = client.xrange(stream, min=start, count=1000)
+        for _, fields in entries:
+            messages.append(json.loads(fields[b"message"]))
+        if len(entries) < 1000:
+            return messages
+        start = "(" + entries[-1][0].decode()
+
+
+class MqttCollector:
+    """A subscriber that keeps every payload it receives, in order.
+
+    Its session is persistent (clean session off, QoS 1), so messages published while it is away (a
+    broker restart) are queued for it by the broker and arrive after it reconnects.
+    """
+
+    def __init__(self, server: MosquittoServer, topic: str = "streamflow/+/detections") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"collector-{free_port()}", clean_session=False
+        )
+        if server.password:
+            client.username_pw_set(server.user, server.password)
+        client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
+        client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(topic, qos=1)
+        client.on_subscribe = lambda *_: self._subscribed.set()
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", server.port)
+        client.loop_start()
+        self.client = client
+        if not self._subscribed.wait(_READY_S):
+            raise RuntimeError("mqtt collector: no SUBACK")
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        with self._changed:
+            self.messages.append(json.loads(message.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """The messages once `count` distinct frames arrived (or what came within `timeout`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(distinct(self.messages)) >= count, timeout)
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def distinct(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages without the repeats that at-least-once delivery may add (same source and index)."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for message in messages:
+        key = (message["source_id"], message["index"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(message)
+    return kept
+
+
+class AtFrame(Stage):
+    """Passes frames on and calls `action()` once, when frame `index` goes by (kills a server mid-run)."""
+
+    def __init__(self, index: int, action: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index, self.action = index, action
+
+    def process(self, item: Frame | Batch) -> Frame | Batch:
+        if any(frame.index == self.index for frame in item.frames):
+            self.action()
+        return item
+
+
+def run_through_outage(
+    sink: PublishingSink,
+    server: _Server,
+    frames: list[Frame],
+    *,
+    kill_at: int,
+    restart_when: Callable[[dict[str, int]], bool],
+) -> None:
+    """Run `frames` into `sink`, kill `server` when frame `kill_at` passes, restart it (same port) as soon as
+    the sink's counters satisfy `restart_when` (for example: it saw the connection break). Event driven,
+    not timed: the restart waits for what the sink reports, however slow the machine is."""
+    killed = threading.Event()
+    finished = threading.Event()
+
+    def kill() -> None:
+        server.kill()
+        killed.set()
+
+    def restart() -> None:
+        killed.wait()
+        deadline = time.monotonic() + 120
+        while not finished.is_set() and time.monotonic() < deadline:
+            publisher = sink.publisher
+            if publisher is not None and restart_when(publisher.counters()):
+                break
+            time.sleep(0.01)
+        server.start()
+
+    restarter = threading.Thread(target=restart, daemon=True)
+    restarter.start()
+    try:
+        Pipeline([ListSource(frames), AtFrame(kill_at, kill, name="killer"), sink], device="cpu").run_sync()
+    finally:
+        finished.set()
+        killed.set()
+        restarter.join(150)

@@ -229,7 +229,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         try:
             left = self.flush(timeout)
-        except SinkConnectionError:
+        except Exception:  # the failure was raised to the stage already (put/flush); closing goes on
             left = len(self._buffer) + self._inflight
         with self._changed:
             self._closing = True

@@ -59,7 +59,7 @@ class RedisStreamTransport(Transport):
         import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+        from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
@@ -83,7 +83,7 @@ class RedisStreamTransport(Transport):
         except ResponseError as error:  # NOAUTH (a password is required) and similar refusals
             self._loop.run_until_complete(client.aclose())
             raise SinkConnectionError(f"refused: {error}") from None
-        except (ConnectionError, RedisError, OSError) as error:
+        except (RedisError, OSError) as error:  # redis' ConnectionError is a RedisError, not an OSError
             self._loop.run_until_complete(client.aclose())
             raise ConnectionError(str(error) or type(error).__name__) from None
         self._client = client

@@ -3,8 +3,9 @@
 The stage stays thin: `setup()` builds the transport and starts the publisher (which connects, so an
 unreachable server fails the run before the first frame); `process()` turns frames into result
 messages (`streamflow.results`) and buffers them; `flush()` waits for delivery within
-`flush_timeout`; `teardown()` closes. The publisher's counters become the stage's counters
-(`published`, `dropped`, `connection_losses`, `reconnects`, `buffered`).
+`flush_timeout`; `teardown()` closes. Frames pass on unchanged, so other sinks may follow. The
+publisher's counters become the stage's counters (`published`, `dropped`, `connection_losses`,
+`reconnects`, `buffered`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class PublishingSink(Stage):
         self._destinations: dict[str, str] = {}
         self._flushed = False
 
+    @property
+    def publisher(self) -> Publisher | None:
+        """The running publisher (between setup and teardown): its `counters()` are live."""
+        return self._publisher
+
     @abc.abstractmethod
     def make_transport(self, password: str | None) -> Transport:
         """The transport for this sink's config (not yet connected)."""
@@ -101,7 +107,7 @@ class PublishingSink(Stage):
         )
         self._publisher.start()
 
-    def process(self, item: Frame | Batch) -> None:
+    def process(self, item: Frame | Batch) -> Frame | Batch:
         assert self._publisher is not None, "setup() runs before process()"
         messages = []
         for message in frame_messages(item.frames):
@@ -112,6 +118,8 @@ class PublishingSink(Stage):
             messages.append((key, encode_message(message)))
         self._publisher.put(messages)
         self._update_counters()
+        # Passed on, so that several sinks can follow each other (redis, then mqtt, then jsonl).
+        return item
 
     def flush(self) -> None:
         assert self._publisher is not None, "setup() runs before flush()"
