@@ -42,3 +42,7 @@ def test_face_detection_results_reach_redis_and_mqtt_consumers(tmp_path: Path, m
     assert set(lines[0]["results"]) == {"boxes", "scores", "landmarks"}
     assert without_wall_time(from_redis) == without_wall_time(lines)
     assert without_wall_time(from_mqtt) == without_wall_time(lines)
+    # The README's example message has the keys these messages have.
+    readme = (CONFIG.parents[1] / "README.md").read_text()
+    example = json.loads(readme.split("## Result messages", 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    assert list(example) == list(lines[0]) and list(example["results"]) == list(lines[0]["results"])
