@@ -79,7 +79,6 @@ class MqttSink(PublishingSink):
             password=password,
             keepalive=config.keepalive,
             timeout=config.timeout,
-            inflight=config.write_batch,
         )
 
     def destination(self, source_id: str) -> str:

@@ -17,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from streamflow.sinks.publisher import Message, SinkConnectionError, Transport, log
@@ -26,6 +28,21 @@ from streamflow.sinks.publisher import Message, SinkConnectionError, Transport, 
 __all__ = ["MqttTransport"]
 
 _POLL_S = 0.05  # longest wait inside paho's select(); a broken connection shows within this
+
+
+@contextlib.contextmanager
+def _corked(sock: socket.socket | None) -> Iterator[None]:
+    """Hold back partial TCP segments while inside (TCP_CORK), flush them on exit."""
+    cork = getattr(socket, "TCP_CORK", None)
+    if cork is None or not isinstance(sock, socket.socket):
+        yield
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # a socket that broke meanwhile: send() reports it
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
 class MqttTransport(Transport):
@@ -44,7 +61,6 @@ class MqttTransport(Transport):
         password: str | None = None,
         keepalive: int = 30,
         timeout: float = 5.0,
-        inflight: int = 1000,
     ) -> None:
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, got {qos}")
@@ -54,7 +70,6 @@ class MqttTransport(Transport):
         self._password = password
         self.keepalive = keepalive
         self.timeout = timeout
-        self.inflight = inflight
         self.address = f"{host}:{port}"
         self.secrets = (password,) if password else ()
         self.idle_interval = keepalive / 3
@@ -72,7 +87,9 @@ class MqttTransport(Transport):
         if self.username is not None or self._password is not None:
             client.username_pw_set(self.username or "", self._password)
         client.connect_timeout = self.timeout
-        client.max_inflight_messages_set(self.inflight)
+        # 0 = no limit. The publisher bounds what is in flight (one batch); paho's own limit rescans all
+        # unacknowledged messages on every PUBACK, which is quadratic in the batch.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)  # no limit inside paho: the publisher's buffer is the bound
         answer: dict[str, Any] = {}
         client.on_connect = lambda _c, _u, _f, reason, _p: answer.setdefault("reason", reason)
@@ -105,11 +122,16 @@ class MqttTransport(Transport):
         if client is None:
             raise ConnectionError("not connected")
         infos = []
-        for topic, payload in batch:
-            info = client.publish(topic, payload, qos=self.qos)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
-            infos.append(info)
+        # paho writes each PUBLISH with its own send() on a TCP_NODELAY socket: one TCP segment, and one
+        # broker wake-up, per message. Corking the socket for the batch lets the kernel pack the batch
+        # into full segments, sent when it is uncorked (Linux; elsewhere messages go out one by one).
+        sock = client.socket()
+        with _corked(sock):
+            for topic, payload in batch:
+                info = client.publish(topic, payload, qos=self.qos)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+                infos.append(info)
         # Acknowledgements (QoS 1) and socket writes (QoS 0) complete in order of publishing. The
         # timeout bounds a stall (no progress), not the whole batch.
         deadline = time.monotonic() + self.timeout
