@@ -1,7 +1,8 @@
 """`jsonl`: write one JSON object per frame (detections, scores, landmarks...) to a file.
 
-Each line holds `source_id`, `index`, `pts` (seconds, or null), `width`/`height` when known and
-`results`: everything the frame carries, with tensors and arrays converted to lists (boxes stay
+Each line is the result message of `streamflow.results` (the same the redis and mqtt sinks send):
+`schema`, `source_id`, `index`, `pts` (seconds, or null), `wall_time`, `width`/`height` when known
+and `results`: everything the frame carries, with tensors and arrays converted to lists (boxes stay
 as the xyxy pixel coordinates postprocessing put there). Lines are written unbuffered, so readers
 see them as they come, and whole (`streamflow.linefile.LineFile`): a write that fails half-way
 (disk full, file-size limit) is cut back to the last complete line and stops the run with one line
@@ -25,50 +26,18 @@ Example (Python):
 
 from __future__ import annotations
 
-import enum
-import json
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import torch
 from pydantic import Field
 
 from streamflow.frame import Batch, Frame
 from streamflow.linefile import LineFile
 from streamflow.preflight import ensure_output_folder
+from streamflow.results import encode_message, frame_messages, to_jsonable
 from streamflow.stage import Stage, StageConfig, StageOutput
 
 __all__ = ["JsonlSink", "to_jsonable"]
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert results to plain JSON types: tensors/arrays to (nested) lists, NaN/inf to null.
-
-    Example:
-        >>> to_jsonable({"s": torch.tensor([0.5, float("nan")]), "n": np.int64(3)})
-        {'s': [0.5, None], 'n': 3}
-    """
-    if isinstance(value, torch.Tensor):
-        return to_jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value)
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: to_jsonable(getattr(value, name)) for name in value.__dataclass_fields__}
-    return str(value)
 
 
 class JsonlSink(Stage):
@@ -91,18 +60,13 @@ class JsonlSink(Stage):
 
     @staticmethod
     def record(frame: Frame) -> dict[str, Any]:
-        """The JSON object written for `frame`."""
-        line: dict[str, Any] = {"source_id": frame.source_id, "index": frame.index, "pts": frame.time}
-        if frame.info is not None:
-            line["width"], line["height"] = frame.info.width, frame.info.height
-        line["results"] = to_jsonable(frame.results)
-        return line
+        """The JSON object written for `frame` (the result message of `streamflow.results`)."""
+        return frame_messages([frame])[0]
 
     def process(self, item: Frame | Batch) -> StageOutput:
         assert self._file is not None, "setup() runs before process()"
-        for frame in item.frames:
-            data = (json.dumps(self.record(frame), separators=(",", ":"), allow_nan=False) + "\n").encode()
-            self._file.write_line(data)
+        for message in frame_messages(item.frames):
+            self._file.write_line(encode_message(message) + b"\n")
         self.count("lines", len(item.frames))
         return None
 

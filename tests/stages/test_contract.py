@@ -19,6 +19,7 @@ from streamflow.frame import Item
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.testing import ListSink, ListSource, make_frames, run_stage
 from streamflow.video.synth import write_clip
+from support.message_servers import MosquittoServer, RedisServer, missing_binary
 from support.onnx_models import export_small_model
 from support.rtsp_server import RtspServer, server_unavailable_reason
 
@@ -52,6 +53,26 @@ def _encode(tmp_path: Path) -> tuple[Stage, list[Item]]:
 
 def _jsonl(tmp_path: Path) -> tuple[Stage, list[Item]]:
     return resolve_stage_type("jsonl")(name="under_test", path=str(tmp_path / "out.jsonl")), list(make_frames(3))
+
+
+def _message_server(server_class: type[RedisServer | MosquittoServer], binary: str) -> RedisServer | MosquittoServer:
+    reason = missing_binary(binary)
+    if reason:
+        pytest.skip(reason)
+    server = server_class()
+    server.start()
+    _SERVERS.append(server)
+    return server
+
+
+def _redis(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    server = _message_server(RedisServer, "redis-server")
+    return resolve_stage_type("redis")(name="under_test", port=server.port), list(make_frames(3))
+
+
+def _mqtt(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    server = _message_server(MosquittoServer, "mosquitto")
+    return resolve_stage_type("mqtt")(name="under_test", port=server.port), list(make_frames(3))
 
 
 def _preprocess(tmp_path: Path) -> tuple[Stage, list[Item]]:
@@ -103,13 +124,15 @@ CASES: dict[str, Case] = {
     "encode": _encode,
     "infer": _infer,
     "jsonl": _jsonl,
+    "mqtt": _mqtt,
     "null": _null,
     "preprocess": _preprocess,
+    "redis": _redis,
     "rtsp": _rtsp,
     "sr_output": _sr_output,
     "window": _window,
 }
-_SERVERS: list[RtspServer] = []
+_SERVERS: list[RtspServer | RedisServer | MosquittoServer] = []
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,13 @@
+"""Network result sinks: a buffered publisher and its transports (Redis Streams, MQTT)."""
+
+from streamflow.sinks.publisher import (
+    Backoff,
+    Message,
+    Publisher,
+    SinkConnectionError,
+    SinkDeliveryError,
+    Transport,
+    scrub,
+)
+
+__all__ = ["Backoff", "Message", "Publisher", "SinkConnectionError", "SinkDeliveryError", "Transport", "scrub"]
