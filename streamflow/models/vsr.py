@@ -181,11 +181,11 @@ class StackedWindows(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = self.net.window
         channels_first = x.permute(0, 3, 1, 2)
-        # Every output frame's window becomes one row of a single batch: one network call for all M.
-        rows = torch.cat([channels_first[:, 3 * k : 3 * (k + window)] for k in range(self.frames_out)], dim=0)
-        out = self.net(rows)  # (M * B, 3, sH, sW), frame-major
-        out = out.reshape(self.frames_out, -1, 3, out.shape[-2], out.shape[-1]).transpose(0, 1)
-        return out.flatten(1, 2).permute(0, 2, 3, 1)  # (B, sH, sW, 3 * M)
+        # One network call per output frame, not the M windows folded into the batch: the exported
+        # graph then has only constant slices and no shape arithmetic (no Shape/Reshape), which
+        # TensorRT builds as is and the torch backend can replay from a CUDA graph.
+        frames = [self.net(channels_first[:, 3 * k : 3 * (k + window)]) for k in range(self.frames_out)]
+        return torch.cat(frames, dim=1).permute(0, 2, 3, 1)  # (B, sH, sW, 3 * M)
 
 
 def from_onnx_weights(path: str | Path) -> VSRNet:
