@@ -25,7 +25,7 @@ import torch
 from stages.centerface import CenterFacePostprocess
 from stages.preprocess import Preprocess
 from stages.ultraface import UltraFacePostprocess
-from streamflow.config import build_stage, load_config
+from streamflow.config import build_pipeline, build_stage, load_config
 from streamflow.detection import agreement, precision_recall
 from streamflow.frame import Batch, Frame, PixelFormat
 from streamflow.inference.onnx_tools import with_static_input_shape
@@ -249,3 +249,16 @@ def test_ultraface_gpu_fp32_and_fp16(ultraface_cpu_detections: list[Frame], tmp_
         result = precision_recall(boxes, truth, iou_threshold=0.5)
         print(f"GPU UltraFace (onnx2torch {dtype}): {result}; CPU vs GPU: {agreement(cpu, boxes, iou_threshold=0.5)}")
         assert result.recall >= 0.95 and result.precision >= 0.95, f"{dtype}: {result}"
+
+
+def test_ultraface_config_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/face_detect_ultraface.yaml as shipped: annotate draws and jsonl writes UltraFace's results."""
+    monkeypatch.setenv("FACES_OUT", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    config = load_config(ULTRAFACE_CONFIG).model_copy(update={"device": "cpu", "max_frames": 16})
+    build_pipeline(config).run_sync()
+    lines = [json.loads(line) for line in (tmp_path / "face_detect_ultraface.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(16))
+    assert all(len(line["results"]["boxes"]) == 3 and line["results"]["landmarks"] == [[]] * 3 for line in lines)
+    with av.open(str(tmp_path / "face_detect_ultraface.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 16

@@ -196,3 +196,19 @@ def test_frames_out_larger_than_the_window_is_a_config_error() -> None:
 def test_one_frame_out_sets_no_row_counts() -> None:
     (batch,) = _batches(run_stage(Window(size=3, emit_batch=2), make_frames(2)))
     assert "frames_per_row" not in batch.results
+
+
+def test_seven_in_three_out_per_source_and_across_a_resolution_change() -> None:
+    a = make_frames(5, source_id="a")
+    b = make_frames(4, source_id="b")
+    small, large = make_frames(2, height=4, width=4), make_frames(4, height=8, width=6)[2:]
+    for f in small + large:
+        f.source_id = "c"
+    out = _batches(run_stage(Window(size=7, frames_out=3), [*a, *b, *small, *large]))
+    for source, length in (("a", 5), ("b", 4)):
+        assert [f.pts for f in _frames_out(out) if f.source_id == source] == list(range(length))
+    # Source c: the old size's 2 frames are one input, the new size's 2 another; no input mixes sizes.
+    c = [item for item in out if item.frames[0].source_id == "c"]
+    assert [[f.pts for f in item.frames] for item in c] == [[0, 1], [2, 3]]
+    assert [tuple(_data(item).shape[-2:]) for item in c] == [(4, 4), (8, 6)]
+    assert [item.results["frames_per_row"] for item in c] == [[2], [2]]
