@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -68,6 +68,28 @@ face_bench() {
         --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -"${TAIL:-30}"
 }
 
+# CenterFace and UltraFace RFB-640 through the same benchmark pipeline (1080p, fp16, torch backend,
+# detections written, no encode), alternating ROUNDS times (default 2): this host's CPU speed drifts
+# between minutes, so neither model gets all the good minutes. UltraFace: the preprocessing and
+# decoder of configs/face_detect_ultraface.yaml.
+face_models() {
+    step "face models: CenterFace vs UltraFace RFB-640 (1080p, fp16, torch backend, pipeline only)"
+    local common=(--frames 1200 --warmup 100 --baseline none --set source.loop=true --set detect.backend=torch)
+    local ultraface=(--set faces.type=ultraface --set faces.threshold=0.9 --set preprocess.height=480
+        --set "preprocess.mean=[127,127,127]" --set "preprocess.std=[128,128,128]" --set preprocess.pad_value=127
+        --set detect.model=models/version-RFB-640.onnx --set "detect.input_shapes={input: [8, 3, 480, 640]}")
+    for round in $(seq "${ROUNDS:-2}"); do
+        for model in centerface ultraface; do
+            local extra=()
+            [ "$model" = ultraface ] && extra=("${ultraface[@]}")
+            echo "-- $model, round $round"
+            FACES_CLIP=$clip FACES_OUT=/tmp/sf timeout 80 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
+                "${common[@]}" "${extra[@]}" --json "$out/face_${model}_$round.json" 2>&1 |
+                grep -v "^streamflow: INFO" | grep -E "pipeline|Error|error" | head -3
+        done
+    done
+}
+
 # The face-detection demo config end to end on the GPU (annotated video through CPU libx264).
 demo() {
     step "face detection demo config on the GPU"
@@ -81,6 +103,10 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     gpu_tests 300
     step "overlap"
     timeout 60 python3 benchmarks/overlap.py --frames 100 --ms 5 --json "$out/overlap.json" | tail -12
+fi
+
+if [ "$what" = face-models ]; then
+    face_models
 fi
 
 if [ "$what" = face ] || [ "$what" = bench ] || [ "$what" = all ]; then

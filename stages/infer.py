@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from streamflow.frame import Batch, Frame
+from streamflow.frame import Batch, Frame, row_frame_counts
 from streamflow.inference.base import (
     ENGINE_SUFFIXES,
     BackendKind,
@@ -202,8 +202,11 @@ class Infer(Stage):
                 if not isinstance(extra, torch.Tensor):
                     raise ShapeError(f"model input {name!r} is not fed: put a tensor in results[{name!r}]")
                 feeds[name] = extra.to(self.device, non_blocking=True)
-        if data.shape[0] != len(item.frames):
-            raise ShapeError(f"the batch has {len(item.frames)} frames but its data has {data.shape[0]} rows")
+        rows = len(row_frame_counts(item))  # one per frame, unless one input serves several (window frames_out)
+        if data.shape[0] != rows:
+            raise ShapeError(
+                f"the batch has {rows} model inputs ({len(item.frames)} frames) but its data has {data.shape[0]} rows"
+            )
         item.results.update(self.backend.run(feeds))
         self.count("frames", len(item.frames))
         return item

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 import torch
 import torchvision
 
-__all__ = ["Agreement", "Match", "PrecisionRecall", "agreement", "box_iou", "match_boxes", "precision_recall"]
+from streamflow.ops.resize import Letterbox
+
+__all__ = [
+    "Agreement",
+    "Match",
+    "PrecisionRecall",
+    "agreement",
+    "box_iou",
+    "match_boxes",
+    "nms_per_frame",
+    "precision_recall",
+    "to_source_pixels",
+    "transform_table",
+]
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -184,3 +197,63 @@ def agreement(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], *, iou_thres
         only_b += len(m.unmatched_truth)
         ious.extend(m.ious)
     return Agreement(matched, only_a, only_b, min(ious) if ious else 1.0, sum(ious) / len(ious) if ious else 1.0)
+
+
+# -- shared by the detectors' batched decoders (CenterFace, UltraFace) ---------------------------------
+
+
+def transform_table(
+    transforms: Sequence[Letterbox] | None, n: int, input_hw: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """(n, 6) float32 per frame: scale_x, scale_y, offset_x, offset_y, source width, source height.
+
+    Without `transforms` the model input is the frame (identity mapping, `input_hw` as its size).
+
+    Example:
+        >>> transform_table(None, 2, (4, 8), torch.device("cpu")).tolist()[1]
+        [1.0, 1.0, 0.0, 0.0, 8.0, 4.0]
+    """
+    if transforms is None:
+        h, w = input_hw
+        return torch.tensor([[1.0, 1.0, 0.0, 0.0, float(w), float(h)]], device=device).expand(n, 6)
+    if len(transforms) != n:
+        raise ValueError(f"decode: {len(transforms)} transforms for a batch of {n} frames")
+    rows = [[t.scale_x, t.scale_y, t.offset_x, t.offset_y, float(t.width), float(t.height)] for t in transforms]
+    # A few dozen bytes per batch, built on the host where the Letterbox values live.
+    return torch.tensor(rows, dtype=torch.float32).to(device, non_blocking=True)
+
+
+def to_source_pixels(boxes: torch.Tensor, table_rows: torch.Tensor) -> torch.Tensor:
+    """Model-input xyxy boxes (K, 4) -> source pixels, clipped to the frame; `table_rows` is (K, 6).
+
+    Example:
+        >>> row = torch.tensor([[0.5, 0.5, 0.0, 10.0, 100.0, 100.0]])
+        >>> to_source_pixels(torch.tensor([[10.0, 20.0, 80.0, 70.0]]), row).tolist()
+        [[20.0, 20.0, 100.0, 100.0]]
+    """
+    sxy, oxy, size = table_rows[:, 0:2], table_rows[:, 2:4], table_rows[:, 4:6]
+    out = (boxes - oxy.repeat(1, 2)) / sxy.repeat(1, 2)
+    return torch.minimum(out.clamp(min=0), size.repeat(1, 2))
+
+
+def nms_per_frame(
+    boxes: torch.Tensor, scores: torch.Tensor, frame: torch.Tensor, n: int, iou: float, *extra: torch.Tensor
+) -> list[tuple[torch.Tensor, ...]]:
+    """NMS within each frame of a batch, then split into `n` per-frame tuples (boxes, scores, *extra).
+
+    `frame` (K,) is each candidate's frame index; rows of every tensor in `extra` follow the
+    candidates. One `batched_nms` call for the whole batch, on the tensors' device; each frame's
+    detections come out by descending score. The only host sync is the per-frame count.
+
+    Example:
+        >>> b = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10]])
+        >>> out = nms_per_frame(b, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 1]), 3, 0.3)
+        >>> [len(o[0]) for o in out]
+        [1, 1, 0]
+    """
+    keep = torchvision.ops.batched_nms(boxes, scores, frame, iou)
+    # batched_nms returns by descending score; a stable sort by frame keeps that order per frame.
+    keep = keep[torch.sort(frame[keep], stable=True).indices]
+    counts = torch.bincount(frame[keep], minlength=n).tolist()
+    parts = [t[keep].split(counts) for t in (boxes, scores, *extra)]
+    return list(zip(*parts, strict=True))

@@ -24,14 +24,21 @@ from typing import Any, TypeAlias
 import torch
 
 __all__ = [
+    "FRAMES_PER_ROW",
     "Batch",
     "EndOfStream",
     "Frame",
     "Item",
+    "Layout",
     "PixelFormat",
     "StreamInfo",
     "iter_tensors",
+    "row_frame_counts",
 ]
+
+#: `Batch.results` key: how many frames each row of `Batch.data` serves (a list of ints, in order), set
+#: when one model input serves several frames (a window stage for N-in/M-out models). Absent: one each.
+FRAMES_PER_ROW = "frames_per_row"
 
 
 class PixelFormat(enum.StrEnum):
@@ -40,6 +47,13 @@ class PixelFormat(enum.StrEnum):
     NV12 = "nv12"  # uint8 (H * 3 // 2, W): full-resolution Y plane then interleaved UV at half resolution
     RGB = "rgb"  # uint8 (3, H, W)
     TENSOR = "tensor"  # anything else (model input/output); stages document what they expect
+
+
+class Layout(enum.StrEnum):
+    """Axis order of a batched model tensor whose channels stack several RGB frames."""
+
+    NCHW = "nchw"  # (B, C, H, W): channels first, as PyTorch exports
+    NHWC = "nhwc"  # (B, H, W, C): channels last, as BMF's SR engine takes and gives them
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,27 @@ class EndOfStream:
 
 
 Item: TypeAlias = Frame | Batch | EndOfStream
+
+
+def row_frame_counts(item: Frame | Batch) -> list[int]:
+    """Frames served by each row of the item's model input: `results[FRAMES_PER_ROW]`, else 1 per frame.
+
+    Raises ValueError when the counts don't add up to the item's frames.
+
+    Example:
+        >>> from fractions import Fraction
+        >>> f = Frame(image=torch.zeros(1), pts=0, time_base=Fraction(1, 30))
+        >>> row_frame_counts(Batch([f, f, f], results={FRAMES_PER_ROW: [2, 1]}))
+        [2, 1]
+    """
+    counts = item.results.get(FRAMES_PER_ROW)
+    if counts is None:
+        return [1] * len(item.frames)
+    if sum(counts) != len(item.frames):
+        raise ValueError(
+            f"results[{FRAMES_PER_ROW!r}] = {counts} adds up to {sum(counts)}, not {len(item.frames)} frames"
+        )
+    return list(counts)
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:

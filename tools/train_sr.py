@@ -16,6 +16,8 @@ Subcommands (run from the repository root):
         --checkpoint out/vsr_x2.pt --eval-json out/vsr_eval.json --eval-md out/vsr_eval.md
     python tools/train_sr.py evaluate --checkpoint out/vsr_x2.pt --data .gpudata_sr
     python tools/train_sr.py export --checkpoint out/vsr_x2.pt --onnx models/vsr_x2.onnx --data .gpudata_sr
+    python tools/train_sr.py export-stacked --from-onnx models/vsr_x2.onnx --onnx models/vsr_x2_7in3out_nhwc.onnx
+    python tools/train_sr.py evaluate --stacked-onnx models/vsr_x2_7in3out_nhwc.onnx --eval-frames 9
 
 Without `--data` the photographs are read from the installed packages directly. Seeds are fixed;
 a run is bit-for-bit repeatable on one device unless `--max-seconds` stops it early.
@@ -53,11 +55,22 @@ def _load_vsr_module() -> ModuleType:
 
 
 if TYPE_CHECKING:
-    from streamflow.models.vsr import VSRNet, export_onnx, load_checkpoint, stack_window
+    from streamflow.models.vsr import (
+        StackedWindows,
+        VSRNet,
+        export_onnx,
+        export_stacked_onnx,
+        from_onnx_weights,
+        load_checkpoint,
+        stack_window,
+    )
 else:
     _vsr = _load_vsr_module()
+    StackedWindows = _vsr.StackedWindows
     VSRNet = _vsr.VSRNet
     export_onnx = _vsr.export_onnx
+    export_stacked_onnx = _vsr.export_stacked_onnx
+    from_onnx_weights = _vsr.from_onnx_weights
     load_checkpoint = _vsr.load_checkpoint
     stack_window = _vsr.stack_window
 
@@ -338,17 +351,49 @@ class OnnxModel:
         return torch.from_numpy(out).to(x.device)
 
 
+class StackedOnnxModel:
+    """An N-in/M-out NHWC export (`export-stacked`) run by ONNX Runtime over whole sequences.
+
+    Frames go in as the `window` stage feeds them with `frames_out: M`: groups of M target frames,
+    each with its (N - M) / 2 neighbours on either side, the clip's first and last frame repeated
+    beyond its ends, and only real frames kept from the last group.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.frames_in = int(self.session.get_inputs()[0].shape[3]) // 3
+        self.frames_out = int(self.session.get_outputs()[0].shape[3]) // 3
+
+    def upscale(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        before = (self.frames_in - self.frames_out) // 2
+        last, out = len(frames) - 1, []
+        name = self.session.get_inputs()[0].name
+        for start in range(0, len(frames), self.frames_out):
+            picks = [min(max(start - before + k, 0), last) for k in range(self.frames_in)]
+            x = torch.cat([frames[i] for i in picks]).permute(1, 2, 0).unsqueeze(0)
+            y = torch.from_numpy(self.session.run(None, {name: x.cpu().numpy()})[0])[0].permute(2, 0, 1)
+            out.extend(y.reshape(self.frames_out, 3, *y.shape[1:])[: len(frames) - start])
+        return out
+
+
 @torch.no_grad()
-def evaluate(model: VSRNet | OnnxModel, seqs: Sequence[EvalSequence], device: torch.device) -> list[dict[str, Any]]:
+def evaluate(
+    model: VSRNet | OnnxModel | StackedOnnxModel, seqs: Sequence[EvalSequence], device: torch.device
+) -> list[dict[str, Any]]:
     """Per sequence: mean PSNR-Y over all frames (edges padded like the `window` stage) for bicubic and model."""
-    model = model.to(device).eval()
+    if not isinstance(model, StackedOnnxModel):
+        model = model.to(device).eval()
     rows = []
     for seq in seqs:
         frames = list(seq.lr)
         bic, net = [], []
-        for i in range(len(frames)):
-            x = stack_window(frames, i, model.window).unsqueeze(0)
-            out = model(x)[0]
+        if isinstance(model, StackedOnnxModel):
+            outputs = [o.to(device) for o in model.upscale(frames)]
+        else:
+            outputs = [model(stack_window(frames, i, model.window).unsqueeze(0))[0] for i in range(len(frames))]
+        for i, out in enumerate(outputs):
             up = F.interpolate(frames[i].unsqueeze(0), scale_factor=SCALE, mode="bicubic", align_corners=False)[0]
             bic.append(psnr_y(up, seq.hr[i]))
             net.append(psnr_y(out, seq.hr[i]))
@@ -530,7 +575,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    model = OnnxModel(args.onnx) if args.onnx else load_checkpoint(args.checkpoint).to(device)
+    model: VSRNet | OnnxModel | StackedOnnxModel
+    if args.stacked_onnx:
+        model = StackedOnnxModel(args.stacked_onnx)
+    else:
+        model = OnnxModel(args.onnx) if args.onnx else load_checkpoint(args.checkpoint).to(device)
     _eval_and_write(model, load_photos(Path(args.data) if args.data else None), args, device)
 
 
@@ -549,6 +598,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     diff = float(np.abs(got - expected).max())
     size_mb = path.stat().st_size / 1e6
     print(f"exported {path} ({size_mb:.2f} MB); ONNX Runtime vs torch on {tuple(x.shape)}: max |diff| {diff:.2e}")
+    if diff > args.atol:
+        raise SystemExit(f"ONNX Runtime output differs from torch by {diff:.2e} > {args.atol:.0e}")
+
+
+def cmd_export_stacked(args: argparse.Namespace) -> None:
+    import onnxruntime as ort
+
+    net = from_onnx_weights(args.from_onnx) if args.from_onnx else load_checkpoint(args.checkpoint)
+    model = StackedWindows(net, frames_in=args.frames_in, frames_out=args.frames_out)
+    path = export_stacked_onnx(model, args.onnx)
+    x = torch.rand(2, 36, 52, 3 * args.frames_in, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    print(
+        f"exported {path} ({path.stat().st_size / 1e6:.2f} MB); "
+        f"ONNX Runtime vs torch on {tuple(x.shape)}: max |diff| {diff:.2e}"
+    )
     if diff > args.atol:
         raise SystemExit(f"ONNX Runtime output differs from torch by {diff:.2e} > {args.atol:.0e}")
 
@@ -589,7 +658,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(p)
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
     p.add_argument("--onnx", default=None, help="evaluate this ONNX file with ONNX Runtime instead of a checkpoint")
+    p.add_argument("--stacked-onnx", default=None, help="evaluate an N-in/M-out NHWC export (export-stacked)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export-stacked", help="export as N frames in, M out, NHWC (BMF's SR engine layout)")
+    p.add_argument("--checkpoint", default="out/vsr_x2.pt")
+    p.add_argument("--from-onnx", default=None, help="take the network's weights from this `export` file instead")
+    p.add_argument("--onnx", default="models/vsr_x2_7in3out_nhwc.onnx")
+    p.add_argument("--frames-in", type=int, default=7)
+    p.add_argument("--frames-out", type=int, default=3)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_export_stacked)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check ONNX Runtime against torch")
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
+from streamflow.detection import nms_per_frame, to_source_pixels, transform_table
 from streamflow.ops.resize import Letterbox
 
 __all__ = [
@@ -127,20 +127,6 @@ def check_outputs(
     return tensors[0], tensors[1], tensors[2], tensors[3]
 
 
-def _transform_table(
-    transforms: Sequence[Letterbox] | None, n: int, input_hw: tuple[int, int], device: torch.device
-) -> torch.Tensor:
-    """(n, 6) float32: scale_x, scale_y, offset_x, offset_y, source width, source height per frame."""
-    if transforms is None:
-        h, w = input_hw
-        return torch.tensor([[1.0, 1.0, 0.0, 0.0, float(w), float(h)]], device=device).expand(n, 6)
-    if len(transforms) != n:
-        raise ValueError(f"decode: {len(transforms)} transforms for a batch of {n} frames")
-    rows = [[t.scale_x, t.scale_y, t.offset_x, t.offset_y, float(t.width), float(t.height)] for t in transforms]
-    # A few dozen bytes per batch, built on the host where the Letterbox values live.
-    return torch.tensor(rows, dtype=torch.float32).to(device, non_blocking=True)
-
-
 def decode(
     heatmap: torch.Tensor,
     scale: torch.Tensor,
@@ -168,7 +154,7 @@ def decode(
     """
     n, _, h, w = heatmap.shape
     device = heatmap.device
-    table = _transform_table(transforms, n, (h * STRIDE, w * STRIDE), device)
+    table = transform_table(transforms, n, (h * STRIDE, w * STRIDE), device)
 
     heat = heatmap[:, 0].float()
     flat = heat.reshape(-1)
@@ -202,17 +188,9 @@ def decode(
 
     # Back to source pixels, per frame: (x - offset) / scale, then clip to the source frame.
     t = table[frame]
-    sxy, oxy, size = t[:, 0:2], t[:, 2:4], t[:, 4:6]
-    boxes = (boxes - oxy.repeat(1, 2)) / sxy.repeat(1, 2)
-    boxes = torch.minimum(boxes.clamp(min=0), size.repeat(1, 2))
-    points = (points - oxy[:, None, :]) / sxy[:, None, :]
-
-    keep = torchvision.ops.batched_nms(boxes, scores, frame, nms_iou)
-    # batched_nms returns by descending score; a stable sort by frame keeps that order per frame.
-    order = torch.sort(frame[keep], stable=True).indices
-    keep = keep[order]
-    counts = torch.bincount(frame[keep], minlength=n).tolist()
-    split = zip(boxes[keep].split(counts), scores[keep].split(counts), points[keep].split(counts), strict=True)
+    boxes = to_source_pixels(boxes, t)
+    points = (points - t[:, None, 2:4]) / t[:, None, 0:2]
+    split = nms_per_frame(boxes, scores, frame, n, nms_iou, points)
     return [FaceDetections(b, s, p) for b, s, p in split]
 
 

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VSRNet", "export_onnx", "load_checkpoint", "stack_window"]
+__all__ = [
+    "StackedWindows",
+    "VSRNet",
+    "export_onnx",
+    "export_stacked_onnx",
+    "from_onnx_weights",
+    "load_checkpoint",
+    "stack_window",
+]
 
 
 class _ResBlock(nn.Module):
@@ -139,4 +148,101 @@ def export_onnx(model: VSRNet, path: str | Path, *, opset: int = 17) -> Path:
         do_constant_folding=True,
         dynamo=False,
     )
+    return path
+
+
+class StackedWindows(nn.Module):
+    """N frames in, M frames out, NHWC, over a `VSRNet` of window N - M + 1: BMF's SR engine layout.
+
+    Input `(B, H, W, 3 * N)`: N consecutive RGB frames in [0, 1] concatenated on the channel axis,
+    oldest first. Output `(B, scale * H, scale * W, 3 * M)`: M upscaled frames on the channel axis;
+    output frame k is the network's picture of input frame k + (N - M) // 2, from the network's
+    window of input frames k .. k + window - 1 centred on it. So 7 in / 3 out over the 5-frame
+    network upscales input frames 2, 3, 4, each from the same 5 frames the 5-frame model alone
+    would see: the quality is the network's.
+
+    Example:
+        >>> wrapped = StackedWindows(VSRNet(window=5, features=8, blocks=1), frames_in=7, frames_out=3)
+        >>> wrapped(torch.rand(2, 6, 8, 21)).shape
+        torch.Size([2, 12, 16, 9])
+    """
+
+    def __init__(self, net: VSRNet, *, frames_in: int, frames_out: int) -> None:
+        super().__init__()
+        if frames_out < 1 or frames_in - frames_out + 1 != net.window or (frames_in - frames_out) % 2:
+            raise ValueError(
+                f"{frames_in} frames in, {frames_out} out need a network window of {frames_in - frames_out + 1} "
+                f"(and an even difference, so each output frame is centred); the network's window is {net.window}"
+            )
+        self.net = net
+        self.frames_in = frames_in
+        self.frames_out = frames_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        window = self.net.window
+        channels_first = x.permute(0, 3, 1, 2)
+        # One network call per output frame, not the M windows folded into the batch: the exported
+        # graph then has only constant slices and no shape arithmetic (no Shape/Reshape), which
+        # TensorRT builds as is and the torch backend can replay from a CUDA graph.
+        frames = [self.net(channels_first[:, 3 * k : 3 * (k + window)]) for k in range(self.frames_out)]
+        return torch.cat(frames, dim=1).permute(0, 2, 3, 1)  # (B, sH, sW, 3 * M)
+
+
+def from_onnx_weights(path: str | Path) -> VSRNet:
+    """Rebuild the `VSRNet` of an exported `export_onnx` file from its weights (window, width, depth read off them).
+
+    Example:
+        >>> net = from_onnx_weights(Path(__file__).resolve().parents[2] / "models" / "vsr_x2.onnx")
+        >>> net.config()
+        {'window': 5, 'features': 48, 'blocks': 8, 'scale': 2}
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(str(path)).graph.initializer
+    }
+    features, channels = weights["head.weight"].shape[:2]
+    blocks = sum(1 for name in weights if name.startswith("body.") and name.endswith(".conv1.weight"))
+    scale = math.isqrt(weights["tail.weight"].shape[0] // 3)
+    net = VSRNet(window=int(channels) // 3, features=int(features), blocks=blocks, scale=scale)
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+def export_stacked_onnx(
+    model: StackedWindows,
+    path: str | Path,
+    *,
+    input_name: str = "input:0",
+    output_name: str = "output:0",
+    opset: int = 17,
+) -> Path:
+    """Export a `StackedWindows` model: input `(B, H, W, 3N)` float32, output `(B, sH, sW, 3M)`; dynamic B, H, W."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    dummy = torch.rand(1, 32, 48, 3 * model.frames_in)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_axes={
+            input_name: {0: "batch", 1: "height", 2: "width"},
+            output_name: {0: "batch", 1: "height2", 2: "width2"},
+        },
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    import onnx
+
+    # The exporter leaves the output's channel count symbolic; it is fixed (3 * M), and consumers
+    # (the window/sr_output settings, TensorRT profiles) read it from the file.
+    exported = onnx.load(str(path))
+    exported.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 3 * model.frames_out
+    onnx.checker.check_model(exported)
+    onnx.save(exported, str(path))
     return path

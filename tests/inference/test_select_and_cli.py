@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from streamflow.inference.base import BackendKind, BackendUnavailableError, InputSpec, ModelError, ShapeError
-from streamflow.inference.engine_cli import parse_shape_option, register
+from streamflow.inference.engine_cli import parse_shape_option, parse_trtexec_shapes, register, shape_specs
 from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
 from streamflow.inference.select import choose_backend, create_backend
 
@@ -76,3 +76,57 @@ def test_build_engine_command_reports_clear_errors(small_model: Path) -> None:
     result = runner.invoke(app, ["build-engine", str(small_model), "--shape", "images=2x3x32x48"])
     assert result.exit_code == 1
     assert "error: BackendUnavailableError: TensorRT needs a CUDA GPU" in result.output
+
+
+# -- BMF's two trtexec lines ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+SR_SHAPE = "input:0:1x360x640x21"
+
+
+def test_trtexec_shape_options_make_the_profile() -> None:
+    specs = shape_specs(min_shapes=[SR_SHAPE], opt_shapes=[SR_SHAPE], max_shapes=[SR_SHAPE])
+    spec = specs["input:0"]
+    # What build_serialized_engine hands to profile.set_shape(name, min, opt, max).
+    assert (spec.min_shape, spec.shape, spec.max_shape) == ((1, 360, 640, 21),) * 3
+    ranged = shape_specs(
+        min_shapes=["input:0:1x360x640x21,other:1x4"],
+        opt_shapes=["input:0:2x360x640x21", "other:2x4"],
+        max_shapes=["input:0:4x360x640x21,other:4x4"],
+    )
+    assert (ranged["input:0"].min_batch, ranged["input:0"].opt_batch, ranged["input:0"].max_batch) == (1, 2, 4)
+    assert ranged["other"].max_shape == (4, 4)
+    assert shape_specs() == {}
+    with pytest.raises(ShapeError, match="needs --max-shapes too"):
+        shape_specs(min_shapes=[SR_SHAPE], opt_shapes=[SR_SHAPE])
+    with pytest.raises(ShapeError, match="by --shape and by --min/--opt/--max-shapes"):
+        shape_specs(["input:0=1x360x640x21"], [SR_SHAPE], [SR_SHAPE], [SR_SHAPE])
+    with pytest.raises(ShapeError, match="NAME:1x3x480x640"):
+        parse_trtexec_shapes("1x360x640x21")
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def version() -> None:  # a second command, so typer keeps `build-engine` as a sub-command
+        typer.echo("0")
+
+    return app
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks how far the command gets without a GPU")
+def test_bmf_command_lines_parse_and_reach_tensorrt(tmp_path: Path) -> None:
+    runner = CliRunner()
+    face = ["build-engine", str(ROOT / "models" / "version-RFB-640.onnx"), "--save-engine", str(tmp_path / "f.engine")]
+    sr_model = str(ROOT / "models" / "vsr_x2_7in3out_nhwc.onnx")
+    sr = ["build-engine", sr_model, "--min-shapes", SR_SHAPE, "--opt-shapes", SR_SHAPE, "--max-shapes", SR_SHAPE]
+    for args in (face, [*sr, "--fp16", "-o", str(tmp_path / "v1.engine")]):
+        result = runner.invoke(_app(), args)
+        # Shapes accepted (static from the model, or the profile); stops only at the missing GPU.
+        assert result.exit_code == 1, result.output
+        assert "TensorRT needs a CUDA GPU" in result.output
+    result = runner.invoke(_app(), [*sr[:-2]])  # --max-shapes missing: a usage error
+    assert result.exit_code == 2
+    assert "needs --max-shapes too" in result.output

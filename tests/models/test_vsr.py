@@ -227,3 +227,18 @@ def test_cuda_graph_fp16_channels_last_is_within_tolerance_of_fp32() -> None:
     assert float(diff.max()) <= FP16_ATOL, f"max |fp16 - fp32| = {float(diff.max()):.2e}"
     levels = ((fp32.clamp(0, 1) * 255).round() - (fp16.clamp(0, 1) * 255).round()).abs().max()
     assert int(levels) <= FP16_MAX_LEVELS
+
+
+def test_seven_in_three_out_export_gains_as_much_on_a_held_out_sequence() -> None:
+    """The BMF-layout file, fed as the pipeline feeds it (groups of 3, edges repeated), >= +1 dB over bicubic.
+
+    Its frames are the shipped model's (up to float rounding), so the gains match too.
+    """
+    tsr = _train_sr()
+    seq = _held_out_sequence()
+    stacked = tsr.StackedOnnxModel(ROOT / "models" / "vsr_x2_7in3out_nhwc.onnx")
+    assert (stacked.frames_in, stacked.frames_out) == (7, 3)
+    rows = tsr.evaluate(stacked, [seq], torch.device("cpu"))
+    plain = tsr.evaluate(tsr.OnnxModel(SHIPPED), [seq], torch.device("cpu"))
+    assert rows[0]["frames"] == len(seq.lr) and rows[0]["gain_db"] >= 1.0  # type: ignore[attr-defined]
+    assert rows[0]["model_psnr_y"] == pytest.approx(plain[0]["model_psnr_y"], abs=0.01)

@@ -100,6 +100,14 @@ def _centerface(tmp_path: Path) -> tuple[Stage, list[Item]]:
     return resolve_stage_type("centerface")(name="under_test"), _centerface_inputs(2)
 
 
+def _ultraface(tmp_path: Path) -> tuple[Stage, list[Item]]:
+    """Real UltraFace outputs (ONNX Runtime, the model's own 480x640 input) for two small frames."""
+    preprocess = resolve_stage_type("preprocess")(width=640, height=480, mean=(127,) * 3, std=(128,) * 3)
+    infer = resolve_stage_type("infer")(model=Path("models/version-RFB-640.onnx"), backend="onnxruntime")
+    items = list(run_stage(infer, run_stage(preprocess, list(make_frames(2, height=48, width=64)))))
+    return resolve_stage_type("ultraface")(name="under_test"), items
+
+
 def _annotate(tmp_path: Path) -> tuple[Stage, list[Item]]:
     frames = make_frames(3, height=48, width=64)
     for frame in frames:
@@ -130,6 +138,7 @@ CASES: dict[str, Case] = {
     "redis": _redis,
     "rtsp": _rtsp,
     "sr_output": _sr_output,
+    "ultraface": _ultraface,
     "window": _window,
 }
 _SERVERS: list[RtspServer | RedisServer | MosquittoServer] = []

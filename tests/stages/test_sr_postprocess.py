@@ -76,3 +76,21 @@ def test_wrong_frame_count() -> None:
     batch.frames = batch.frames[:1]
     with pytest.raises(ValueError, match="one RGB image per frame"):
         run_stage(SuperResolutionOutput(result="hr"), [batch])
+
+
+def test_three_frames_per_row_nhwc_in_order_with_the_stream_end_dropped() -> None:
+    frames = make_frames(4, height=2, width=2)
+    # Row r, frame slot k holds the value (3 * r + k) / 255 in every pixel; the last row serves one frame.
+    values = torch.arange(6, dtype=torch.float32).div(255).reshape(2, 3, 1)
+    output = values.repeat_interleave(3, dim=1).reshape(2, 1, 1, 9).expand(2, 4, 4, 9)
+    batch = Batch(frames, results={"hr": output, "frames_per_row": [3, 1]})
+    (out,) = run_stage(SuperResolutionOutput(result="hr", frames_out=3, layout="nhwc"), [batch])
+    assert [int(f.image[0, 0, 0]) for f in out.frames] == [0, 1, 2, 3]
+    assert all(f.image.shape == (3, 4, 4) for f in out.frames)
+    assert out.results == {}
+
+
+def test_rows_that_dont_match_frames_out_fail_clearly() -> None:
+    batch = Batch(make_frames(3, height=2, width=2), results={"hr": torch.rand(1, 4, 4, 6), "frames_per_row": [3]})
+    with pytest.raises(ValueError, match=r"expected \(B, H, W, 3M\) with B = 1 rows and M = 3"):
+        run_stage(SuperResolutionOutput(result="hr", frames_out=3, layout="nhwc"), [batch])

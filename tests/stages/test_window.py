@@ -149,3 +149,66 @@ def test_config_validation() -> None:
         Window(size=0)
     with pytest.raises(ValueError):
         Window(emit_batch=0)
+
+
+# -- N frames in, M frames out (BMF's SR engine: 7 in, 3 out, NHWC) ------------------------------------
+
+
+def _served_expected(length: int, size: int, step: int) -> list[tuple[list[int], list[int]]]:
+    """Per model input: (frames it serves, input frame in each slot), written out from the rule."""
+    before = (size - step) // 2
+    rows = []
+    for first in range(0, length, step):
+        served = list(range(first, min(first + step, length)))
+        rows.append((served, [min(max(first - before + k, 0), length - 1) for k in range(size)]))
+    return rows
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 8, 10])
+@pytest.mark.parametrize("emit_batch", [1, 2])
+def test_seven_in_three_out_nhwc_serves_every_frame_once(length: int, emit_batch: int) -> None:
+    out = _batches(run_stage(Window(size=7, frames_out=3, layout="nhwc", emit_batch=emit_batch), make_frames(length)))
+    assert [f.pts for f in _frames_out(out)] == list(range(length))
+    rows = []
+    for batch in out:
+        data = _data(batch)
+        assert data.shape[1:] == (4, 4, 21) and data.dtype == torch.float32
+        counts = batch.results["frames_per_row"]
+        assert len(counts) == data.shape[0] <= emit_batch and sum(counts) == len(batch.frames)
+        slots = _window_indices(data.permute(0, 3, 1, 2), 7)
+        served = iter(batch.frames)
+        rows += [([next(served).index for _ in range(c)], s) for c, s in zip(counts, slots, strict=True)]
+    assert rows == _served_expected(length, 7, 3)
+
+
+def test_uint8_input_keeps_pixel_values() -> None:
+    (batch,) = _batches(run_stage(Window(size=3, frames_out=3, dtype="uint8"), make_frames(3)))
+    data = _data(batch)
+    assert data.dtype == torch.uint8 and data.shape == (1, 9, 4, 4)
+    assert data[0, :, 0, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_frames_out_larger_than_the_window_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="frames_out 4 must be at most size 3"):
+        Window(size=3, frames_out=4)
+
+
+def test_one_frame_out_sets_no_row_counts() -> None:
+    (batch,) = _batches(run_stage(Window(size=3, emit_batch=2), make_frames(2)))
+    assert "frames_per_row" not in batch.results
+
+
+def test_seven_in_three_out_per_source_and_across_a_resolution_change() -> None:
+    a = make_frames(5, source_id="a")
+    b = make_frames(4, source_id="b")
+    small, large = make_frames(2, height=4, width=4), make_frames(4, height=8, width=6)[2:]
+    for f in small + large:
+        f.source_id = "c"
+    out = _batches(run_stage(Window(size=7, frames_out=3), [*a, *b, *small, *large]))
+    for source, length in (("a", 5), ("b", 4)):
+        assert [f.pts for f in _frames_out(out) if f.source_id == source] == list(range(length))
+    # Source c: the old size's 2 frames are one input, the new size's 2 another; no input mixes sizes.
+    c = [item for item in out if item.frames[0].source_id == "c"]
+    assert [[f.pts for f in item.frames] for item in c] == [[0, 1], [2, 3]]
+    assert [tuple(_data(item).shape[-2:]) for item in c] == [(4, 4), (8, 6)]
+    assert [item.results["frames_per_row"] for item in c] == [[2], [2]]
