@@ -14,12 +14,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
 from streamflow.inference.engine_cli import register as register_build_engine
-from streamflow.registry import registered_types, resolve_stage_type
-from streamflow.report import LiveDisplay, summary_table
+
+# The pipeline machinery (torch, PyAV, ONNX, the stages) is imported inside each command, not here:
+# `streamflow --help` answers without loading any of it.
 
 app = typer.Typer(
     add_completion=False,
@@ -72,6 +71,9 @@ def run(
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    from streamflow.config import ConfigError, build_pipeline
+    from streamflow.report import LiveDisplay, summary_table
+
     _configure_logging(verbose)
     try:
         pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
@@ -108,6 +110,8 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a config (every stage and option) without running anything."""
+    from streamflow.config import ConfigError, build_pipeline, load_config
+
     try:
         pipeline = build_pipeline(load_config(config, set_ or []))
     except ConfigError as error:
@@ -118,6 +122,11 @@ def validate(
 @app.command()
 def stages() -> None:
     """List registered stage types with their options and defaults."""
+    from rich.table import Table
+
+    from streamflow.config import stage_options
+    from streamflow.registry import registered_types, resolve_stage_type
+
     table = Table(title="registered stage types", title_justify="left")
     for column in ("type", "class", "option", "type of value", "default"):
         table.add_column(column)
@@ -156,6 +165,7 @@ def bench(
 ) -> None:
     """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
     from streamflow.bench import BenchError, run_bench
+    from streamflow.config import ConfigError
 
     _configure_logging(verbose)
     if baseline not in ("serial", "none"):

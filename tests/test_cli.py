@@ -113,3 +113,21 @@ stages:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "stage 'source' (decode): field 'uri': file not found" in lines[0]
+
+
+def test_help_does_not_import_the_heavy_libraries() -> None:
+    """`streamflow --help` (and every command's --help) loads no torch, PyAV or ONNX: it answers at once."""
+    script = (
+        "import sys\n"
+        "from streamflow.cli import app\n"
+        "for args in (['--help'], ['run', '--help'], ['build-engine', '--help']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, (args, done.code)\n"
+        "heavy = {'torch', 'torchvision', 'av', 'onnx', 'onnxruntime', 'numpy'} & set(sys.modules)\n"
+        "print('heavy:', sorted(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("heavy: []")

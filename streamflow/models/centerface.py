@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
 from streamflow.ops.resize import Letterbox
 
@@ -207,7 +206,10 @@ def decode(
     boxes = torch.minimum(boxes.clamp(min=0), size.repeat(1, 2))
     points = (points - oxy[:, None, :]) / sxy[:, None, :]
 
-    keep = torchvision.ops.batched_nms(boxes, scores, frame, nms_iou)
+    # torchvision takes seconds to import: only a run that decodes boxes pays for it, not `validate`.
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(boxes, scores, frame, nms_iou)
     # batched_nms returns by descending score; a stable sort by frame keeps that order per frame.
     order = torch.sort(frame[keep], stable=True).indices
     keep = keep[order]
