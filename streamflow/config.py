@@ -177,6 +177,13 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             if key not in entry:
                 label = entry.get("name", f"#{index + 1}")
                 raise ConfigError(f"missing required key {key!r}", file=file, stage=str(label), field=key)
+        if entry["type"] is None:
+            raise ConfigError(
+                "no type: YAML reads an unquoted null as no value; the discarding sink is `type: discard`",
+                file=file,
+                stage=str(entry["name"]),
+                field="type",
+            )
     names = [str(entry["name"]) for entry in stages_raw]
     for name in names:
         if names.count(name) > 1:
@@ -209,8 +216,10 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
 
 def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
     """Instantiate and validate one stage from its spec (no GPU memory is touched)."""
+    # `module:Class` types are also looked for beside the config file and in the working directory.
+    search = [Path(file).parent] if file else []
     try:
-        cls = resolve_stage_type(spec.type)
+        cls = resolve_stage_type(spec.type, [*search, Path.cwd()])
     except UnknownStageType as error:
         raise ConfigError(str(error), file=file, stage=spec.name, field="type") from None
     try:

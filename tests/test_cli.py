@@ -94,7 +94,7 @@ def test_signal_stops_input_drains_and_finalizes(tmp_path: Path, sig: signal.Sig
 def test_stages_lists_registered_types_with_options() -> None:
     result = cli("stages")
     assert result.returncode == 0
-    assert "null" in result.stdout
+    assert "discard" in result.stdout
 
 
 def test_missing_input_video_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
