@@ -263,11 +263,14 @@ def build_pipeline(
         raise ConfigError(str(error), file=config.source_file) from None
 
 
-def stage_options(cls: type[Stage]) -> Mapping[str, tuple[str, Any]]:
-    """Option name -> (type, default) for `streamflow stages`."""
-    result: dict[str, tuple[str, Any]] = {}
+def stage_options(cls: type[Stage]) -> Mapping[str, tuple[Any, Any, str]]:
+    """Option name -> (annotation, default or `REQUIRED`, description) for `streamflow stages`."""
+    result: dict[str, tuple[Any, Any, str]] = {}
     for name, info in cls.Config.model_fields.items():
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        default = "(required)" if info.is_required() else info.get_default(call_default_factory=True)
-        result[name] = (annotation.replace("typing.", ""), default)
+        default = REQUIRED if info.is_required() else info.get_default(call_default_factory=True)
+        result[name] = (info.annotation, default, info.description or "")
     return result
+
+
+#: The default of an option that has none: the config must set it.
+REQUIRED = object()

@@ -94,7 +94,12 @@ def test_signal_stops_input_drains_and_finalizes(tmp_path: Path, sig: signal.Sig
 def test_stages_lists_registered_types_with_options() -> None:
     result = cli("stages")
     assert result.returncode == 0
-    assert "discard" in result.stdout
+    text = " ".join(result.stdout.split())  # rich wraps long cells: compare words, not lines
+    assert "discard" in text and "same as discard" in text  # `null`, the old name
+    assert "boxes | blur | pixelate" in text and "<AnnotateMode" not in text  # allowed values, plain defaults
+    for setting in ("queue_size", "overflow", "batch_size", "device", "block | drop_oldest"):
+        assert setting in text
+    assert "stages.centerface:CenterFacePostprocess" in result.stdout  # class names whole, on one line
 
 
 def test_missing_input_video_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
