@@ -65,6 +65,11 @@ class CenterFace(Stage):
 
     uses_gpu: ClassVar[bool] = True
 
+    def setup(self) -> None:
+        # The box decoder's NMS comes from torchvision, which takes seconds to import: import it
+        # here, before frames flow, not inside the first batch's time (nor in `streamflow validate`).
+        import torchvision.ops  # noqa: F401
+
     def process(self, item: Frame | Batch) -> Frame | Batch:
         cfg = self.config
         frames = item.frames

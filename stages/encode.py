@@ -133,4 +133,6 @@ class Encode(Stage):
         if self.writer is not None:
             self.writer.close()
             if self.writer.backend is not None:
-                self.count(f"backend_{self.writer.backend.value}")
+                # Set, not added: _close runs at end of stream and again at teardown.
+                where = "with_nvenc" if self.writer.backend.value == "nvenc" else "on_cpu"
+                self.counters[f"encoded_{where}"] = self.writer.frames

@@ -14,7 +14,13 @@ the outputs sliced back; larger ones run in chunks.
 
 `input_shapes` gives each input's shape, batch included: `{"input.1": [8, 3, 480, 640]}`, or a
 batch range for dynamic batch, `{"input.1": {"min": [1, 3, 480, 640], "opt": [8, 3, 480, 640],
-"max": [32, 3, 480, 640]}}`. Omitted, the model's own shapes are used when they are all fixed.
+"max": [32, 3, 480, 640]}}`. Omitted, the model's own shapes are used when they are all fixed; when
+some are dynamic (a fully convolutional model takes any height and width), the shapes come from the
+stream: each new input size gets its own backend (a TensorRT engine with a profile for that shape,
+a CUDA graph, an ONNX Runtime session), built when the first batch of that size arrives and kept,
+at most `shape_cache` of them (`streamflow.inference.per_shape`). Fixed `input_shapes` are for those
+who want the engine built before the first frame; a batch that does not fit them is an error that
+says what to set.
 
 Example (YAML):
     - name: detect
@@ -54,11 +60,11 @@ from streamflow.inference.base import (
     CudaGraphMode,
     InferenceBackend,
     InputSpec,
-    ModelError,
     Precision,
     ShapeError,
 )
-from streamflow.inference.onnx_tools import graph_inputs, load_onnx
+from streamflow.inference.onnx_tools import Dim, graph_inputs, load_onnx
+from streamflow.inference.per_shape import PerShapeBackends, is_dynamic
 from streamflow.inference.select import create_backend
 from streamflow.inference.tensorrt_backend import default_engine_cache
 from streamflow.stage import Stage, StageConfig
@@ -101,6 +107,9 @@ class Infer(Stage):
         input: str | None = Field(
             None, description="the model input that gets the batch's data (default: the only one)"
         )
+        shape_cache: int = Field(
+            4, ge=1, description="without input_shapes: how many input sizes keep a prepared model (LRU)"
+        )
 
         @field_validator("model")
         @classmethod
@@ -130,7 +139,10 @@ class Infer(Stage):
     def __init__(self, config: StageConfig | None = None, /, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.backend: InferenceBackend | None = None
+        #: Without input_shapes and with dynamic model dims: one backend per input size.
+        self.per_shape: PerShapeBackends | None = None
         self.data_input = ""
+        self._rank = 0
 
     def setup(self) -> None:
         cfg = self.config
@@ -138,12 +150,29 @@ class Infer(Stage):
             raise ValueError(
                 f"precision fp16 needs a CUDA device, but stage {self.name!r} runs on {self.device}: use precision fp32"
             )
-        specs = cfg.specs() or self._model_specs(cfg.model)
-        if cfg.input is not None and cfg.input not in specs:
-            raise ShapeError(f"input {cfg.input!r} is not a model input; the inputs are {sorted(specs)}")
-        if cfg.input is None and len(specs) != 1:
-            raise ShapeError(f"the model has inputs {sorted(specs)}: set `input` to the one that gets the batch data")
-        self.data_input = cfg.input or next(iter(specs))
+        specs = cfg.specs()
+        declared = None if specs is not None else self._declared_inputs(cfg.model)
+        if declared is not None and not any(is_dynamic(dims) for dims in declared.values()):
+            specs = {name: InputSpec.static(name, dims) for name, dims in declared.items()}  # type: ignore[arg-type]
+        names = list(specs or declared or {})
+        if cfg.input is not None and cfg.input not in names:
+            raise ShapeError(f"input {cfg.input!r} is not a model input; the inputs are {sorted(names)}")
+        if cfg.input is None and len(names) != 1:
+            raise ShapeError(f"the model has inputs {sorted(names)}: set `input` to the one that gets the batch data")
+        self.data_input = cfg.input or names[0]
+        if specs is None:
+            assert declared is not None  # no input_shapes: the model's declared dims were read above
+            self._rank = len(declared[self.data_input])
+            self.per_shape = PerShapeBackends(
+                declared, self._load_backend, batch=self.batch_size, capacity=cfg.shape_cache, logger=self.log
+            )
+            self.log.info("model input shapes are taken from the stream (dynamic dims, no input_shapes)")
+            return
+        self._rank = len(specs[self.data_input].shape)
+        self.backend = self._load_backend(specs)
+
+    def _load_backend(self, specs: dict[str, InputSpec]) -> InferenceBackend:
+        cfg = self.config
         backend = create_backend(
             cfg.model,
             specs,
@@ -157,31 +186,22 @@ class Infer(Stage):
             logger=self.log,
         )
         backend.load()
-        self.backend = backend
         self.log.info("%s", backend.description)
+        return backend
 
     @staticmethod
-    def _model_specs(model: Path) -> dict[str, InputSpec]:
+    def _declared_inputs(model: Path) -> dict[str, tuple[Dim, ...]]:
         if model.suffix.lower() != ".onnx":
             raise ShapeError(f"input_shapes is required with a TensorRT engine ({model.name})")
-        declared = graph_inputs(load_onnx(model))
-        specs = {}
-        for name, dims in declared.items():
-            if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
-                described = ", ".join(f"{n} {list(d)}" for n, d in declared.items())
-                raise ModelError(f"{model.name} has dynamic input dims ({described}): set input_shapes")
-            specs[name] = InputSpec.static(name, [int(d) for d in dims])  # type: ignore[arg-type]
-        return specs
+        return graph_inputs(load_onnx(model))
 
     def _data(self, item: Frame | Batch) -> torch.Tensor:
-        assert self.backend is not None  # setup() ran: the runner guarantees it
-        rank = len(self.backend.inputs[self.data_input].shape)
         if isinstance(item, Batch):
             if item.data is not None:
                 return item.data
-            tensors = [self._frame_tensor(frame, rank) for frame in item.frames]
+            tensors = [self._frame_tensor(frame, self._rank) for frame in item.frames]
             return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-        return self._frame_tensor(item, rank)
+        return self._frame_tensor(item, self._rank)
 
     @staticmethod
     def _frame_tensor(frame: Frame, rank: int) -> torch.Tensor:
@@ -190,13 +210,27 @@ class Infer(Stage):
             raise TypeError(f"frame {frame.index}: results['input'] is {type(tensor).__name__}, not a tensor")
         return tensor.unsqueeze(0) if tensor.dim() == rank - 1 else tensor
 
+    def _fixed_shape_hint(self, feeds: dict[str, torch.Tensor]) -> str:
+        """What to set so that these tensors fit: the option, its value, or dropping it."""
+        assert self.backend is not None  # called only with fixed shapes
+        values = []
+        for name, tensor in feeds.items():
+            spec = self.backend.inputs[name]
+            frame = [int(d) for d in tensor.shape[1:]]
+            opt = [spec.opt_batch, *frame]
+            values.append(f"{name}: {{min: {[spec.min_batch, *frame]}, opt: {opt}, max: {[spec.max_batch, *frame]}}}")
+        return (
+            f"set {self.name}.input_shapes to {{{', '.join(values)}}}, or leave input_shapes out "
+            "to take the shapes from the stream"
+        )
+
     def process(self, item: Frame | Batch) -> Frame | Batch:
-        assert self.backend is not None  # setup() ran: the runner guarantees it
         data = self._data(item)
         if data.device != self.device:
             data = data.to(self.device, non_blocking=True)
         feeds = {self.data_input: data}
-        for name in self.backend.inputs:
+        names = self.per_shape.declared if self.per_shape is not None else self._backend().inputs
+        for name in names:
             if name != self.data_input:
                 extra = item.results.get(name)
                 if not isinstance(extra, torch.Tensor):
@@ -207,11 +241,27 @@ class Infer(Stage):
             raise ShapeError(
                 f"the batch has {rows} model inputs ({len(item.frames)} frames) but its data has {data.shape[0]} rows"
             )
-        item.results.update(self.backend.run(feeds))
+        if self.per_shape is not None:
+            item.results.update(self.per_shape.run(feeds))
+        else:
+            backend = self._backend()
+            try:
+                item.results.update(backend.run(feeds))
+            except ShapeError as error:
+                if all(tuple(t.shape[1:]) == backend.inputs[n].frame_shape for n, t in feeds.items()):
+                    raise
+                raise ShapeError(f"{error}: {self._fixed_shape_hint(feeds)}") from None
         self.count("frames", len(item.frames))
         return item
+
+    def _backend(self) -> InferenceBackend:
+        assert self.backend is not None  # setup() ran with fixed shapes: the runner guarantees it
+        return self.backend
 
     def teardown(self) -> None:
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        if self.per_shape is not None:
+            self.per_shape.close()
+            self.per_shape = None

@@ -1,11 +1,14 @@
-"""`null`: a sink that discards frames, for benchmarks.
+"""`discard`: a sink that discards frames, for benchmarks and for trying a pipeline without outputs.
 
 It runs on the host, so the runner waits (in this stage's thread) for each item's CUDA event before
-handing it over: a benchmark that ends in `null` counts finished GPU work, not queued work.
+handing it over: a benchmark that ends in `discard` counts finished GPU work, not queued work.
+
+The type was first registered as `null`, which still works when quoted (`type: "null"`): unquoted,
+YAML reads `null` as no value at all.
 
 Example (YAML):
     - name: sink
-      type: null
+      type: discard
 """
 
 from __future__ import annotations

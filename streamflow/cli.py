@@ -11,18 +11,18 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
 from streamflow.inference.engine_cli import register as register_build_engine
-from streamflow.pipeline import Pipeline
-from streamflow.preflight import PreflightError, ensure_output_folder
-from streamflow.registry import registered_types, resolve_stage_type
-from streamflow.report import LiveDisplay, summary_table
+
+if TYPE_CHECKING:
+    from streamflow.pipeline import Pipeline
+
+# The pipeline machinery (torch, PyAV, ONNX, the stages) is imported inside each command, not here:
+# `streamflow --help` answers without loading any of it.
 
 app = typer.Typer(
     add_completion=False,
@@ -79,6 +79,10 @@ def run(
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    from streamflow.config import ConfigError, build_pipeline
+    from streamflow.preflight import PreflightError
+    from streamflow.report import LiveDisplay, summary_table
+
     _configure_logging(verbose)
     try:
         pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
@@ -141,6 +145,9 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a config (every stage and option) without running anything."""
+    from streamflow.config import ConfigError, build_pipeline, load_config
+    from streamflow.preflight import PreflightError
+
     try:
         pipeline = build_pipeline(load_config(config, set_ or []))
         pipeline.preflight(create_folders=False)
@@ -149,25 +156,103 @@ def validate(
     out.print(f"{config}: valid ({len(pipeline.stages)} stages: {' -> '.join(s.name for s in pipeline.stages)})")
 
 
+#: The runner's settings, which every stage entry takes beside its own options (see `Stage`).
+RUNNER_SETTINGS = (
+    ("name", "str", "the stage type", "unique name in the pipeline; `--set NAME.FIELD=...` uses it"),
+    ("queue_size", "int", "the pipeline's queue_size", "bound of this stage's input queue"),
+    ("overflow", "block | drop_oldest", "block (drop_oldest after live sources)", "what a full queue does"),
+    ("batch_size", "int", "1", "queued frames the runner gathers into one Batch per call"),
+    ("device", "auto | cpu | cuda | cuda:N", "the pipeline's device", "where the stage runs"),
+)
+
+
+def _type_text(annotation: Any) -> str:
+    """`AnnotateMode` -> `boxes | blur | pixelate`; `int | None` -> `int or none`; `Path` -> `path`."""
+    import enum
+    import types
+    import typing
+
+    if typing.get_origin(annotation) is typing.Annotated:  # constrained values: the type is what a user writes
+        return _type_text(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return " | ".join(str(member.value) for member in annotation)
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join(kinds) + (" or none" if type(None) in args else "")
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if args:  # list[int], dict[str, ...], tuple[float, float, float]
+        origin = typing.get_origin(annotation)
+        return f"{getattr(origin, '__name__', str(origin))} of {', '.join(dict.fromkeys(_type_text(a) for a in args))}"
+    name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    return {"Path": "path", "PosixPath": "path", "NoneType": "none", "Ellipsis": "..."}.get(name, name)
+
+
+def _value_text(value: Any) -> str:
+    """A default as it would be written in YAML: `boxes`, `[0, 255, 0]`, `true`, `none`."""
+    import enum
+
+    from streamflow.config import REQUIRED
+
+    if value is REQUIRED:
+        return "(required)"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_value_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 @app.command()
 def stages() -> None:
-    """List registered stage types with their options and defaults."""
-    table = Table(title="registered stage types", title_justify="left")
-    for column in ("type", "class", "option", "type of value", "default"):
-        table.add_column(column)
+    """List registered stage types with their options, allowed values and defaults."""
+    from rich.table import Table
+
+    from streamflow.config import stage_options
+    from streamflow.registry import registered_types, resolve_stage_type
+
+    runner = Table(title="runner settings (every stage takes these)", title_justify="left")
+    for column in ("setting", "value", "default", "meaning"):
+        runner.add_column(column)
+    for row in RUNNER_SETTINGS:
+        runner.add_row(row[0], row[1], row[2], row[3])
+    out.print(runner)
+    table = Table(title="registered stage types and their options", title_justify="left")
+    table.add_column("type", no_wrap=True)
+    table.add_column("class", no_wrap=True)  # a class name cut short can't be looked up
+    table.add_column("option", no_wrap=True)
+    table.add_column("value")
+    table.add_column("default")
+    table.add_column("meaning")
+    seen: dict[type, str] = {}
     for type_name in registered_types():
         cls = resolve_stage_type(type_name)
+        if cls in seen:  # an old name kept for old configs
+            table.add_row(type_name, f"{cls.__module__}:{cls.__qualname__}", "", "", "", f"same as {seen[cls]}")
+            continue
+        seen[cls] = type_name
         options = stage_options(cls)
-        first = True
-        for option, (kind, default) in options.items() or {"": ("", "")}.items():
+        rows = [
+            (option, _type_text(kind), _value_text(default), about)
+            for option, (kind, default, about) in options.items()
+        ]
+        for index, (option, kind_text, default_text, about) in enumerate(rows or [("", "", "", "(no options)")]):
+            first = index == 0
             table.add_row(
                 type_name if first else "",
                 f"{cls.__module__}:{cls.__qualname__}" if first else "",
                 option,
-                kind,
-                repr(default) if option else "",
+                kind_text,
+                default_text,
+                about,
             )
-            first = False
     out.print(table)
 
 
@@ -190,6 +275,8 @@ def bench(
 ) -> None:
     """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
     from streamflow.bench import BenchError, run_bench
+    from streamflow.config import ConfigError
+    from streamflow.preflight import PreflightError, ensure_output_folder
 
     _configure_logging(verbose)
     if baseline not in ("serial", "none"):

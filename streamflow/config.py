@@ -273,6 +273,13 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             if key not in entry:
                 label = entry.get("name", f"#{index + 1}")
                 raise ConfigError(f"missing required key {key!r}", file=file, stage=str(label), field=key)
+        if entry["type"] is None:
+            raise ConfigError(
+                "no type: YAML reads an unquoted null as no value; the discarding sink is `type: discard`",
+                file=file,
+                stage=str(entry["name"]),
+                field="type",
+            )
     if len(stages_raw) > MAX_STAGES:
         raise ConfigError(f"{len(stages_raw)} stages; the limit is {MAX_STAGES}", file=file, field="stages")
     names = [str(entry["name"]) for entry in stages_raw]
@@ -309,8 +316,10 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
 
 def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
     """Instantiate and validate one stage from its spec (no GPU memory is touched)."""
+    # `module:Class` types are also looked for beside the config file and in the working directory.
+    search = [Path(file).parent] if file else []
     try:
-        cls = resolve_stage_type(spec.type)
+        cls = resolve_stage_type(spec.type, [*search, Path.cwd()])
     except UnknownStageType as error:
         raise ConfigError(str(error), file=file, stage=spec.name, field="type") from None
     try:
@@ -361,11 +370,14 @@ def build_pipeline(
     return pipeline
 
 
-def stage_options(cls: type[Stage]) -> Mapping[str, tuple[str, Any]]:
-    """Option name -> (type, default) for `streamflow stages`."""
-    result: dict[str, tuple[str, Any]] = {}
+def stage_options(cls: type[Stage]) -> Mapping[str, tuple[Any, Any, str]]:
+    """Option name -> (annotation, default or `REQUIRED`, description) for `streamflow stages`."""
+    result: dict[str, tuple[Any, Any, str]] = {}
     for name, info in cls.Config.model_fields.items():
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        default = "(required)" if info.is_required() else info.get_default(call_default_factory=True)
-        result[name] = (annotation.replace("typing.", ""), default)
+        default = REQUIRED if info.is_required() else info.get_default(call_default_factory=True)
+        result[name] = (info.annotation, default, info.description or "")
     return result
+
+
+#: The default of an option that has none: the config must set it.
+REQUIRED = object()

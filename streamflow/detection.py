@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torchvision
 
 from streamflow.ops.resize import Letterbox
 
@@ -48,7 +47,10 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     b = b.float().reshape(-1, 4).to(a.device)
     if a.shape[0] == 0 or b.shape[0] == 0:
         return torch.zeros(a.shape[0], b.shape[0], device=a.device)
-    return torchvision.ops.box_iou(a, b)
+    # torchvision takes seconds to import: only code that compares or decodes boxes pays for it.
+    from torchvision.ops import box_iou
+
+    return box_iou(a, b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,9 @@ def nms_per_frame(
         >>> [len(o[0]) for o in out]
         [1, 1, 0]
     """
-    keep = torchvision.ops.batched_nms(boxes, scores, frame, iou)
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(boxes, scores, frame, iou)
     # batched_nms returns by descending score; a stable sort by frame keeps that order per frame.
     keep = keep[torch.sort(frame[keep], stable=True).indices]
     counts = torch.bincount(frame[keep], minlength=n).tolist()

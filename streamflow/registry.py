@@ -2,7 +2,9 @@
 
 Built-in stages register exactly as a third-party package would: an entry point in the
 `streamflow.stages` group (see pyproject.toml), so the core never imports `stages/`. A config may
-also name any class directly as `package.module:ClassName`.
+also name any class directly as `package.module:ClassName`. Such a module is imported as Python
+would (installed packages, PYTHONPATH) and, when that finds nothing, from the config file's folder
+and then the working directory: `type: mymodule:Brighten` next to the config just works.
 
 Example:
     >>> resolve_stage_type("streamflow.testing:ListSink").__name__
@@ -13,8 +15,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
+from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from types import ModuleType
 
 from streamflow.stage import Stage
 
@@ -37,15 +43,40 @@ def registered_types() -> list[str]:
     return sorted(_entry_points())
 
 
-def resolve_stage_type(type_name: str) -> type[Stage]:
-    """The stage class for a registered type name or a `module:Class` path."""
+def _import_module(module_name: str, search_paths: Sequence[Path]) -> ModuleType:
+    """Import `module_name`; if Python's own path has no such module, look in `search_paths` too."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.partition(".")[0]
+        if error.name != top or not search_paths:
+            raise  # found, but something it imports is missing: that error is the one to show
+    folders = [str(Path(p).resolve()) for p in search_paths]
+    added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
+    # Only for this import: the folders are not left on sys.path for unrelated imports to find.
+    sys.path[len(sys.path) : len(sys.path)] = added
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+
+
+def resolve_stage_type(type_name: str, search_paths: Sequence[Path] = ()) -> type[Stage]:
+    """The stage class for a registered type name or a `module:Class` path.
+
+    `search_paths`: folders where a `module:Class` module is looked for when Python's path has no
+    such module (the config's folder and the working directory, as `build_pipeline` passes them).
+    """
     if ":" in type_name:
         module_name, _, attr = type_name.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = _import_module(module_name, search_paths)
         except ImportError as error:
+            where = ", ".join(str(p) for p in dict.fromkeys(search_paths))
+            looked = f" (looked on the Python path and in {where})" if where else ""
             raise UnknownStageType(
-                f"cannot import module {module_name!r} for stage type {type_name!r}: {error}"
+                f"cannot import module {module_name!r} for stage type {type_name!r}: {error}{looked}"
             ) from None
         cls = getattr(module, attr, None)
         if cls is None:

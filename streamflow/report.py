@@ -21,16 +21,43 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+#: What the summary's columns mean, printed under the table: the figures are easy to misread.
+SUMMARY_NOTE = (
+    "service ms/frame: the stage's own working time per frame taken in (busy time / frames), and the fps "
+    "it could reach alone. since source: time from the frame leaving the source to leaving this stage, "
+    "so it includes every stage and queue before it and grows along the pipeline."
+)
+
+
+def counter_text(counters: dict[str, float]) -> str:
+    """`{"bad_packets": 2}` -> `bad packets 2`: counters as words a reader can follow."""
+    return ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in sorted(counters.items()))
+
+
 def summary_table(stats: RunStats, title: str | None = None) -> Table:
-    """One row per stage: frames, fps, busy %, latency p50/p95/p99, queue, drops, counters."""
-    table = Table(title=title or f"{stats.pipeline}: {stats.wall_s:.2f} s", title_justify="left")
+    """One row per stage: frames, its own service time, time since the source, queue, drops, counters.
+
+    The end-to-end rate appears once, in the title: every stage of a pipeline passes the same frames
+    in the same wall time, so a per-row fps would repeat one number.
+    """
+    last = stats.stages[-1] if stats.stages else None
+    done = (last.frames_in if last is not None else 0) or 0
+    rate = done / stats.wall_s if stats.wall_s > 0 else 0.0
+    heading = f"{stats.pipeline}: {done} frames in {stats.wall_s:.2f} s, {rate:.1f} fps end to end"
+    table = Table(
+        title=heading if title is None else f"{title}: {heading}",
+        title_justify="left",
+        caption=SUMMARY_NOTE,
+        caption_justify="left",
+    )
     for column in (
         "stage",
         "device",
-        "frames",
-        "fps",
+        "frames in/out",
         "busy %",
-        "lat p50 ms",
+        "service ms/frame",
+        "alone fps",
+        "since source p50 ms",
         "p95",
         "p99",
         "queue max/cap",
@@ -39,23 +66,25 @@ def summary_table(stats: RunStats, title: str | None = None) -> Table:
     ):
         table.add_column(column, justify="left" if column in ("stage", "device", "counters") else "right")
     for stage in stats.stages:
-        frames = stage.frames_out or stage.frames_in
         busy = 100 * stage.busy_s / stats.wall_s if stats.wall_s > 0 else 0.0
+        frames = stage.frames_in or stage.frames_out  # a source takes nothing in
+        service = 1000 * stage.busy_s / frames if frames else None
+        alone = frames / stage.busy_s if stage.busy_s > 0 and frames else None
         samples = stage.latency_ms
         queue = f"{stage.queue_max_depth}/{stage.queue_capacity}" if stage.queue_capacity else "-"
-        counters = ", ".join(f"{k}={v:g}" for k, v in sorted(stage.counters.items()))
         table.add_row(
             stage.name,
             stage.device,
-            str(frames),
-            f"{stage.fps(stats.wall_s):.1f}",
+            f"{stage.frames_in}/{stage.frames_out}",
             f"{busy:.0f}",
+            _ms(service),
+            "-" if alone is None else f"{alone:.1f}",
             _ms(percentile(samples, 50)),
             _ms(percentile(samples, 95)),
             _ms(percentile(samples, 99)),
             queue,
             str(stage.dropped),
-            counters,
+            counter_text(stage.counters),
         )
     return table
 

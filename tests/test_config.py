@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,71 @@ def test_invalid_configs_give_one_line_errors_naming_file_stage_and_field(tmp_pa
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+BRIGHTEN = """
+from streamflow import Stage, StageConfig
+
+
+class {name}(Stage):
+    class Config(StageConfig):
+        amount: int = 10
+
+    def process(self, item):
+        for frame in item.frames:
+            frame.image = frame.image + self.config.amount
+        return item
+"""
+
+
+def _module_config(folder: Path, module: str, cls: str) -> Path:
+    return write(
+        folder,
+        f"""
+name: custom
+device: cpu
+stages:
+  - name: source
+    type: {SOURCE}
+    count: 3
+  - name: brighten
+    type: {module}:{cls}
+    amount: 7
+  - name: sink
+    type: discard
+""",
+    )
+
+
+@pytest.mark.parametrize("where", ["config folder", "working directory"])
+def test_module_class_types_are_found_beside_the_config_and_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """`type: mymodule:Class` without PYTHONPATH: the module sits next to the config, or in the cwd."""
+    module = f"brighten_{where.split()[0]}"  # a module name no other test imports
+    configs, elsewhere = tmp_path / "configs", tmp_path / "elsewhere"
+    configs.mkdir()
+    elsewhere.mkdir()
+    home = configs if where == "config folder" else elsewhere
+    (home / f"{module}.py").write_text(BRIGHTEN.format(name="Brighten"))
+    monkeypatch.chdir(elsewhere)
+    pipeline = build_pipeline(_module_config(configs, module, "Brighten"))
+    stage = pipeline.stages[1]
+    assert type(stage).__name__ == "Brighten" and stage.config.amount == 7  # type: ignore[attr-defined]
+    stats = pipeline.run_sync()
+    assert stats.stage("brighten").frames_in == 3
+    assert str(home) not in sys.path  # the folder was on the path only for the import
+
+
+def test_a_module_found_nowhere_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"stage 'brighten'.*cannot import module 'no_such_module'.*looked on"):
+        build_pipeline(_module_config(tmp_path, "no_such_module", "Brighten"))
+
+
+def test_unquoted_null_type_says_to_write_discard(tmp_path: Path) -> None:
+    text = valid(tmp_path).replace(f"type: {SINK}\n    path: {tmp_path / 'out.jsonl'}", "type: null")
+    with pytest.raises(ConfigError, match=r"stage 'writer'.*field 'type'.*`type: discard`"):
+        load_config(write(tmp_path, text))
+    quoted = text.replace("type: null", 'type: "null"')  # old configs that quoted it keep working
+    assert type(build_pipeline(write(tmp_path, quoted)).stages[-1]).__name__ == "NullSink"

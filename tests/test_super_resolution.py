@@ -5,6 +5,7 @@ Every output frame must exist (same count and timestamps as the input) at twice 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import av
@@ -16,6 +17,7 @@ from stages.infer import Infer
 from stages.sr_postprocess import SuperResolutionOutput
 from stages.window import Window
 from streamflow.config import build_pipeline
+from streamflow.inference.base import ShapeError
 from streamflow.pipeline import Pipeline
 from streamflow.video.synth import write_clip
 
@@ -59,7 +61,22 @@ def test_pipeline_on_cpu_keeps_every_frame_at_twice_the_size(tmp_path: Path, fra
     assert times_out == pytest.approx(times_in)
 
 
-def test_config_runs_with_another_input_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("width", "height", "frames"), [(320, 180, 6), (640, 360, 4), (1280, 720, 2)])
+def test_config_runs_at_the_clip_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, height: int, frames: int
+) -> None:
+    """The shipped config, unchanged, on clips of three sizes: every frame comes out, at twice the size."""
+    clip = write_clip(tmp_path / "in.mp4", width=width, height=height, frames=frames, pattern="testsrc")
+    monkeypatch.setenv("SR_CLIP", str(clip))
+    monkeypatch.setenv("SR_OUT", str(tmp_path))
+    build_pipeline(CONFIG).run_sync()  # device: auto (the CPU here)
+    times_in, _ = _read(clip)
+    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    assert size == (2 * width, 2 * height)
+    assert times_out == pytest.approx(times_in)
+
+
+def test_config_with_fixed_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clip = write_clip(tmp_path / "in.mp4", width=64, height=36, frames=4, pattern="testsrc")
     monkeypatch.setenv("SR_CLIP", str(clip))
     monkeypatch.setenv("SR_OUT", str(tmp_path))
@@ -70,13 +87,34 @@ def test_config_runs_with_another_input_size(tmp_path: Path, monkeypatch: pytest
     assert len(times_out) == 4
 
 
+def test_fixed_shapes_that_do_not_fit_say_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = write_clip(tmp_path / "in.mp4", width=48, height=32, frames=2, pattern="testsrc")
+    monkeypatch.setenv("SR_CLIP", str(clip))
+    monkeypatch.setenv("SR_OUT", str(tmp_path))
+    pipeline = build_pipeline(CONFIG, overrides=["upscale.input_shapes={frames: [4, 15, 36, 64]}"])
+    with pytest.raises(ShapeError) as info:
+        pipeline.run_sync()
+    message = str(info.value)
+    assert "got shape 2x15x32x48, outside 4x15x36x64" in message
+    assert "set upscale.input_shapes to {frames: {min: [4, 15, 32, 48]" in message
+    assert "leave input_shapes out" in message and "\n" not in message
+
+
 @pytest.mark.gpu
-def test_config_on_gpu_with_a_360p_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clip = write_clip(tmp_path / "in.mp4", width=640, height=360, frames=30, pattern="testsrc")
+@pytest.mark.parametrize(("width", "height"), [(320, 180), (640, 360), (1280, 720)])
+def test_config_on_gpu_at_three_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, width: int, height: int
+) -> None:
+    """The shipped config on the GPU: a model prepared for the clip's size (a CUDA graph with torch)."""
+    caplog.set_level(logging.INFO, logger="streamflow")
+    clip = write_clip(tmp_path / "in.mp4", width=width, height=height, frames=30, pattern="testsrc")
     monkeypatch.setenv("SR_CLIP", str(clip))
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     build_pipeline(CONFIG).run_sync()
     times_in, _ = _read(clip)
     times_out, size = _read(tmp_path / "super_resolution.mp4")
-    assert size == (1280, 720)
+    assert size == (2 * width, 2 * height)
     assert times_out == pytest.approx(times_in)
+    assert f"input shapes frames 4x15x{height}x{width}" in caplog.text
+    if "(onnx2torch)" in caplog.text:  # the torch backend (no TensorRT on this GPU): fixed shapes, one graph
+        assert "CUDA graph at batch 4" in caplog.text

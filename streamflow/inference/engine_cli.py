@@ -32,13 +32,17 @@ import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
-from streamflow.inference.base import InputSpec, ModelError, Precision, ShapeError
-from streamflow.inference.onnx_tools import graph_inputs, load_onnx
+if TYPE_CHECKING:
+    import torch
+
+    from streamflow.inference.base import InputSpec
+
+# torch, onnx and the backends are imported where they are used: registering this command with the
+# CLI must not cost their import time (`streamflow --help`).
 
 __all__ = [
     "build_engine",
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 
 
 def _dims(text: str) -> list[int]:
+    from streamflow.inference.base import ShapeError
+
     try:
         dims = [int(part) for part in text.lower().split("x")]
     except ValueError:
@@ -67,6 +73,8 @@ def parse_shape_option(option: str) -> InputSpec:
         >>> parse_shape_option("x=1x3x8x8:4x3x8x8:16x3x8x8").describe()
         '1..16 (opt 4) x 3x8x8'
     """
+    from streamflow.inference.base import InputSpec, ShapeError
+
     name, sep, shapes = option.rpartition("=")
     if not sep or not name:
         raise ShapeError(f"bad --shape {option!r}: write NAME=1x3x480x640 or NAME=MIN:OPT:MAX")
@@ -88,6 +96,8 @@ def parse_trtexec_shapes(option: str) -> dict[str, list[int]]:
         >>> parse_trtexec_shapes("a:1x3,b:2x4")
         {'a': [1, 3], 'b': [2, 4]}
     """
+    from streamflow.inference.base import ShapeError
+
     shapes: dict[str, list[int]] = {}
     for item in option.split(","):
         name, sep, dims = item.strip().rpartition(":")
@@ -115,6 +125,8 @@ def shape_specs(
         >>> s["x"].min_shape, s["x"].shape, s["x"].max_shape
         ((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))
     """
+    from streamflow.inference.base import InputSpec, ShapeError
+
     specs = {spec.name: spec for spec in (parse_shape_option(s) for s in shape)}
     ranges = {key: {} for key in ("min", "opt", "max")}  # type: dict[str, dict[str, list[int]]]
     for key, options in (("min", min_shapes), ("opt", opt_shapes), ("max", max_shapes)):
@@ -145,6 +157,8 @@ def build_engine(
     `shapes` maps input names to specs, or is a list of `--shape` strings; omitted, the model's own
     input shapes are used when they are all fixed.
     """
+    from streamflow.inference.base import InputSpec, ModelError, Precision, ShapeError
+    from streamflow.inference.onnx_tools import graph_inputs, load_onnx
     from streamflow.inference.tensorrt_backend import TensorRTBackend, default_engine_cache
 
     model = Path(model)
@@ -204,6 +218,8 @@ def build_engine_command(
     """Build a TensorRT engine from an ONNX model and put it in the engine cache (or -o PATH)."""
     # Progress lines ("building ... this takes a while once"); a no-op when the CLI set logging up.
     logging.basicConfig(level=logging.INFO, format="streamflow: %(levelname)s: %(message)s")
+    from streamflow.inference.base import ModelError, ShapeError
+
     try:
         specs = shape_specs(shape or (), min_shapes or (), opt_shapes or (), max_shapes or ())
         path = build_engine(model, specs, fp16, output, engine_cache=engine_cache)

@@ -403,15 +403,20 @@ class VideoWriter:
         self.gpu_id = gpu
         probe = nvenc_probe(gpu, self.codec.value)
         if probe.available:
+            log.info("%s: encoding with NVENC on GPU %d", self.path, gpu)
             return EncodeBackend.NVENC
         if self.requested is EncodeBackend.NVENC:
             raise EncodeError(f"cannot write {str(self.path)!r} with NVENC: {probe.reason}")
-        log.warning(
-            "%s: NVENC unavailable (%s); encoding on the CPU with %s",
-            self.path,
-            probe.reason,
-            CPU_ENCODERS[self.codec],
-        )
+        if not torch.cuda.is_available():
+            # Without a GPU nobody expects NVENC: say which encoder runs, nothing to warn about.
+            log.info("%s: encoding on the CPU with %s (no CUDA device)", self.path, CPU_ENCODERS[self.codec])
+        else:
+            log.warning(
+                "%s: NVENC unavailable (%s); encoding on the CPU with %s",
+                self.path,
+                probe.reason,
+                CPU_ENCODERS[self.codec],
+            )
         return EncodeBackend.CPU
 
     # -- timestamps -------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ CASES: dict[str, Case] = {
     "annotate": _annotate,
     "centerface": _centerface,
     "decode": _decode,
+    "discard": _null,
     "encode": _encode,
     "infer": _infer,
     "jsonl": _jsonl,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 
@@ -116,11 +117,16 @@ def test_bad_output_directory_and_size_change(tmp_path: Path) -> None:
         run_stage(Encode(path=str(tmp_path / "t.mp4"), backend="cpu"), bad)
 
 
-def test_auto_backend_on_cpu_warns_once_and_encodes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_auto_backend_without_a_gpu_says_once_at_info_which_encoder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamflow")
     out = tmp_path / "auto.mp4"
     run_stage(Encode(path=str(out)), make_frames(3, height=16, width=16))
-    warnings = [r.getMessage() for r in caplog.records if "NVENC unavailable" in r.getMessage()]
-    assert len(warnings) == 1 and "libx264" in warnings[0]
+    said = [r for r in caplog.records if "encoding on the CPU" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO and "libx264" in said[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(decode_all(out)[0]) == 3
 
 

@@ -177,3 +177,73 @@ def test_contract_flush_teardown_and_error_propagation(model: Path) -> None:
     with pytest.raises(KeyError, match="boom"):
         run_stage(stage, [Batch(frames(1), data=torch.rand(1, 3, 16, 24)), RaiseError(KeyError("boom"))])
     assert stage.backend is None
+
+
+@pytest.fixture(scope="module")
+def any_size_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TinyNet with dynamic batch, height and width, as a fully convolutional model is exported."""
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("infer") / "any_size.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            TinyNet().eval(),
+            (torch.rand(2, 3, 16, 24),),
+            str(path),
+            input_names=["pixels"],
+            output_names=["heat", "pooled"],
+            dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_shapes_come_from_the_stream_without_input_shapes(any_size_model: Path, backend: str) -> None:
+    """Each input size gets a backend prepared for it, the least recently used beyond shape_cache closed."""
+    sizes = [(16, 24), (32, 20), (16, 24), (8, 8)]
+    inputs = [torch.rand(3, 3, h, w) for h, w in sizes]
+    stage = Infer(model=any_size_model, backend=backend, shape_cache=2)
+    items: list[Item] = [Batch(frames(3), data=x) for x in inputs]
+    sink = ListSink()
+    Pipeline([ListSource(items), stage, sink], device="cpu").run_sync()
+    session = ort.InferenceSession(str(any_size_model), providers=["CPUExecutionProvider"])
+    for batch, x, (h, w) in zip(sink.items, inputs, sizes, strict=True):
+        assert isinstance(batch, Batch)
+        heat = batch.results["heat"]
+        assert heat.shape == (3, 2, (h + 1) // 2, (w + 1) // 2)
+        expected = session.run(["heat"], {"pixels": x.numpy()})[0]
+        np.testing.assert_allclose(heat.numpy(), expected, atol=1e-5)
+    assert stage.per_shape is None  # teardown closed every prepared backend
+
+
+def test_per_shape_backends_are_cached_and_bounded(any_size_model: Path) -> None:
+    from streamflow.inference.onnx_tools import graph_inputs, load_onnx
+    from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
+    from streamflow.inference.per_shape import PerShapeBackends
+
+    built: list[OnnxRuntimeBackend] = []
+
+    def build(specs: dict) -> OnnxRuntimeBackend:  # type: ignore[type-arg]
+        backend = OnnxRuntimeBackend(any_size_model, specs)
+        backend.load()
+        built.append(backend)
+        return backend
+
+    cache = PerShapeBackends(graph_inputs(load_onnx(any_size_model)), build, batch=4, capacity=2)
+    for h, w in [(16, 24), (16, 24), (8, 8), (16, 24), (32, 32), (8, 8)]:
+        out = cache.run({"pixels": torch.rand(2, 3, h, w)})
+        assert out["heat"].shape == (2, 2, h // 2, w // 2)
+    # 16x24 reused; 32x32 evicted 8x8 (least recently used), which is built again at the end.
+    assert cache.built == len(built) == 4 and len(cache) == 2
+    assert [b.inputs["pixels"].shape for b in built] == [(4, 3, 16, 24), (4, 3, 8, 8), (4, 3, 32, 32), (4, 3, 8, 8)]
+    cache.close()
+    assert len(cache) == 0
+
+
+def test_a_fixed_dim_of_the_model_is_checked() -> None:
+    from streamflow.inference.per_shape import resolve_specs
+
+    with pytest.raises(ShapeError, match=r"got shape 2x4x8x8, the model declares Nx3xHxW \(axis 1 must be 3\)"):
+        resolve_specs({"x": ("N", 3, "H", "W")}, {"x": (2, 4, 8, 8)}, batch=2)
