@@ -10,7 +10,8 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download -q --only-binary=:all: --no-deps --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$work/wheels" pynvvideocodec av onnx2torch pydantic pydantic-core annotated-types typing-inspection \
-    pytest-asyncio
+    pytest-asyncio orjson redis paho-mqtt aiohttp aiohappyeyeballs aiosignal frozenlist multidict propcache yarl \
+    prometheus-client
 mkdir -p "$work/gpusite" .gpu
 for wheel in "$work"/wheels/*.whl; do
     unzip -q -o "$wheel" -d "$work/gpusite"
@@ -20,5 +21,5 @@ rm -rf "$work"/gpusite/pynvvideocodec-*.data/data/external "$work/gpusite/sample
 tar -cJf .gpu/site.tar.xz -C "$work" gpusite
 # The project's own wheel: its metadata carries the stage entry points (see benchmarks/gpu_session.sh).
 rm -f .gpu/streamflow-*.whl
-python3 -m pip wheel -q --no-deps --no-build-isolation -w .gpu .
+python3 -m pip wheel -q --no-deps -w .gpu .
 du -h .gpu/*
