@@ -89,6 +89,15 @@ def _explain(error: BaseException) -> str:
     return redact_text(str(text).splitlines()[0].split("; last error log:")[0].rstrip("."))
 
 
+def _open_tolerant(name: str, **kwargs: Any) -> Any:
+    import av
+
+    # Damaged or foreign metadata is often not UTF-8: PyAV up to 18 refuses such a file unless told
+    # to replace what it can't decode; PyAV 19 dropped the argument (passing it is an error there).
+    extra = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+    return av.open(name, "r", **kwargs, **extra)  # type: ignore[call-overload]
+
+
 def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.container.InputContainer:
     """Open `uri` with PyAV, turning every failure into a one-line `VideoInputError`.
 
@@ -120,11 +129,7 @@ def open_input(uri: str | Path, options: dict[str, str] | None = None) -> av.con
             raise VideoInputError(f"cannot read video {shown!r}: file is empty")
         name = str(path)
     try:
-        # Damaged or foreign metadata is often not UTF-8: show it with replacement characters
-        # rather than refusing the video.
-        return av.open(
-            name, "r", options=options or {}, timeout=10.0 if is_url(name) else None, metadata_errors="replace"
-        )
+        return _open_tolerant(name, options=options or {}, timeout=10.0 if is_url(name) else None)
     except av.error.InvalidDataError as error:
         raise VideoInputError(
             f"cannot read video {shown!r}: not a recognised media file ({_explain(error)})"

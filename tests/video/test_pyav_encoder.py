@@ -14,13 +14,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from pictures import assert_close_to_source, psnr
 
 from streamflow.frame import PixelFormat
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.video.encode import CpuEncoderMode, EncodeError, VideoWriter
 from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings, PyAVEncoder
 from streamflow.video.segmented import ProcessSegmentedEncoder
+from support.pictures import assert_close_to_source, psnr
 
 REPO = Path(__file__).resolve().parents[2]
 

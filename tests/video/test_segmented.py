@@ -18,7 +18,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from pictures import assert_close_to_source, psnr
 from pydantic import ValidationError
 
 from stages.decode import Decode
@@ -29,6 +28,7 @@ from streamflow.video.encode import EncodeError, VideoWriter
 from streamflow.video.pyav_encoder import EncoderSettings, shared_dir
 from streamflow.video.segmented import ProcessSegmentedEncoder, SegmentedEncoder
 from streamflow.video.synth import write_clip
+from support.pictures import assert_close_to_source, psnr
 
 
 def smooth_frames(count: int, height: int = 48, width: int = 80) -> list[torch.Tensor]:
