@@ -36,6 +36,7 @@ __all__ = [
     "graph_outputs",
     "load_onnx",
     "to_fp16",
+    "with_opset_at_least",
     "with_static_input_shape",
 ]
 
@@ -166,6 +167,30 @@ def with_static_input_shape(
 
 # Inputs that must stay float32 whatever the precision (the ONNX spec types them as float).
 _FLOAT32_ONLY_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (1, 2), "Upsample": (1,)}
+
+
+def with_opset_at_least(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`model` converted up to `opset` of the default ONNX domain when it is older (else as is).
+
+    Old exports (UltraFace's is opset 9) use operator versions that converters written for newer
+    opsets lack, e.g. Slice-1 with its bounds as attributes instead of inputs.
+
+    Example:
+        >>> m = onnx.helper.make_model(
+        ...     onnx.helper.make_graph([], "g", [], []), opset_imports=[onnx.helper.make_opsetid("", 9)]
+        ... )
+        >>> [o.version for o in with_opset_at_least(m, 13).opset_import]
+        [13]
+    """
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= opset:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as error:  # the converter raises several types for nodes it can't adapt
+        raise ModelError(f"cannot convert the model from opset {current} to {opset}: {error}") from None
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

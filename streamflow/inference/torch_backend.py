@@ -41,6 +41,7 @@ from streamflow.inference.onnx_tools import (
     graph_inputs,
     graph_outputs,
     load_onnx,
+    with_opset_at_least,
     with_static_input_shape,
 )
 
@@ -48,6 +49,8 @@ __all__ = ["TorchBackend"]
 
 log = logging.getLogger(__name__)
 
+# onnx2torch converts opset 11 and later reliably; older graphs are converted up first.
+_ONNX2TORCH_MIN_OPSET = 13
 _WARMUP_RUNS = 3  # cuDNN picks algorithms and allocators settle before capture
 
 
@@ -104,7 +107,7 @@ class TorchBackend(InferenceBackend):
         onnx_model = load_onnx(self.model_path)
         check_model_inputs(graph_inputs(onnx_model), self.inputs, self.model_path)
         dims = {n: ["batch" if s.dynamic else s.opt_batch, *s.frame_shape] for n, s in self.inputs.items()}
-        onnx_model = with_static_input_shape(onnx_model, dims)
+        onnx_model = with_opset_at_least(with_static_input_shape(onnx_model, dims), _ONNX2TORCH_MIN_OPSET)
         self.outputs = list(graph_outputs(onnx_model))
         try:
             module = convert(onnx_model)

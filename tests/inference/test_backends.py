@@ -131,3 +131,15 @@ def test_input_spec_validation() -> None:
         InputSpec.static("x", [0, 3, 8, 8])
     spec = InputSpec.parse("x", {"min": [1, 3, 8, 8], "opt": [4, 3, 8, 8], "max": [16, 3, 8, 8]})
     assert (spec.min_shape, spec.shape, spec.max_shape) == ((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))
+
+
+def test_ultraface_opset9_runs_on_torch_like_onnxruntime() -> None:
+    """UltraFace is an opset-9 export (Slice-1 with attribute bounds): the torch backend converts the
+    graph up to a newer opset before onnx2torch, and agrees with ONNX Runtime on the original."""
+    model = Path(__file__).resolve().parents[2] / "models" / "version-RFB-640.onnx"
+    specs = _specs("input", [1, 3, 480, 640])
+    with OnnxRuntimeBackend(model, specs) as ort_backend, TorchBackend(model, specs) as torch_backend:
+        x = (torch.rand(1, 3, 480, 640) * 255 - 127) / 128
+        a, b = ort_backend.infer({"input": x}), torch_backend.infer({"input": x})
+        assert {k: tuple(v.shape) for k, v in a.items()} == {"scores": (1, 17640, 2), "boxes": (1, 17640, 4)}
+        assert _max_diff(a, b) <= FP32_TOLERANCE
