@@ -126,7 +126,7 @@ fi
 if [ "$what" = sr ] || [ "$what" = all ]; then
     step "super-resolution GPU tests"
     timeout 150 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/models/test_vsr.py tests/stages/test_window.py \
-        tests/stages/test_sr_postprocess.py tests/test_super_resolution.py 2>&1 | tail -15
+        tests/stages/test_sr_output.py tests/test_super_resolution.py 2>&1 | tail -15
 fi
 if [ "$what" = sr ] || [ "$what" = all ] || [ "$what" = final ]; then
     step "super-resolution: config as shipped vs the hand-written serial loop, 300-frame clip"

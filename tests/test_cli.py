@@ -99,7 +99,7 @@ def test_stages_lists_registered_types_with_options() -> None:
     assert "boxes | blur | pixelate" in text and "<AnnotateMode" not in text  # allowed values, plain defaults
     for setting in ("queue_size", "overflow", "batch_size", "device", "block | drop_oldest"):
         assert setting in text
-    assert "stages.sr_postprocess:SuperResolutionOutput" in result.stdout  # class names whole, on one line
+    assert "stages.sr_output:SuperResolutionOutput" in result.stdout  # class names whole, on one line
 
 
 def test_missing_input_video_is_a_config_error_naming_the_field(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from stages.decode import Decode
 from stages.encode import Encode
 from stages.infer import Infer
-from stages.sr_postprocess import SuperResolutionOutput
+from stages.sr_output import SuperResolutionOutput
 from stages.window import Window
 from streamflow.config import build_pipeline
 from streamflow.inference.base import ShapeError

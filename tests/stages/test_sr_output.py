@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from stages.sr_postprocess import SuperResolutionOutput
+from stages.sr_output import SuperResolutionOutput
 from streamflow.frame import Batch, Frame, PixelFormat, StreamInfo
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.testing import make_frames, run_stage
