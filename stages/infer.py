@@ -146,10 +146,7 @@ class Infer(Stage):
 
     def setup(self) -> None:
         cfg = self.config
-        if cfg.precision is Precision.FP16 and not self.on_gpu:
-            raise ValueError(
-                f"precision fp16 needs a CUDA device, but stage {self.name!r} runs on {self.device}: use precision fp32"
-            )
+        cfg.precision.check_device(self.device, runner=f"stage {self.name!r}")
         specs = cfg.specs()
         declared = None if specs is not None else self._declared_inputs(cfg.model)
         if declared is not None and not any(is_dynamic(dims) for dims in declared.values()):

@@ -58,6 +58,20 @@ class Precision(enum.StrEnum):
     def dtype(self) -> torch.dtype:
         return torch.float16 if self is Precision.FP16 else torch.float32
 
+    def check_device(self, device: torch.device, runner: str = "this") -> None:
+        """The one place the fp16-needs-CUDA rule lives (fp16 kernels on the CPU are missing or slow).
+
+        `runner` names what runs, for the error: "this" or "stage 'detect'".
+
+        Example:
+            >>> Precision.FP16.check_device(torch.device("cpu"))
+            Traceback (most recent call last):
+            ...
+            ValueError: precision fp16 needs a CUDA device, but this runs on cpu: use precision fp32
+        """
+        if self is Precision.FP16 and device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device, but {runner} runs on {device}: use precision fp32")
+
 
 class BackendKind(enum.StrEnum):
     """Which runtime executes the model; `auto` picks the fastest one this machine can run."""
@@ -206,8 +220,7 @@ class InferenceBackend(ABC):
         self.outputs: list[str] = []
         #: One line saying how the backend runs (engine file, providers, CUDA graph), set by `load()`.
         self.description = ""
-        if self.precision is Precision.FP16 and self.device.type != "cuda":
-            raise ValueError(f"precision fp16 needs a CUDA device, but this runs on {self.device}: use precision fp32")
+        self.precision.check_device(self.device)
 
     @property
     def fixed_batch(self) -> int | None:

@@ -79,8 +79,7 @@ def create_backend(
     device = torch.device(device)
     precision = Precision(precision)
     cuda_graph = CudaGraphMode(cuda_graph)
-    if precision is Precision.FP16 and device.type != "cuda":
-        raise ValueError(f"precision fp16 needs a CUDA device, but this runs on {device}: use precision fp32")
+    precision.check_device(device)  # before the model file: the config error comes first
     if not Path(model).is_file():
         raise ModelError(f"model file not found: {model}")
     chosen, reason = choose_backend(kind, device, model=model)
