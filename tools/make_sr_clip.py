@@ -33,9 +33,9 @@ def _train_sr() -> ModuleType:
     name = "train_sr"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "train_sr.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / "train_sr.py")
     if spec is None or spec.loader is None:
-        raise ImportError("cannot load tools/train_sr.py")
+        raise ImportError("cannot load training/train_sr.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)

@@ -11,13 +11,13 @@ of bicubic upscaling for a fixed sequence made from each of them.
 
 Subcommands (run from the repository root):
 
-    python tools/train_sr.py data --out .gpudata_sr              # extract the photographs (.npz + manifest)
-    python tools/train_sr.py train --data .gpudata_sr --steps 20000 --max-seconds 240 --device cuda \\
+    python training/train_sr.py data --out .gpudata_sr              # extract the photographs (.npz + manifest)
+    python training/train_sr.py train --data .gpudata_sr --steps 20000 --max-seconds 240 --device cuda \\
         --checkpoint out/vsr_x2.pt --eval-json out/vsr_eval.json --eval-md out/vsr_eval.md
-    python tools/train_sr.py evaluate --checkpoint out/vsr_x2.pt --data .gpudata_sr
-    python tools/train_sr.py export --checkpoint out/vsr_x2.pt --onnx models/vsr_x2.onnx --data .gpudata_sr
-    python tools/train_sr.py export-stacked --from-onnx models/vsr_x2.onnx --onnx models/vsr_x2_7in3out_nhwc.onnx
-    python tools/train_sr.py evaluate --stacked-onnx models/vsr_x2_7in3out_nhwc.onnx --eval-frames 9
+    python training/train_sr.py evaluate --checkpoint out/vsr_x2.pt --data .gpudata_sr
+    python training/train_sr.py export --checkpoint out/vsr_x2.pt --onnx models/vsr_x2.onnx --data .gpudata_sr
+    python training/train_sr.py export-stacked --from-onnx models/vsr_x2.onnx --onnx models/vsr_x2_7in3out_nhwc.onnx
+    python training/train_sr.py evaluate --stacked-onnx models/vsr_x2_7in3out_nhwc.onnx --eval-frames 9
 
 Without `--data` the photographs are read from the installed packages directly. Seeds are fixed;
 a run is bit-for-bit repeatable on one device unless `--max-seconds` stops it early.

@@ -1,4 +1,4 @@
-"""A small multi-frame video super-resolution network (x2), trained by `tools/train_sr.py`.
+"""A small multi-frame video super-resolution network (x2), trained by `training/train_sr.py`.
 
 The network sees a fixed window of consecutive RGB frames stacked on the channel axis (early
 fusion, like BMF's TensorRT demo), extracts features at low resolution with a few residual conv
@@ -120,7 +120,7 @@ def stack_window(frames: list[torch.Tensor], index: int, window: int) -> torch.T
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> VSRNet:
-    """Rebuild a `VSRNet` saved by `tools/train_sr.py` (`{"config": ..., "state_dict": ...}`)."""
+    """Rebuild a `VSRNet` saved by `training/train_sr.py` (`{"config": ..., "state_dict": ...}`)."""
     ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
     model = VSRNet(**ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])

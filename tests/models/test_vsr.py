@@ -26,7 +26,7 @@ FP16_MAX_LEVELS = 2
 def _train_sr() -> ModuleType:
     if "train_sr" in sys.modules:
         return sys.modules["train_sr"]
-    spec = importlib.util.spec_from_file_location("train_sr", ROOT / "tools" / "train_sr.py")
+    spec = importlib.util.spec_from_file_location("train_sr", ROOT / "training" / "train_sr.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["train_sr"] = module  # dataclasses resolve their module while the class is created
