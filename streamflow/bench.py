@@ -317,8 +317,8 @@ def run_bench(
 ) -> BenchResult:
     """Pipeline then baseline, `repeat` rounds in alternation; medians over rounds (see `BenchResult.ratio`).
 
-    Rounds matter on shared machines: on the GPU host the same serial loop measured 73 to 111 fps
-    minutes apart. Alternating the two runs exposes both to the same drift, and the median ratio
+    Rounds matter on shared machines: the same loop's rate drifts minutes apart (docs/MEASURED.md).
+    Alternating the two runs exposes both to the same drift, and the median ratio
     of paired rounds is what is reported.
     """
     if repeat < 1:

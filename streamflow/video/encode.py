@@ -18,8 +18,7 @@ and writes them in arrival order. The backend is chosen once:
     even if this process dies;
   - `cpu_encoder: process`, `encoders: N > 1`: N children encode the segments in turn, and this
     process muxes them (`ProcessSegmentedEncoder`). The fastest on a many-core machine: no
-    encoder shares the pipeline's GIL (super-resolution on the H100 host: 316 vs 195 fps with
-    one encoder in the stage's thread; README, "Measured").
+    encoder shares the pipeline's GIL (docs/MEASURED.md, "Encode").
 
 `write_batch` stages several frames and waits for the GPU once for all of them; `write` is one
 frame. With the child process a frame is handed over when `write`/`write_batch` returns and
@@ -126,7 +125,7 @@ def _probe_cached(gpu_id: int, codec: str) -> NvencProbe:
         return NvencProbe(False, "no CUDA device")
     result: list[NvencProbe] = []
     # A refused session (H100) leaves PyNvVideoCodec's CUDA context current in the calling thread
-    # (measured: later torch calls in that thread fail with "invalid resource handle"). Context
+    # (seen there: later torch calls in that thread fail with "invalid resource handle"). Context
     # stacks are per thread, so the probe runs in a thread of its own that ends with it.
     worker = threading.Thread(target=lambda: result.append(_open_session(gpu_id, codec)), name="nvenc-probe")
     worker.start()

@@ -2,13 +2,12 @@
 
 Why a child process: libx264 itself runs without the GIL, but feeding it from Python takes the GIL
 several times a frame (frame construction, `encode`, `mux`), and every time another pipeline thread
-holds the GIL the encoder waits for it. Measured on the H100 host (16 cores, 1280x720, veryfast,
-`benchmarks/x264_study.py`): 203 fps alone, 25 fps while one other Python thread runs a pure-Python
-loop. A child process has its own interpreter and GIL, and it finishes the file even if the parent
-dies. One child alone measured slower than encoding in the stage's thread in the super-resolution
-pipeline (H100 host, one session: 142-153 vs 167 fps); what pays is several children encoding
-closed segments in turn (`segments=True`, driven by `streamflow.video.segmented.ProcessSegmentedEncoder`):
-three children 316 fps against 195 fps for one encoder in the stage's thread, in one session.
+holds the GIL the encoder waits for it: one busy pure-Python thread beside it slows it several
+times over. A child process has its own interpreter and GIL, and it finishes the file even if the
+parent dies. One child alone was slower than encoding in the stage's thread in the super-resolution
+pipeline (handing frames over costs more than it frees); what pays is several children encoding
+closed segments in turn (`segments=True`, driven by `streamflow.video.segmented.ProcessSegmentedEncoder`).
+The figures are in docs/MEASURED.md, "Encode".
 
 `EncoderProcess` is the parent's handle. Frames travel through a ring of fixed-size slots in shared
 memory (a file in /dev/shm, unlinked as soon as the child has mapped it, so nothing leaks even if
@@ -239,8 +238,8 @@ def video_frame(array: np.ndarray, fmt: str, pix_fmt: str = "yuv420p") -> Any:
     height, width = (array.shape[0] * 2 // 3, array.shape[1]) if fmt == "nv12" else array.shape[:2]
     frame = av.VideoFrame(width, height, fmt)
     # numpy copies into the frame's planes with the GIL released; `VideoFrame.from_ndarray` holds
-    # it for the whole copy (measured 1.45 ms vs 0.11 ms for 1280x720 NV12, and the GIL is what the
-    # pipeline's other threads wait for).
+    # it for the whole copy, an order of magnitude longer (docs/MEASURED.md), and the GIL is what
+    # the pipeline's other threads wait for.
     rows = (array[:height], array[height:]) if fmt == "nv12" else (array.reshape(height, width * 3),)
     for plane, source in zip(frame.planes, rows, strict=True):
         target = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)

@@ -1,9 +1,8 @@
 """Parallel CPU encoding: the video cut into closed segments, each encoded by one of N libx264 encoders.
 
 One libx264 encoder does not use a 16-core machine: its frame threads wait on each other's
-reference rows and on the lookahead. Measured on the H100 host (`benchmarks/x264_study.py`,
-1280x720, veryfast): one encoder 203 fps with 5.4 cores busy; two encoders side by side 312 fps,
-four 340 fps. Chunked encoding is how transcoding farms use such machines, and the same works
+reference rows and on the lookahead, so a few encoders side by side go much faster than one
+(figures in docs/MEASURED.md, "Encode"). Chunked encoding is how transcoding farms use such machines, and the same works
 inside one process:
 
 - frames are grouped into segments of `segment_frames` (a GOP: each segment starts with an IDR
@@ -11,9 +10,8 @@ inside one process:
 - segment k goes to worker k mod N, with a fresh libx264 context per segment, so segments are
   encoded in parallel: `SegmentedEncoder` runs the workers as threads of this process (libx264
   itself runs without the GIL, but every call into it needs it back), `ProcessSegmentedEncoder`
-  as child processes with a GIL each (the faster one next to a busy pipeline: 316 vs 195 fps in
-  the super-resolution benchmark on the H100 host, against 170-174 fps for threads in an
-  earlier session);
+  as child processes with a GIL each (the faster one next to a busy pipeline, whose threads
+  hold the GIL the encoders need; docs/MEASURED.md);
 - finished segments are muxed in order into one MP4/MKV. Every segment is encoded with the same
   settings, so their parameter sets are identical and the result is one ordinary stream, with a
   keyframe at least every `segment_frames` frames.
