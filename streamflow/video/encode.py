@@ -1,7 +1,9 @@
 """Video writing: MP4/MKV with correct timestamps, NVENC where it exists, else PyAV libx264/libx265.
 
 `VideoWriter` takes RGB `(3, H, W)` or NV12 `(H*3//2, W)` uint8 tensors (CPU or CUDA) with their pts
-and writes them in arrival order. The backend is chosen once:
+and writes them in arrival order. It checks the frames and keeps the output timeline; the encoding is
+done by one backend of `streamflow.video.encoders` (interface in `base`, the choice in `select`),
+chosen once, at the first frame:
 
 - `nvenc`: PyNvVideoCodec encodes the CUDA tensor directly; PyAV muxes the Annex B bitstream.
   NVENC is detected by `nvenc_probe()`, which opens a real encode session (NVML reports an encoder
@@ -38,35 +40,24 @@ Example:
 
 from __future__ import annotations
 
-import enum
-import functools
 import logging
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from streamflow.frame import PixelFormat
-from streamflow.ops.color import nv12_to_rgb, rgb_to_nv12
 from streamflow.video.annexb import AnnexBMuxer
-from streamflow.video.pyav_encoder import (
-    CPU_ENCODERS,
-    EncoderProcess,
-    EncoderProcessError,
-    EncoderSettings,
-    PyAVEncoder,
-    open_output_container,
+from streamflow.video.encoders.base import CpuEncoderMode, EncodeBackend, EncodeError, FrameEncoder, VideoCodec
+from streamflow.video.encoders.nvenc import NvencProbe, nvenc_probe
+from streamflow.video.encoders.select import (
+    choose_backend,
+    encoder_pix_fmt,
+    open_cpu_encoder,
+    open_nvenc_encoder,
 )
-from streamflow.video.segmented import ProcessSegmentedEncoder, SegmentedEncoder
-
-if TYPE_CHECKING:
-    import av.container
-    import av.video.stream
+from streamflow.video.pyav_encoder import EncoderProcessError, EncoderSettings
 
 __all__ = [
     "AnnexBMuxer",
@@ -80,91 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class VideoCodec(enum.StrEnum):
-    """Output video codec."""
-
-    H264 = "h264"
-    HEVC = "hevc"
-
-
-class EncodeBackend(enum.StrEnum):
-    """Which encoder writes the bitstream."""
-
-    AUTO = "auto"  # NVENC when a session opens on this GPU, else CPU (with one warning)
-    NVENC = "nvenc"  # NVENC or an error
-    CPU = "cpu"  # PyAV libx264/libx265
-
-
-class CpuEncoderMode(enum.StrEnum):
-    """Where the CPU encoder (libx264/libx265) runs."""
-
-    THREAD = "thread"  # the calling thread (and, with encoders > 1, segment worker threads), in this process
-    PROCESS = "process"  # a child process with its own GIL (see streamflow.video.pyav_encoder)
-
-
-class EncodeError(RuntimeError):
-    """The output cannot be written. The message is one line naming the file and the problem."""
-
-
-@dataclass(frozen=True, slots=True)
-class NvencProbe:
-    """Result of trying to open an NVENC session."""
-
-    available: bool
-    reason: str  # why not, or the encoder that opened
-
-
-_probe_lock = threading.Lock()
-
-
-@functools.cache
-def _probe_cached(gpu_id: int, codec: str) -> NvencProbe:
-    if not torch.cuda.is_available():
-        return NvencProbe(False, "no CUDA device")
-    result: list[NvencProbe] = []
-    # A refused session (H100) leaves PyNvVideoCodec's CUDA context current in the calling thread
-    # (seen there: later torch calls in that thread fail with "invalid resource handle"). Context
-    # stacks are per thread, so the probe runs in a thread of its own that ends with it.
-    worker = threading.Thread(target=lambda: result.append(_open_session(gpu_id, codec)), name="nvenc-probe")
-    worker.start()
-    worker.join()
-    return result[0] if result else NvencProbe(False, "the NVENC probe thread failed")
-
-
-def _open_session(gpu_id: int, codec: str) -> NvencProbe:
-    from streamflow.video.nvdec import NvdecError, import_nvc
-
-    try:
-        nvc = import_nvc()
-    except NvdecError as error:
-        return NvencProbe(False, str(error))
-    try:
-        with torch.cuda.device(gpu_id):
-            encoder = nvc.CreateEncoder(256, 256, "NV12", False, codec=codec, gpu_id=gpu_id)
-            del encoder
-    except Exception as error:  # a refused session (error 2 on H100) is the answer, not a failure
-        return NvencProbe(False, f"opening an NVENC session failed: {_one_line(error)}")
-    return NvencProbe(True, f"NVENC {codec} session opened on GPU {gpu_id}")
-
-
-def _one_line(error: BaseException) -> str:
-    """PyNvVideoCodec's multi-line messages ("PyNvEncoderCaps :\nError code : 2\n...\nat file:line") in one line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith("at ")]
-    text = " ".join(line for line in lines if not line.endswith(":")) or type(error).__name__
-    return text[:240]
-
-
-def nvenc_probe(gpu_id: int = 0, codec: str = "h264") -> NvencProbe:
-    """Whether NVENC can encode `codec` on `gpu_id`, by opening (and closing) a real session. Cached.
-
-    Example:
-        >>> nvenc_probe().available if not torch.cuda.is_available() else False
-        False
-    """
-    with _probe_lock:
-        return _probe_cached(gpu_id, codec)
 
 
 def _container_format(path: Path) -> str | None:
@@ -217,7 +123,8 @@ class VideoWriter:
         self.gpu_id = gpu_id
         self.backend: EncodeBackend | None = None
         self.frames = 0
-        self._container: av.container.OutputContainer | None = None
+        #: The open backend (`streamflow.video.encoders`), from the first frame on.
+        self.encoder: FrameEncoder | None = None
         self._time_base: Fraction | None = None
         self._first_pts: int | None = None
         self._last_pts: int | None = None
@@ -227,20 +134,9 @@ class VideoWriter:
         self.encoders = encoders
         self.segment_seconds = segment_seconds
         self.slots = slots
+        self._closed = False
         if encoders < 1 or segment_seconds <= 0:
             raise EncodeError(f"cannot write {str(self.path)!r}: encoders must be >= 1 and segment_seconds > 0")
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-        self._host_frames: list[tuple[np.ndarray, str, int]] = []  # copied (or copying) to host, not yet encoded
-        # GPU-to-host copies queued on the current stream since the last wait (`_wait_for_copies`).
-        self._copies_pending = False
-        self._encoder: PyAVEncoder | SegmentedEncoder | None = None
-        self._process: EncoderProcess | ProcessSegmentedEncoder | None = None
-        self._host_slots: list[torch.Tensor] | None = None  # each child's ring of slots, page-locked
-        self._registered: list[int] = []  # addresses registered with cudaHostRegister
-        self._staged: list[tuple[int, int]] = []  # (slot, pts) filled, not yet handed to the child
-        self._nvenc: Any = None
-        self._annexb: AnnexBMuxer | None = None
-        self._closed = False
         if _container_format(self.path) is None:
             raise EncodeError(f"cannot write {str(self.path)!r}: unsupported container (use .mp4 or .mkv)")
         if not self.path.parent.exists():
@@ -265,8 +161,8 @@ class VideoWriter:
         try:
             for index, (image, fmt, pts, time_base) in enumerate(frames):
                 self._write_one(image, PixelFormat(fmt), pts, time_base, index)
-            self._encode_on_host()
-            self._commit()
+            if self.encoder is not None:
+                self.encoder.flush()
         except EncodeError:
             raise
         except EncoderProcessError as error:
@@ -280,33 +176,17 @@ class VideoWriter:
             return
         self._closed = True
         try:
-            if self._process is not None:
-                try:
-                    self._commit()
-                finally:
-                    self._unregister_slots()
-                    self._process.close()
-            elif self._encoder is not None:
-                self._encoder.close()
-            elif self._container is not None:
-                try:
-                    if self._nvenc is not None and self._annexb is not None:
-                        self._annexb.mux(bytes(self._nvenc.EndEncode()), None, None, self._ticks)
-                finally:
-                    self._container.close()
+            if self.encoder is not None:
+                self.encoder.close()
         except EncoderProcessError as error:
             raise EncodeError(f"cannot finish {str(self.path)!r}: {error}") from None
         except Exception as error:
             raise EncodeError(f"cannot finish {str(self.path)!r}: {error}") from error
-        finally:
-            self._container = None
 
     @property
     def encoder_blocked_s(self) -> float | None:
         """Seconds `write` waited for a busy encoder (segment encoders, child processes; None otherwise)."""
-        if isinstance(self._encoder, SegmentedEncoder):
-            return self._encoder.blocked_s
-        return self._process.blocked_s if self._process is not None else None
+        return self.encoder.blocked_s if self.encoder is not None else None
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -322,23 +202,20 @@ class VideoWriter:
             raise EncodeError(f"cannot write {str(self.path)!r}: writer is closed")
         width, height = _frame_size(image, fmt)
         if self._size is None:
-            self._open(width, height, image, fmt, time_base)
+            self.encoder = self._open(width, height, image, fmt, time_base)
         elif (width, height) != self._size:
             raise EncodeError(
                 f"cannot write {str(self.path)!r}: frame size changed from {self._size[0]}x{self._size[1]} "
                 f"to {width}x{height} mid-stream"
             )
-        out_pts = self._next_pts(pts, time_base)
-        if self.backend is EncodeBackend.NVENC:
-            self._write_nvenc(image, fmt, out_pts)
-        elif self._process is not None:
-            self._stage_for_process(image, fmt, out_pts)
-        else:
-            self._stage_on_host(image, fmt, out_pts, index)
+        assert self.encoder is not None
+        self.encoder.write(image, fmt, self._next_pts(pts, time_base), index)
         self.frames += 1
 
     # -- opening ----------------------------------------------------------------------------------
-    def _open(self, width: int, height: int, first: torch.Tensor, fmt: PixelFormat, time_base: Fraction | None) -> None:
+    def _open(
+        self, width: int, height: int, first: torch.Tensor, fmt: PixelFormat, time_base: Fraction | None
+    ) -> FrameEncoder:
         import av
 
         if width % 2 or height % 2:
@@ -348,75 +225,42 @@ class VideoWriter:
         self.fps = rate
         self._time_base = time_base or 1 / rate
         self._ticks = max(1, round(1 / (rate * self._time_base)))
-        self.backend = self._choose_backend(first.device)
+        self.backend, self.gpu_id = choose_backend(self.requested, first.device, self.gpu_id, self.codec, self.path)
         container_format = _container_format(self.path)
         assert container_format is not None  # checked in __init__
-        if self.backend is EncodeBackend.CPU:
-            settings = EncoderSettings(
-                str(self.path),
-                container_format,
-                width,
-                height,
-                rate,
-                self._time_base,
-                codec=self.codec.value,
-                crf=self.crf,
-                bitrate=self.bitrate,
-                preset=self.preset,
-                pix_fmt=_encoder_pix_fmt(self.codec, fmt, first.is_cuda and self.cpu_encoder is CpuEncoderMode.PROCESS),
-            )
-            try:
-                segment = max(1, round(self.segment_seconds * float(rate)))
-                # GPU frames travel to a child as NV12 (converted on the GPU: half the bytes of RGB);
-                # CPU frames in the format they come in.
-                slot_format = "nv12" if first.is_cuda or fmt is PixelFormat.NV12 else "rgb24"
-                if self.cpu_encoder is CpuEncoderMode.PROCESS and self.encoders > 1:
-                    self._process = ProcessSegmentedEncoder(
-                        settings, fmt=slot_format, workers=self.encoders, segment_frames=segment, slots=self.slots
-                    )
-                elif self.cpu_encoder is CpuEncoderMode.PROCESS:
-                    self._process = EncoderProcess(settings, fmt=slot_format, slots=self.slots)
-                elif self.encoders > 1:
-                    self._encoder = SegmentedEncoder(settings, workers=self.encoders, segment_frames=segment)
-                else:
-                    self._encoder = PyAVEncoder(settings)
-            except EncoderProcessError as error:
-                raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from None
-            except (av.error.FFmpegError, OSError) as error:
-                raise EncodeError(
-                    f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"
-                ) from error
-            return
+        nv12_slots = first.is_cuda and self.cpu_encoder is CpuEncoderMode.PROCESS
+        settings = EncoderSettings(
+            str(self.path),
+            container_format,
+            width,
+            height,
+            rate,
+            self._time_base,
+            codec=self.codec.value,
+            crf=self.crf,
+            bitrate=self.bitrate,
+            preset=self.preset,
+            pix_fmt=encoder_pix_fmt(self.codec, fmt, nv12_slots),
+        )
         try:
-            self._container = open_output_container(str(self.path), container_format)
+            if self.backend is EncodeBackend.NVENC:
+                assert self.gpu_id is not None  # choose_backend names the GPU it probed
+                return open_nvenc_encoder(settings, gpu_id=self.gpu_id, ticks=self._ticks)
+            return open_cpu_encoder(
+                settings,
+                first=first,
+                fmt=fmt,
+                mode=self.cpu_encoder,
+                encoders=self.encoders,
+                segment_frames=max(1, round(self.segment_seconds * float(rate))),
+                slots=self.slots,
+            )
+        except EncoderProcessError as error:
+            raise EncodeError(f"cannot write {str(self.path)!r}: {error}") from None
         except (av.error.FFmpegError, OSError) as error:
             raise EncodeError(
                 f"cannot write {str(self.path)!r}: {getattr(error, 'strerror', None) or error}"
             ) from error
-        self._open_nvenc(width, height)
-
-    def _choose_backend(self, device: torch.device) -> EncodeBackend:
-        if self.requested is EncodeBackend.CPU:
-            return EncodeBackend.CPU
-        gpu = self.gpu_id if self.gpu_id is not None else (device.index or 0 if device.type == "cuda" else 0)
-        self.gpu_id = gpu
-        probe = nvenc_probe(gpu, self.codec.value)
-        if probe.available:
-            log.info("%s: encoding with NVENC on GPU %d", self.path, gpu)
-            return EncodeBackend.NVENC
-        if self.requested is EncodeBackend.NVENC:
-            raise EncodeError(f"cannot write {str(self.path)!r} with NVENC: {probe.reason}")
-        if not torch.cuda.is_available():
-            # Without a GPU nobody expects NVENC: say which encoder runs, nothing to warn about.
-            log.info("%s: encoding on the CPU with %s (no CUDA device)", self.path, CPU_ENCODERS[self.codec])
-        else:
-            log.warning(
-                "%s: NVENC unavailable (%s); encoding on the CPU with %s",
-                self.path,
-                probe.reason,
-                CPU_ENCODERS[self.codec],
-            )
-        return EncodeBackend.CPU
 
     # -- timestamps -------------------------------------------------------------------------------
     def _next_pts(self, pts: int | None, time_base: Fraction | None) -> int:
@@ -433,134 +277,6 @@ class VideoWriter:
                 out = self._last_pts + self._ticks
         self._last_pts = out
         return out
-
-    # -- CPU path, in this thread -----------------------------------------------------------------
-    def _stage_on_host(self, image: torch.Tensor, fmt: PixelFormat, pts: int, index: int) -> None:
-        """Start the frame's copy to host memory; `_encode_on_host` encodes the batch after one wait."""
-        if fmt is PixelFormat.RGB:
-            image, name = image.permute(1, 2, 0).contiguous(), "rgb24"
-        else:
-            name = "nv12"
-        if image.device.type != "cuda":
-            self._host_frames.append((image.contiguous().numpy(), name, pts))
-            return
-        # Pinned staging buffers, one per position in the batch, copied on the current (stage) stream.
-        key = (*image.shape, index)
-        buffer = self._pinned.get(key)
-        if buffer is None:
-            buffer = self._pinned[key] = torch.empty(image.shape, dtype=image.dtype, pin_memory=True)
-        buffer.copy_(image, non_blocking=True)
-        self._host_frames.append((buffer.numpy(), name, pts))
-        self._copies_pending = True
-
-    def _encode_on_host(self) -> None:
-        if not self._host_frames:
-            return
-        self._wait_for_copies()
-        staged, self._host_frames = self._host_frames, []
-        assert self._encoder is not None
-        for array, name, pts in staged:
-            self._encoder.encode(array, name, pts)
-
-    def _wait_for_copies(self) -> None:
-        """One host wait for every GPU-to-host copy queued since the last one."""
-        if self._copies_pending:
-            _wait_for_stream(None)
-            self._copies_pending = False
-
-    # -- CPU path, in a child process -------------------------------------------------------------
-    def _stage_for_process(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
-        process = self._process
-        assert process is not None
-        slot = process.acquire(wait=False)
-        if slot is None:
-            # Every slot is filled or being encoded: hand over what is staged so the child can free some.
-            self._commit()
-            slot = process.acquire()
-        assert slot is not None
-        try:
-            if process.fmt == "nv12":
-                data = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
-            else:
-                data = (nv12_to_rgb(image) if fmt is PixelFormat.NV12 else image).permute(1, 2, 0)
-            if data.is_cuda:
-                ring, index = divmod(slot, process.slots)
-                target = self._pinned_slots(data.device)[ring][index].view(data.shape)
-                target.copy_(data, non_blocking=True)
-                self._copies_pending = True
-            else:
-                np.copyto(process.slot(slot), data.numpy())
-        except BaseException:
-            process.release(slot)
-            raise
-        self._staged.append((slot, pts))
-
-    def _commit(self) -> None:
-        """Wait (once) for staged GPU copies, then hand the staged slots to the child process."""
-        if not self._staged or self._process is None:
-            return
-        self._wait_for_copies()
-        staged, self._staged = self._staged, []
-        self._process.submit(staged)
-
-    def _pinned_slots(self, device: torch.device) -> list[torch.Tensor]:
-        """Each child's ring of slots as a tensor, page-locked once so GPU copies into them are asynchronous DMA."""
-        if self._host_slots is None:
-            assert self._process is not None
-            self._host_slots = []
-            for memory in self._process.memories:
-                ring = torch.from_numpy(memory)
-                with torch.cuda.device(device):
-                    code = torch.cuda.cudart().cudaHostRegister(ring.data_ptr(), ring.numel(), 0)
-                if int(code) == 0:
-                    self._registered.append(ring.data_ptr())
-                else:  # still correct (the copy is staged by the driver), only slower
-                    log.warning("%s: cannot page-lock the encoder's shared memory (CUDA error %s)", self.path, code)
-                self._host_slots.append(ring)
-        return self._host_slots
-
-    def _unregister_slots(self) -> None:
-        for address in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(address)
-        self._registered = []
-        self._host_slots = None
-
-    # -- NVENC path -------------------------------------------------------------------------------
-    def _open_nvenc(self, width: int, height: int) -> None:
-        from streamflow.video.nvdec import import_nvc
-
-        nvc = import_nvc()
-        options: dict[str, Any] = {"codec": self.codec.value, "gpu_id": self.gpu_id, "bf": 0}
-        options["fps"] = round(float(self.fps or 30))
-        options["preset"] = self.preset or "P4"
-        if self.bitrate:
-            options["bitrate"] = int(self.bitrate)
-        with torch.cuda.device(self.gpu_id or 0):
-            self._nvenc = nvc.CreateEncoder(width, height, "NV12", False, **options)
-        assert self._container is not None and self._time_base is not None
-        self._annexb = AnnexBMuxer(self._container, self.codec.value, self._time_base)
-
-    def _write_nvenc(self, image: torch.Tensor, fmt: PixelFormat, pts: int) -> None:
-        nv12 = image if fmt is PixelFormat.NV12 else rgb_to_nv12(image)
-        nv12 = nv12.to(torch.device("cuda", self.gpu_id or 0)).contiguous()
-        # NVENC ignores the producer's stream: wait until the frame is written before handing it over.
-        _wait_for_stream(nv12.device)
-        assert self._annexb is not None
-        self._annexb.mux(bytes(self._nvenc.Encode(nv12)), pts, None, self._ticks)
-
-
-def _wait_for_stream(device: torch.device | None) -> None:
-    """Block this thread until the current stream's queued work is done, sleeping rather than spinning a core."""
-    done = torch.cuda.Event(blocking=True)
-    done.record(torch.cuda.current_stream(device))
-    done.synchronize()
-
-
-def _encoder_pix_fmt(codec: VideoCodec, fmt: PixelFormat, nv12_slots: bool) -> str:
-    """NV12 straight into libx264 when that is what it will be fed (libx265 takes no NV12)."""
-    if codec is VideoCodec.H264 and (fmt is PixelFormat.NV12 or nv12_slots):
-        return "nv12"
-    return "yuv420p"
 
 
 def _frame_size(image: torch.Tensor, fmt: PixelFormat) -> tuple[int, int]:

@@ -18,6 +18,8 @@ import torch
 from streamflow.frame import PixelFormat
 from streamflow.ops.color import rgb_to_nv12
 from streamflow.video.encode import CpuEncoderMode, EncodeError, VideoWriter
+from streamflow.video.encoders.process import ProcessEncoder
+from streamflow.video.encoders.thread import ThreadEncoder
 from streamflow.video.pyav_encoder import EncoderProcess, EncoderSettings, PyAVEncoder
 from streamflow.video.segmented import ProcessSegmentedEncoder
 from support.pictures import assert_close_to_source, psnr
@@ -108,7 +110,8 @@ def test_the_children_ignore_sigint_and_finish_the_file(tmp_path: Path, encoders
         path, fps=30, backend="cpu", cpu_encoder="process", encoders=encoders, segment_seconds=0.1
     ) as writer:
         writer.write_batch([(f, PixelFormat.RGB, i, None) for i, f in enumerate(frames[:5])])
-        process = writer._process
+        assert isinstance(writer.encoder, ProcessEncoder)
+        process = writer.encoder.process
         children = process._children if isinstance(process, ProcessSegmentedEncoder) else [process]
         for child in children:
             assert child is not None
@@ -123,8 +126,8 @@ def test_a_killed_child_is_reported_on_the_next_write(tmp_path: Path) -> None:
     path = tmp_path / "killed.mp4"
     writer = VideoWriter(path, fps=30, backend="cpu", cpu_encoder="process")
     writer.write(moving_frames(1)[0], PixelFormat.RGB)
-    assert writer._process is not None
-    child = writer._process._child
+    assert isinstance(writer.encoder, ProcessEncoder) and isinstance(writer.encoder.process, EncoderProcess)
+    child = writer.encoder.process._child
     child.kill()
     child.wait()
     with pytest.raises(EncodeError, match=r"killed.mp4.*exited with code -9"):
@@ -224,7 +227,8 @@ def test_nv12_goes_straight_into_x264_with_the_same_pictures(tmp_path: Path) -> 
     assert_close_to_source(outputs, sources)
     writer = VideoWriter(tmp_path / "w.mp4", fps=30, backend="cpu")
     writer.write(torch.from_numpy(frames[0]), PixelFormat.NV12)
-    assert writer._encoder is not None and writer._encoder.settings.pix_fmt == "nv12"
+    assert isinstance(writer.encoder, ThreadEncoder) and isinstance(writer.encoder.encoder, PyAVEncoder)
+    assert writer.encoder.encoder.settings.pix_fmt == "nv12"
     writer.close()
 
 
