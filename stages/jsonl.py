@@ -2,7 +2,9 @@
 
 Each line holds `source_id`, `index`, `pts` (seconds, or null), `width`/`height` when known and
 `results`: everything the frame carries, with tensors and arrays converted to lists (boxes stay
-as the xyxy pixel coordinates postprocessing put there). Each line is written with a single
+as the xyxy pixel coordinates postprocessing put there). With many sources, a path holding
+`{source}` (`out/{source}.jsonl`) writes one file per source, closed when that source ends;
+without it, one file for all, each line naming its source. Each line is written with a single
 unbuffered `write`, so a crash never leaves half a line and readers see lines as they come.
 
 Example (YAML):
@@ -31,9 +33,10 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from streamflow.frame import Batch, Frame
+from streamflow.per_source import PerSourceOutputs, check_path_template
 from streamflow.stage import Stage, StageConfig, StageOutput
 
 __all__ = ["JsonlSink", "to_jsonable"]
@@ -71,18 +74,22 @@ class JsonlSink(Stage):
     """Append one JSON line per frame to `path` (created or truncated at setup)."""
 
     class Config(StageConfig):
-        path: str = Field(min_length=1)
+        path: str = Field(min_length=1, description="may hold {source}: one file per source")
+
+        _path_template = field_validator("path")(check_path_template)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._file: IO[bytes] | None = None
+        # Unbuffered binary: each line goes to the OS in one write() call, never split across two.
+        self._files = PerSourceOutputs[IO[bytes]](
+            self.config.path,
+            open_writer=lambda path: Path(path).open("wb", buffering=0),  # noqa: SIM115 (closed by close_writer)
+            close_writer=lambda file: file.close(),
+        )
 
     def setup(self) -> None:
-        path = Path(self.config.path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"cannot write {self.config.path!r}: directory {str(path.parent)!r} does not exist")
-        # Unbuffered binary: each line goes to the OS in one write() call, never split across two.
-        self._file = path.open("wb", buffering=0)
+        if not self._files.per_source:
+            self._files.writer("")  # one file: created (and its directory checked) before any frame
 
     @staticmethod
     def record(frame: Frame) -> dict[str, Any]:
@@ -94,17 +101,19 @@ class JsonlSink(Stage):
         return line
 
     def process(self, item: Frame | Batch) -> StageOutput:
-        assert self._file is not None, "setup() runs before process()"
         for frame in item.frames:
+            file = self._files.writer(frame.source_id)
             data = (json.dumps(self.record(frame), separators=(",", ":"), allow_nan=False) + "\n").encode()
-            written = self._file.write(data)
+            written = file.write(data)
             if written != len(data):
                 # A short write (disk full) would leave a partial line; a second write completes it.
-                self._file.write(data[written or 0 :])
+                file.write(data[written or 0 :])
         self.count("lines", len(item.frames))
         return None
 
+    def end_source(self, source_id: str) -> StageOutput:
+        self._files.close(source_id)
+        return None
+
     def teardown(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._files.close_all()

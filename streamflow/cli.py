@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
 from streamflow.inference.engine_cli import register as register_build_engine
+from streamflow.observers import RunStats
 from streamflow.registry import registered_types, resolve_stage_type
-from streamflow.report import LiveDisplay, summary_table
+from streamflow.report import LiveDisplay, sources_table, summary_table
+from streamflow.sources import SourceSpec, parse_source_arg, read_sources_file
 
 app = typer.Typer(
     add_completion=False,
@@ -39,6 +42,14 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
+SourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--source", help="Input ID=URI (repeatable); replaces the config's sources."),
+]
+SourcesFileOption = Annotated[
+    Path | None,
+    typer.Option("--sources-file", help="Inputs, one URI or ID=URI a line; replaces the config's sources."),
+]
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -69,12 +80,18 @@ def run(
     stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
+    source: SourceOption = None,
+    sources_file: SourcesFileOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
+
+    With several sources, one that fails is reported and ends alone; the exit code is then 1.
+    """
     _configure_logging(verbose)
     try:
-        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
+        specs = command_line_sources(source or [], sources_file)
+        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames, sources=specs)
     except ConfigError as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     try:
@@ -88,18 +105,48 @@ def run(
     except Exception as error:
         if verbose:
             err.print_exception()
-        stats = pipeline.snapshot()
+        stats = getattr(error, "run_stats", None) or pipeline.snapshot()
         if stats_json:
             stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
+        if not quiet and stats.failed_sources:  # the others ran to the end: show what they did
+            _print_summary(stats)
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     if stats_json:
         stats_json.parent.mkdir(parents=True, exist_ok=True)
         stats_json.write_text(json.dumps(stats.to_dict(), indent=2))
     if not quiet:
-        err.print(summary_table(stats))
+        _print_summary(stats)
     if stats.stopped_by in SIGNAL_EXIT:
         err.print(f"stopped by {stats.stopped_by}; outputs finalized")
         raise typer.Exit(SIGNAL_EXIT[stats.stopped_by])
+
+
+def _print_summary(stats: RunStats) -> None:
+    err.print(summary_table(stats))
+    if len(stats.sources) > 1 or stats.failed_sources:
+        err.print(sources_table(stats))
+
+
+def command_line_sources(args: list[str], sources_file: Path | None) -> list[SourceSpec] | None:
+    """`--source ID=URI` and `--sources-file` entries as specs; None when neither was given."""
+    if not args and sources_file is None:
+        return None
+    specs: list[SourceSpec] = []
+    try:
+        if sources_file is not None:
+            if not sources_file.is_file():
+                raise ValueError(f"--sources-file {str(sources_file)!r}: file not found")
+            specs.extend(read_sources_file(sources_file))
+        for arg in args:
+            specs.append(parse_source_arg(arg))
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"--source: field {'.'.join(map(str, first['loc']))!r}: {first['msg']}") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not specs:
+        raise ConfigError(f"--sources-file {str(sources_file)!r} lists no source")
+    return specs
 
 
 @app.command()

@@ -38,19 +38,23 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
 
 from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.handoff import accept_on_host, accept_on_stream, mark_ready
+from streamflow.mux import SourceEnd, SourceMux
 from streamflow.observers import Observer, RunStats, StatsCollector
+from streamflow.sources import SourceSpec, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
 
-__all__ = ["Pipeline", "PipelineError"]
+__all__ = ["Pipeline", "PipelineError", "SourceError"]
 
 log = logging.getLogger("streamflow.pipeline")
 T = TypeVar("T")
@@ -97,10 +101,20 @@ def _merge(items: list[Frame | Batch]) -> Frame | Batch:
 class _StageWorker:
     """Runs one stage's hooks in its own thread, with its CUDA stream and the hand-off protocol."""
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(
+        self, stage: Stage, *, executor: ThreadPoolExecutor | None = None, stamp_name: str | None = None
+    ) -> None:
         self.stage = stage
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamflow-{stage.name}")
+        # Sources may share a pool of feeder threads (`feeder_threads`); every other stage owns one.
+        self.owns_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamflow-{stage.name}")
+        #: Name under which frames are time-stamped (a source's: the template's, for latency).
+        self.stamp_name = stamp_name or stage.name
         self.set_up = False
+
+    def shutdown(self) -> None:
+        if self.owns_executor:
+            self.executor.shutdown(wait=False)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -149,15 +163,40 @@ class _StageWorker:
             if self.stage.stream is not None:
                 mark_ready(item, self.stage.stream)
             for frame in _frames_of([item]):
-                frame.timestamps[self.stage.name] = now
+                frame.timestamps[self.stamp_name] = now
+
+
+@dataclass(eq=False)
+class _SourceRun:
+    """One source of a running (or about to run) pipeline."""
+
+    source_id: str
+    stage: Source | None  # None: its spec could not be turned into a stage (`build_error` says why)
+    build_error: str | None = None
+    worker: _StageWorker | None = None
+    edge: Edge | None = None
+    task: asyncio.Task[None] | None = None
+    removed: bool = False
+    error: BaseException | None = None
 
 
 class Pipeline:
-    """A linear chain of stages: one source, then stages that transform, then (usually) sinks.
+    """A chain of stages fed by one or many sources.
 
     `queue_size` is the default capacity of every edge; a stage's own `queue_size`/`overflow`
     override it for its input edge. The edge after a live source (`live = True` on the source's
-    class) defaults to `drop_oldest`. `max_frames` stops the source after that many frames.
+    class) defaults to `drop_oldest`. `max_frames` stops each source after that many frames.
+
+    Sources: without `sources`, the first stage is the one source. With `sources` (a list of
+    `SourceSpec`s, mappings with id/uri/options, or `Source` stages), the first stage is the
+    template each spec is built from (see `streamflow.sources`) and every source feeds its own
+    edge; the next stage gathers batches across sources (`SourceMux`; its `batch_size` and
+    `batch_timeout_ms`). A source that fails is logged in one line and ends alone; the others go
+    on, and `run()` raises the first source failure once everything has drained. Sources can be
+    added and removed while the pipeline runs (`add_source`, `remove_source`), up to
+    `max_sources`; with `stay_open` the run waits for new sources when none is left, until
+    `stop()`. `feeder_threads=N` runs the sources' hooks on a shared pool of N threads instead of
+    a thread per source (many file decoders: fewer threads contending for the GIL).
     """
 
     def __init__(
@@ -170,6 +209,10 @@ class Pipeline:
         overflow: Overflow | str | None = None,
         observers: Sequence[Observer] = (),
         max_frames: int | None = None,
+        sources: Sequence[SourceSpec | Mapping[str, Any] | Source] | None = None,
+        max_sources: int | None = None,
+        feeder_threads: int | None = None,
+        stay_open: bool = False,
     ) -> None:
         if not stages:
             raise PipelineError("a pipeline needs at least one stage")
@@ -177,6 +220,10 @@ class Pipeline:
             raise PipelineError(f"queue_size must be >= 1, got {queue_size}")
         if max_frames is not None and max_frames < 1:
             raise PipelineError(f"max_frames must be >= 1, got {max_frames}")
+        if max_sources is not None and max_sources < 1:
+            raise PipelineError(f"max_sources must be >= 1, got {max_sources}")
+        if feeder_threads is not None and feeder_threads < 1:
+            raise PipelineError(f"feeder_threads must be >= 1, got {feeder_threads}")
         names = [stage.name for stage in stages]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -186,6 +233,8 @@ class Pipeline:
         for stage in stages[1:]:
             if isinstance(stage, Source):
                 raise PipelineError(f"stage {stage.name!r} is a source and can only be first")
+        if sources is None and isinstance(stages[0], SourceTemplate):
+            raise PipelineError(f"stage {stages[0].name!r} is a source template: give the pipeline its sources")
         self.stages = list(stages)
         self.name = name
         self.device_spec = device
@@ -193,10 +242,33 @@ class Pipeline:
         self.overflow = Overflow(overflow) if overflow is not None else None
         self.observers = list(observers)
         self.max_frames = max_frames
+        self.max_sources = max_sources
+        self.feeder_threads = feeder_threads
+        self.stay_open = stay_open
         self.collector = StatsCollector(name)
         self.edges: dict[str, Edge] = {}
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
+        self._lock = threading.Lock()  # guards `_runs` against add/remove from other threads
+        self._runs: dict[str, _SourceRun] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._mux: SourceMux | None = None
+        self._feeders: ThreadPoolExecutor | None = None
+        self._pipeline_device: torch.device | None = None
+        for entry in [stages[0]] if sources is None else sources:
+            self._register(self._new_run(entry))
+
+    @property
+    def template(self) -> Source:
+        """The first stage: the one source, or the template of every source."""
+        return self.stages[0]  # type: ignore[return-value]  # checked in __init__
+
+    @property
+    def source_ids(self) -> list[str]:
+        """Ids of the sources not yet ended (or all configured ones before the run)."""
+        with self._lock:
+            return list(self._runs)
 
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -206,10 +278,85 @@ class Pipeline:
         self._stop_event.set()
         for stage in self.stages:
             stage.stopping.set()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            if run.stage is not None:
+                run.stage.stopping.set()
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                self._loop.call_soon_threadsafe(self._end_when_empty)
+
+    def add_source(self, spec: SourceSpec | Mapping[str, Any] | Source) -> str:
+        """Add a source (before or during the run; safe from any thread); returns its id.
+
+        A spec is built from the template at once, so a bad option raises here (`ValueError`,
+        `pydantic.ValidationError`); a uri that can't be opened fails that source alone, later.
+        Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
+        """
+        run = self._new_run(spec)
+        if self._stop_event.is_set():
+            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping")
+        self._register(run)
+        loop = self._loop
+        if loop is not None:
+            try:
+                if _on_loop(loop):
+                    self._start_run(run)
+                else:
+                    loop.call_soon_threadsafe(self._start_run, run)
+            except RuntimeError:  # the loop closed: the run is over
+                with self._lock:
+                    self._runs.pop(run.source_id, None)
+                raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline has ended") from None
+        return run.source_id
+
+    def remove_source(self, source_id: str) -> None:
+        """Stop one source (safe from any thread): what it queued drains, its outputs are finalized.
+
+        Raises `KeyError` for an unknown (or already ended) id.
+        """
+        with self._lock:
+            run = self._runs.get(source_id)
+            if run is None:
+                raise KeyError(f"no source {source_id!r}; sources: {sorted(self._runs)}")
+            run.removed = True
+            if self._loop is None:  # not running yet: just forget it
+                del self._runs[source_id]
+                return
+        if run.stage is not None:
+            run.stage.stopping.set()
 
     def snapshot(self) -> RunStats:
         """Live figures while running (used by progress displays)."""
         return self.collector.snapshot()
+
+    def _new_run(self, entry: SourceSpec | Mapping[str, Any] | Source) -> _SourceRun:
+        if isinstance(entry, Source):
+            if isinstance(entry, SourceTemplate):
+                raise PipelineError(f"source {entry.name!r} is a template, not a source")
+            return _SourceRun(source_id_of(entry), entry)
+        spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
+        try:
+            return _SourceRun(spec.id, build_source(spec, self.template))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            if field == "uri":
+                # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
+                return _SourceRun(spec.id, None, build_error=message)
+            raise PipelineError(f"source {spec.id!r}: field {field!r}: {message}") from None
+        except (LookupError, TypeError, ValueError) as error:
+            raise PipelineError(f"source {spec.id!r}: {error}") from None
+
+    def _register(self, run: _SourceRun) -> None:
+        with self._lock:
+            if run.source_id in self._runs:
+                raise PipelineError(f"source id {run.source_id!r} is already in use")
+            if self.max_sources is not None and len(self._runs) >= self.max_sources:
+                raise PipelineError(f"cannot add source {run.source_id!r}: max_sources ({self.max_sources}) reached")
+            self._runs[run.source_id] = run
 
     # -- running ------------------------------------------------------------------------------
     def run_sync(self, *, handle_signals: bool = False) -> RunStats:
@@ -225,9 +372,12 @@ class Pipeline:
             return runner.run(self.run(handle_signals=handle_signals))
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
-        """Run until end of stream, `stop()`, or an error (re-raised as itself)."""
+        """Run until every source ended, `stop()`, or an error (re-raised as itself).
+
+        A source that failed does not stop the others; its error is raised after the run.
+        """
         self._prepare()
-        workers = [_StageWorker(stage) for stage in self.stages]
+        workers = [_StageWorker(stage) for stage in self.stages[1:]]
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         if handle_signals:
@@ -239,14 +389,23 @@ class Pipeline:
                 observer.on_start(self.stages, self.edges)
             try:
                 async with asyncio.TaskGroup() as group:
-                    for index, worker in enumerate(workers):
+                    self._group = group
+                    self._loop = loop
+                    for index, worker in enumerate(workers, start=1):
                         group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
+                    with self._lock:
+                        runs = list(self._runs.values())
+                    for run in runs:
+                        self._start_run(run)
+                    if self._stop_event.is_set():
+                        self._end_when_empty()
             except BaseExceptionGroup as group_error:
                 raise _first_error(group_error) from None
         except BaseException:
             failed = True
             raise
         finally:
+            self._group = None
             for sig in installed:
                 loop.remove_signal_handler(sig)
             teardown_error = await self._teardown_all(workers)
@@ -259,36 +418,91 @@ class Pipeline:
                     log.error("observer %r failed in on_end: %s", observer, error)
             if teardown_error is not None and not failed:
                 raise teardown_error
+        source_error = self._first_source_error()
+        if source_error is not None:
+            source_error.run_stats = stats  # type: ignore[attr-defined]  # for callers that report
+            raise source_error
         return stats
+
+    def _first_source_error(self) -> BaseException | None:
+        for run in self._finished:
+            if run.error is not None:
+                return run.error
+        return None
 
     def _all_observers(self) -> list[Observer]:
         return [self.collector, *self.observers]
 
     def _prepare(self) -> None:
-        pipeline_device = resolve_device(self.device_spec)
+        if self._loop is not None:
+            raise PipelineError("a pipeline runs once; build a new one to run again")
+        self._pipeline_device = resolve_device(self.device_spec)
         self.edges = {}
-        previous: Stage | None = None
-        for stage in self.stages:
-            stage.device = (
-                resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else pipeline_device
-            )
-            stage.stream = (
-                torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
-            )
-            stage.stopping.clear()
-            stage.counters.clear()
-            if previous is not None:
-                overflow = stage.overflow or self.overflow
-                if overflow is None:
-                    live = isinstance(previous, Source) and previous.live
-                    overflow = Overflow.DROP_OLDEST if live else stage.default_overflow
-                capacity = stage.queue_size or self.queue_size
-                self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", capacity, overflow)
-            previous = stage
+        self._finished: list[_SourceRun] = []
+        for index, stage in enumerate(self.stages):
+            self._place(stage)
+            if index >= 2:
+                previous = self.stages[index - 1]
+                self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", *self._edge_settings(previous, stage))
+        after = self.stages[1] if len(self.stages) > 1 else None
+        timeout = after.batch_timeout_ms / 1000 if after is not None and after.batch_timeout_ms is not None else None
+        self._mux = SourceMux(timeout_s=timeout, end_when_empty=not self.stay_open)
+        if self.feeder_threads is not None:
+            self._feeders = ThreadPoolExecutor(max_workers=self.feeder_threads, thread_name_prefix="streamflow-feeder")
+
+    def _place(self, stage: Stage) -> None:
+        """Device, CUDA stream and a fresh stop flag and counters for `stage`."""
+        assert self._pipeline_device is not None
+        stage.device = (
+            resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else self._pipeline_device
+        )
+        stage.stream = (
+            torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
+        )
+        stage.stopping.clear()
+        stage.counters.clear()
+
+    def _edge_settings(self, producer: Stage, consumer: Stage) -> tuple[int, Overflow]:
+        overflow = consumer.overflow or self.overflow
+        if overflow is None:
+            live = isinstance(producer, Source) and producer.live
+            overflow = Overflow.DROP_OLDEST if live else consumer.default_overflow
+        return consumer.queue_size or self.queue_size, overflow
+
+    def _start_run(self, run: _SourceRun) -> None:
+        """Connect a source to the mux and start its task (on the loop)."""
+        group, mux = self._group, self._mux
+        if group is None or mux is None or self._stop_event.is_set():
+            with self._lock:
+                self._runs.pop(run.source_id, None)
+            log.warning("source %r not started: the pipeline is stopping", run.source_id)
+            return
+        consumer = self.stages[1] if len(self.stages) > 1 else None
+        if run.stage is not None:
+            self._place(run.stage)
+            if self._stop_event.is_set() or run.removed:
+                run.stage.stopping.set()
+            producer: Stage = run.stage
+            run.worker = _StageWorker(run.stage, executor=self._feeders, stamp_name=self.template.name)
+        else:
+            producer = self.template
+        if consumer is not None:
+            run.edge = Edge(f"{run.source_id}->{consumer.name}", *self._edge_settings(producer, consumer))
+            mux.add(run.source_id, run.edge)
+        for observer in self._all_observers():
+            observer.on_source_added(run.source_id, run.stage, run.edge)
+        run.task = group.create_task(self._drive_source(run), name=f"source:{run.source_id}")
+
+    def _end_when_empty(self) -> None:
+        if self._mux is not None:
+            self._mux.final_reason = self._stop_reason or "finished"
+            self._mux.end_when_empty = True
+            self._mux.wake()
 
     async def _setup_all(self, workers: list[_StageWorker]) -> None:
         # Stages set up one after another, each in its own thread, so a model load that fails
-        # leaves nothing half-started behind it and errors name the right stage.
+        # leaves nothing half-started behind it and errors name the right stage. Sources set up
+        # in their own tasks: one that can't open its input fails alone.
         for worker in workers:
             try:
                 await worker.call(worker.stage.setup)
@@ -299,7 +513,9 @@ class Pipeline:
     async def _teardown_all(self, workers: list[_StageWorker]) -> BaseException | None:
         """Tear down every stage that was set up; return the first failure (after trying all)."""
         first_error: BaseException | None = None
-        for worker in workers:
+        with self._lock:
+            sources = [run.worker for run in [*self._finished, *self._runs.values()] if run.worker is not None]
+        for worker in [*sources, *workers]:
             if worker.set_up:
                 try:
                     await asyncio.shield(worker.call(worker.stage.teardown))
@@ -307,17 +523,20 @@ class Pipeline:
                     log.error("teardown of stage %r failed: %s", worker.stage.name, error)
                     first_error = first_error or _annotate(error, worker.stage)
                 worker.set_up = False
-            worker.executor.shutdown(wait=False)
+            worker.shutdown()
+        if self._feeders is not None:
+            self._feeders.shutdown(wait=False)
         return first_error
 
     async def _drive(self, index: int, worker: _StageWorker) -> None:
         stage = worker.stage
         output = self.edges.get(self.stages[index + 1].name) if index + 1 < len(self.stages) else None
         try:
-            if isinstance(stage, Source):
-                await self._drive_source(stage, worker, output)
+            if index == 1:
+                assert self._mux is not None
+                await self._drive_stage(stage, worker, self._mux.take, output)
             else:
-                await self._drive_stage(stage, worker, self.edges[stage.name], output)
+                await self._drive_stage(stage, worker, _GreedyInbox(self.edges[stage.name]).take, output)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -335,11 +554,36 @@ class Pipeline:
         for observer in self._all_observers():
             observer.on_processed(stage, frames_in, frames_out, busy)
 
-    async def _drive_source(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
+    async def _drive_source(self, run: _SourceRun) -> None:
+        """One source: set up, generate until its end (or stop/removal), tear down; failures stay here."""
+        reason = "finished"
+        cancelled = False
+        try:
+            if run.stage is None:
+                raise SourceError(run.build_error or "cannot be built")
+            worker = run.worker
+            assert worker is not None
+            await worker.call(run.stage.setup)
+            worker.set_up = True
+            await self._generate(run.stage, worker, run.edge)
+            reason = "removed" if run.removed else (self._stop_reason or "finished")
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except Exception as error:
+            run.error = _annotate(error, run.stage or self.template)
+            reason = f"failed: {_one_line(error)}"
+            # One line per failed source, naming it; the other sources go on.
+            log.error("source %r failed: %s", run.source_id, _one_line(error))
+        finally:
+            if not cancelled:
+                await self._finish_source(run, reason)
+
+    async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
         generator = await worker.call(stage.generate)
         produced = 0
         try:
-            while not self._stop_event.is_set():
+            while not stage.stopping.is_set():
                 item, busy = await worker.call(worker.next_from, generator)
                 if item is None:
                     break
@@ -359,38 +603,45 @@ class Pipeline:
             close = getattr(generator, "close", None)
             if close is not None:
                 await worker.call(close)
-        await self._emit(stage, [EndOfStream(reason=self._stop_reason or "finished")], output)
 
-    async def _drive_stage(self, stage: Stage, worker: _StageWorker, inbox: Edge, output: Edge | None) -> None:
-        pending: Item | None = None
+    async def _finish_source(self, run: _SourceRun, reason: str) -> None:
+        worker = run.worker
+        if worker is not None:
+            if worker.set_up:
+                try:
+                    await worker.call(worker.stage.teardown)
+                except Exception as error:
+                    log.error("teardown of source %r failed: %s", run.source_id, _one_line(error))
+                worker.set_up = False
+            worker.shutdown()
+        with self._lock:
+            self._runs.pop(run.source_id, None)
+            self._finished.append(run)
+        for observer in self._all_observers():
+            observer.on_source_ended(run.source_id, reason, None if run.error is None else _one_line(run.error))
+        if run.edge is not None:
+            await run.edge.put(SourceEnd(run.source_id, reason))
+
+    async def _drive_stage(
+        self,
+        stage: Stage,
+        worker: _StageWorker,
+        take: Callable[[int], Awaitable[list[Frame | Batch] | EndOfStream]],
+        output: Edge | None,
+    ) -> None:
         while True:
-            item = pending if pending is not None else await inbox.get()
-            pending = None
-            if isinstance(item, EndOfStream):
-                if item.source_id is not None:  # one source ended; others may go on
-                    outputs, busy = await worker.call(worker.end_source, item.source_id)
+            got = await take(stage.batch_size)
+            if isinstance(got, EndOfStream):
+                if got.source_id is not None:  # one source ended; others may go on
+                    outputs, busy = await worker.call(worker.end_source, got.source_id)
                     self._notify(stage, [], outputs, busy)
-                    await self._emit(stage, [*outputs, item], output)
+                    await self._emit(stage, [*outputs, got], output)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 self._notify(stage, [], outputs, busy)
-                await self._emit(stage, [*outputs, item], output)
+                await self._emit(stage, [*outputs, got], output)
                 return
-            if stage.batch_size > 1:
-                gathered = [item]
-                count = len(item.frames)
-                # Greedy gathering: take what is already queued, never wait for a full batch, so
-                # latency stays low when the producer is the bottleneck.
-                while count < stage.batch_size:
-                    extra = inbox.get_nowait()
-                    if extra is None:
-                        break
-                    if isinstance(extra, EndOfStream):
-                        pending = extra
-                        break
-                    gathered.append(extra)
-                    count += len(extra.frames)
-                item = _merge(gathered)
+            item = _merge(got) if stage.batch_size > 1 else got[0]
             outputs, busy = await worker.call(worker.process, item)
             self._notify(stage, item.frames, outputs, busy)
             await self._emit(stage, outputs, output)
@@ -412,6 +663,54 @@ class Pipeline:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
                 log.debug("cannot install a handler for %s here", label)
         return installed
+
+
+class SourceError(RuntimeError):
+    """A source could not be built from its spec (its uri was rejected)."""
+
+
+class _GreedyInbox:
+    """One edge read the way the stage after it wants: one item, or what is queued up to a batch.
+
+    Greedy: it takes what is already queued and never waits for a full batch, so latency stays low
+    when the producer is the bottleneck. An end of stream met while gathering waits for the next call.
+    """
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self._pending: EndOfStream | None = None
+
+    async def take(self, limit: int) -> list[Frame | Batch] | EndOfStream:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return pending
+        first = await self.edge.get()
+        if isinstance(first, EndOfStream):
+            return first
+        items: list[Frame | Batch] = [first]
+        count = len(first.frames)
+        while count < limit:
+            extra = self.edge.get_nowait()
+            if extra is None:
+                break
+            if isinstance(extra, EndOfStream):
+                self._pending = extra
+                break
+            items.append(extra)
+            count += len(extra.frames)
+        return items
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _annotate(error: BaseException, stage: Stage) -> BaseException:

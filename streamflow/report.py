@@ -14,7 +14,7 @@ from streamflow.observers import RunStats, percentile
 if TYPE_CHECKING:
     from streamflow.pipeline import Pipeline
 
-__all__ = ["LiveDisplay", "summary_table"]
+__all__ = ["LiveDisplay", "sources_table", "summary_table"]
 
 
 def _ms(value: float | None) -> str:
@@ -56,6 +56,26 @@ def summary_table(stats: RunStats, title: str | None = None) -> Table:
             queue,
             str(stage.dropped),
             counters,
+        )
+    return table
+
+
+def sources_table(stats: RunStats) -> Table:
+    """One row per source: frames produced and delivered, fps, latency, drops, reconnects, how it ended."""
+    table = Table(title=f"{len(stats.sources)} sources", title_justify="left")
+    for column in ("source", "frames", "done", "fps", "lat p50 ms", "p95", "drops", "reconnects", "ended"):
+        table.add_column(column, justify="left" if column in ("source", "ended") else "right")
+    for source in stats.sources:
+        table.add_row(
+            source.id,
+            str(source.frames),
+            str(source.frames_done),
+            f"{source.fps:.1f}",
+            _ms(percentile(source.latency_ms, 50)),
+            _ms(percentile(source.latency_ms, 95)),
+            str(source.dropped),
+            str(source.reconnects),
+            source.error or source.ended or "running",
         )
     return table
 

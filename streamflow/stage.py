@@ -95,8 +95,10 @@ class Stage:
 
     Runner-level settings are keyword arguments shared by every stage: `name`, `queue_size` (bound
     of this stage's input edge), `overflow` (policy of that edge), `batch_size` (how many frames the
-    runner gathers into one `Batch` before calling `process`; 1 = items are passed as they come)
-    and `device`. Every other keyword is an option validated by the stage's `Config` model.
+    runner gathers into one `Batch` before calling `process`; 1 = items are passed as they come),
+    `batch_timeout_ms` (the stage right after the sources only: how long a batch that is not full
+    may wait for more frames after its first; None = take what is queued and go) and `device`.
+    Every other keyword is an option validated by the stage's `Config` model.
     """
 
     Config: ClassVar[type[StageConfig]] = StageConfig
@@ -114,6 +116,7 @@ class Stage:
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
         batch_size: int = 1,
+        batch_timeout_ms: float | None = None,
         device: DeviceSpec | None = None,
         **options: Any,
     ) -> None:
@@ -127,6 +130,8 @@ class Stage:
             )
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        if batch_timeout_ms is not None and batch_timeout_ms < 0:
+            raise ValueError(f"{type(self).__name__}: batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
         if queue_size is not None and queue_size < 1:
             raise ValueError(f"{type(self).__name__}: queue_size must be >= 1, got {queue_size}")
         self.config: Any = config
@@ -134,6 +139,7 @@ class Stage:
         self.queue_size = queue_size
         self.overflow = Overflow(overflow) if overflow is not None else None
         self.batch_size = batch_size
+        self.batch_timeout_ms = batch_timeout_ms
         self.device_spec = device
         #: The resolved device, set by the runner before `setup()`.
         self.device: torch.device = torch.device("cpu")
