@@ -126,3 +126,35 @@ def test_cli_source_flags_are_checked(tmp_path: Path) -> None:
             cwd=ROOT,
         )
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("feeder_threads", [None, 2])
+def test_gpu_nvdec_sources_of_mixed_resolutions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feeder_threads: int | None
+) -> None:
+    monkeypatch.setenv("FACES_OUT", str(tmp_path))
+    clips = {
+        "faces": (FACES, 40),
+        "hd": (write_clip(tmp_path / "hd.mp4", width=1920, height=1080, frames=30, fps=30), 30),
+        "nhd": (write_clip(tmp_path / "nhd.mp4", width=640, height=360, frames=50, fps=25), 50),
+        "qvga": (write_clip(tmp_path / "qvga.mp4", width=320, height=240, frames=17, fps=15), 17),
+    }
+    specs = [SourceSpec(id=sid, uri=str(path), max_frames=count) for sid, (path, count) in clips.items()]
+    config = ROOT / "configs" / "face_detect_bench.yaml"
+    pipeline = build_pipeline(
+        config, overrides=["source.backend=nvdec", "preprocess.batch_size=16"], sources=specs
+    )  # nvdec: a clear failure rather than a silent CPU fallback
+    pipeline.feeder_threads = feeder_threads
+    stats = pipeline.run_sync()
+    lines = jsonl_by_source(tmp_path / "face_detect_bench.jsonl")
+    for sid, (_, count) in clips.items():
+        assert [line["index"] for line in lines[sid]] == list(range(count)), sid
+        assert stats.source(sid).frames_done == count and stats.source(sid).error is None
+    assert {(line["width"], line["height"]) for sid in clips for line in lines[sid][:1]} == {
+        (1280, 720),
+        (1920, 1080),
+        (640, 360),
+        (320, 240),
+    }
+    assert all(line["results"]["boxes"] for line in lines["faces"])
