@@ -256,6 +256,7 @@ class Pipeline:
         self._mux: SourceMux | None = None
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
+        self._ended = False
         for entry in [stages[0]] if sources is None else sources:
             self._register(self._new_run(entry))
 
@@ -295,8 +296,8 @@ class Pipeline:
         Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
         """
         run = self._new_run(spec)
-        if self._stop_event.is_set():
-            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping")
+        if self._stop_event.is_set() or self._ended:
+            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
         loop = self._loop
         if loop is not None:
@@ -406,6 +407,7 @@ class Pipeline:
             raise
         finally:
             self._group = None
+            self._ended = True
             for sig in installed:
                 loop.remove_signal_handler(sig)
             teardown_error = await self._teardown_all(workers)
@@ -477,6 +479,8 @@ class Pipeline:
 
     def _start_run(self, run: _SourceRun) -> None:
         """Connect a source to the mux and start its task (on the loop)."""
+        if run.task is not None:  # added from another thread while the run was starting: already started
+            return
         group, mux = self._group, self._mux
         if group is None or mux is None or self._stop_event.is_set():
             with self._lock:
