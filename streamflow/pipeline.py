@@ -276,6 +276,14 @@ class Pipeline:
         with self._lock:
             return list(self._runs)
 
+    def source_stage(self, source_id: str) -> Source | None:
+        """The stage of a source not yet ended (None for one whose uri was refused when it was built)."""
+        with self._lock:
+            run = self._runs.get(source_id)
+        if run is None:
+            raise KeyError(f"no source {source_id!r}")
+        return run.stage
+
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
         """Stop taking input; everything in flight is drained and flushed. Safe from any thread."""
