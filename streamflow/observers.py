@@ -192,7 +192,9 @@ class StatsCollector(Observer):
         self._source_name = stages[0].name if stages else None
         self._sink_name = stages[-1].name if stages else None
         for stage in stages:
-            stats = StageStats(name=stage.name, type=type(stage).__name__, device=str(stage.device))
+            # A source template (many sources) is shown as the type its sources default to.
+            kind = getattr(stage, "type_name", None) or type(stage).__name__
+            stats = StageStats(name=stage.name, type=kind, device=str(stage.device))
             edge = edges.get(stage.name)
             if edge is not None:
                 stats.queue_capacity = edge.capacity

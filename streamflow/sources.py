@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -160,11 +160,6 @@ def read_sources_file(path: str | os.PathLike[str]) -> list[SourceSpec]:
         except (ValueError, ValidationError) as error:
             raise ValueError(f"{file}: line {number}: {_one_line(error)}") from None
     return specs
-
-
-def specs_from(entries: Iterable[SourceSpec | Mapping[str, Any]]) -> list[SourceSpec]:
-    """Specs from specs or plain mappings (YAML, JSON bodies)."""
-    return [entry if isinstance(entry, SourceSpec) else SourceSpec(**entry) for entry in entries]
 
 
 def _one_line(error: Exception) -> str:
