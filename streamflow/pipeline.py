@@ -607,27 +607,27 @@ class Pipeline:
     async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
         generator = await worker.call(stage.generate)
         produced = 0
-        try:
-            while not stage.stopping.is_set():
-                item, busy = await worker.call(worker.next_from, generator)
-                if item is None:
-                    break
-                if isinstance(item, EndOfStream):
-                    await self._emit(stage, [item], output)
-                    continue
-                if self.max_frames is not None and isinstance(item, Batch):
-                    item.frames = item.frames[: self.max_frames - produced]
-                    if item.data is not None:
-                        item.data = item.data[: len(item.frames)]
-                produced += len(item.frames)
-                self._notify(stage, [], [item], busy)
+        # Closed here only after a normal end: a generator that raised is already closed, and after a
+        # cancellation its thread may still be inside it (teardown then releases what it holds).
+        while not stage.stopping.is_set():
+            item, busy = await worker.call(worker.next_from, generator)
+            if item is None:
+                break
+            if isinstance(item, EndOfStream):
                 await self._emit(stage, [item], output)
-                if self.max_frames is not None and produced >= self.max_frames:
-                    break
-        finally:
-            close = getattr(generator, "close", None)
-            if close is not None:
-                await worker.call(close)
+                continue
+            if self.max_frames is not None and isinstance(item, Batch):
+                item.frames = item.frames[: self.max_frames - produced]
+                if item.data is not None:
+                    item.data = item.data[: len(item.frames)]
+            produced += len(item.frames)
+            self._notify(stage, [], [item], busy)
+            await self._emit(stage, [item], output)
+            if self.max_frames is not None and produced >= self.max_frames:
+                break
+        close = getattr(generator, "close", None)
+        if close is not None:
+            await worker.call(close)
 
     async def _finish_source(self, run: _SourceRun, reason: str) -> None:
         worker = run.worker
