@@ -267,3 +267,17 @@ def test_one_source_pipelines_work_as_before() -> None:
     stats = Pipeline([ListSource(make_frames(3)), _Stamp(name="stamp"), sink], device="cpu").run_sync()
     assert [f.index for f in sink.frames] == [0, 1, 2] and len(stats.sources) == 1
     assert stats.stage("stamp").queue_capacity == 4
+
+
+def test_paced_files_act_as_cameras(tmp_path: Path) -> None:
+    from stages.decode import Decode
+    from streamflow.video.synth import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4", width=32, height=32, frames=4, fps=60)
+    specs = [{"id": f"cam{i}", "uri": str(clip), "realtime": True} for i in range(3)]
+    sink = ListSink(name="sink")
+    stats = Pipeline([Decode(uri=str(clip), name="source"), sink], sources=specs, device="cpu").run_sync()
+    assert stats.stage("sink").queue_overflow == "drop_oldest", "a paced file is live: old frames go, not latency"
+    for source in stats.sources:
+        assert source.frames == 4 and len(source.capture_latency_ms) == source.frames_done > 0
+    assert all(frame.arrival_time is not None for frame in sink.frames)
