@@ -49,14 +49,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from pydantic import ValidationError
 
 from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.handoff import accept_on_host, accept_on_stream, mark_ready
 from streamflow.mux import SourceEnd, SourceMux
 from streamflow.observers import Observer, RunStats, StatsCollector
-from streamflow.sources import SourceSpec, SourceTemplate, build_source, source_id_of
+from streamflow.sources import SourceSpec, SourceSpecError, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
 
 __all__ = ["Pipeline", "PipelineError", "SourceError"]
@@ -353,14 +352,11 @@ class Pipeline:
         spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
         try:
             return _SourceRun(spec.id, build_source(spec, self.template))
-        except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            message = str(first["msg"]).removeprefix("Value error, ")
-            if field == "uri":
+        except SourceSpecError as error:
+            if error.field == "uri":
                 # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
-                return _SourceRun(spec.id, None, build_error=message)
-            raise PipelineError(f"source {spec.id!r}: field {field!r}: {message}") from None
+                return _SourceRun(spec.id, None, build_error=error.reason)
+            raise PipelineError(str(error)) from None
         except (LookupError, TypeError, ValueError) as error:
             raise PipelineError(f"source {spec.id!r}: {error}") from None
 
