@@ -281,3 +281,26 @@ def test_paced_files_act_as_cameras(tmp_path: Path) -> None:
     for source in stats.sources:
         assert source.frames == 4 and len(source.capture_latency_ms) == source.frames_done > 0
     assert all(frame.arrival_time is not None for frame in sink.frames)
+
+
+def test_add_remove_cycles_release_their_threads() -> None:
+    sink = EndRecorder(name="sink")
+    pipeline = Pipeline([ListSource(name="source"), sink], sources=[], device="cpu", stay_open=True)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(pipeline.run())
+        await asyncio.sleep(0)
+        steady = threading.active_count()
+        for cycle in range(20):
+            name = f"cam{cycle % 3}"  # ids come back once their previous source ended
+            pipeline.add_source(CountingSource(name=name, count=0, interval=0.001))
+            await until(lambda name=name: any(e.startswith(f"{name}:") for e in sink.events[-3:]))
+            pipeline.remove_source(name)
+            await until(lambda name=name: sink.events[-1] == f"end:{name}")
+        await until(lambda: threading.active_count() <= steady + 1)  # the sink's thread may start late
+        assert pipeline.source_ids == []
+        pipeline.stop()
+        await asyncio.wait_for(run, 30)
+
+    asyncio.run(scenario())
+    assert sink.events.count("end:cam0") == 7 and sink.flushed
