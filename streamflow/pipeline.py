@@ -261,6 +261,8 @@ class Pipeline:
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
         self._ended = False
+        # Built with a source list (or grown by add_source): failures are reported per source.
+        self._many = sources is not None
         for entry in [stages[0]] if sources is None else sources:
             self._register(self._new_run(entry))
 
@@ -311,6 +313,7 @@ class Pipeline:
         if self._stop_event.is_set() or self._ended:
             raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
+        self._many = True
         loop = self._loop
         if loop is not None:
             try:
@@ -594,8 +597,8 @@ class Pipeline:
                 error.stage_name = f"{self.template.name}[{run.source_id}]"  # type: ignore[attr-defined]
             run.error = _annotate(error, run.stage or self.template)
             reason = f"failed: {_one_line(error)}"
-            # One line per failed source, naming it; the other sources go on.
-            log.error("source %r failed: %s", run.source_id, _one_line(error))
+            if self._many:  # one line per failed source, naming it; the other sources go on
+                log.error("source %r failed: %s", run.source_id, _one_line(error))
         finally:
             if not cancelled:
                 await self._finish_source(run, reason)
