@@ -19,7 +19,9 @@ from rich.console import Console
 from streamflow.inference.engine_cli import register as register_build_engine
 
 if TYPE_CHECKING:
+    from streamflow.observers import RunStats
     from streamflow.pipeline import Pipeline
+    from streamflow.sources import SourceSpec
 
 # The pipeline machinery (torch, PyAV, ONNX, the stages) is imported inside each command, not here:
 # `streamflow --help` answers without loading any of it.
@@ -42,6 +44,14 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
+SourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--source", help="Input ID=URI (repeatable); replaces the config's sources."),
+]
+SourcesFileOption = Annotated[
+    Path | None,
+    typer.Option("--sources-file", help="Inputs, one URI or ID=URI a line; replaces the config's sources."),
+]
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -70,22 +80,30 @@ def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
     set_: SetOption = None,
     stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", min=1, help="Stop each source after N frames.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
     strict_frames: Annotated[
         bool,
         typer.Option("--strict-frames", help="Fail (exit 1) when a source delivers fewer frames than it states."),
     ] = False,
+    source: SourceOption = None,
+    sources_file: SourcesFileOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
+
+    With several sources, one that fails is reported and ends alone; the exit code is then 1.
+    """
     from streamflow.config import ConfigError, build_pipeline
     from streamflow.preflight import PreflightError
-    from streamflow.report import LiveDisplay, summary_table
+    from streamflow.report import LiveDisplay
 
     _configure_logging(verbose)
     try:
-        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
+        specs = command_line_sources(source or [], sources_file)
+        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames, sources=specs)
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
             pipeline.output_files.append(("--stats-json", str(stats_json)))
@@ -106,15 +124,17 @@ def run(
         if verbose:
             err.print_exception()
         failure = _describe_failure(error)
+        stats = getattr(error, "run_stats", None) or pipeline.snapshot()
         if stats_json:
-            stats = pipeline.snapshot()
             _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
+        if not quiet and stats.failed_sources and len(stats.sources) > 1:  # the others ran on: show them
+            _print_summary(stats)
         err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
         _exit(pipeline, EXIT_FAILURE)
     if stats_json:
         _write_stats(stats_json, stats.to_dict())
     if not quiet:
-        err.print(summary_table(stats))
+        _print_summary(stats)
     if stats.stopped_by in SIGNAL_EXIT:
         err.print(f"stopped by {stats.stopped_by}; outputs finalized", highlight=False)
         _exit(pipeline, SIGNAL_EXIT[stats.stopped_by])
@@ -137,6 +157,41 @@ def _exit(pipeline: Pipeline, code: int) -> None:
         os._exit(code)
     if code:
         raise typer.Exit(code)
+
+
+def _print_summary(stats: RunStats) -> None:
+    from streamflow.report import sources_table, summary_table
+
+    err.print(summary_table(stats))
+    if len(stats.sources) > 1 or stats.failed_sources:
+        err.print(sources_table(stats))
+
+
+def command_line_sources(args: list[str], sources_file: Path | None) -> list[SourceSpec] | None:
+    """`--source ID=URI` and `--sources-file` entries as specs; None when neither was given."""
+    if not args and sources_file is None:
+        return None
+    from pydantic import ValidationError
+
+    from streamflow.config import ConfigError
+    from streamflow.sources import parse_source_arg, read_sources_file
+
+    specs: list[SourceSpec] = []
+    try:
+        if sources_file is not None:
+            if not sources_file.is_file():
+                raise ValueError(f"--sources-file {str(sources_file)!r}: file not found")
+            specs.extend(read_sources_file(sources_file))
+        for arg in args:
+            specs.append(parse_source_arg(arg))
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"--source: field {'.'.join(map(str, first['loc']))!r}: {first['msg']}") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not specs:
+        raise ConfigError(f"--sources-file {str(sources_file)!r} lists no source")
+    return specs
 
 
 @app.command()
@@ -271,14 +326,49 @@ def bench(
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, help="Rounds of pipeline then baseline; medians are reported.")
     ] = 1,
+    sources: Annotated[
+        list[int] | None,
+        typer.Option("--sources", min=1, help="Many-source run: N copies of the input (repeatable: 32 and 64)."),
+    ] = None,
+    frames_per_source: Annotated[int, typer.Option("--frames-per-source", min=1, help="With --sources.")] = 240,
+    raw_threads: Annotated[
+        str, typer.Option("--raw-threads", help="With --sources: raw decoder thread counts for the ceiling, e.g. 7,14")
+    ] = "",
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="With --sources: pace each source like a camera.")
+    ] = False,
+    feeder_threads: Annotated[
+        int | None, typer.Option("--feeder-threads", min=1, help="With --sources: sources share N threads.")
+    ] = None,
+    input_uri: Annotated[
+        str | None, typer.Option("--input", help="With --sources: the input (default: config's).")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
+    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio.
+
+    With --sources N: the pipeline over N copies of its input against the raw decode ceiling.
+    """
     from streamflow.bench import BenchError, run_bench
     from streamflow.config import ConfigError
     from streamflow.preflight import PreflightError, ensure_output_folder
 
     _configure_logging(verbose)
+    if sources:
+        _bench_sources(
+            config,
+            sources,
+            frames_per_source,
+            warmup,
+            raw_threads,
+            realtime,
+            feeder_threads,
+            input_uri,
+            set_ or [],
+            json_path,
+            verbose,
+        )
+        return
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
@@ -302,6 +392,53 @@ def bench(
             err.print_exception()
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     result.print(out)
+    if json_path:
+        _write_stats(json_path, result.to_dict())
+
+
+def _bench_sources(
+    config: Path,
+    counts: list[int],
+    frames_per_source: int,
+    warmup: int,
+    raw_threads: str,
+    realtime: bool,
+    feeder_threads: int | None,
+    input_uri: str | None,
+    overrides: list[str],
+    json_path: Path | None,
+    verbose: bool,
+) -> None:
+    from streamflow.config import ConfigError
+    from streamflow.multibench import run_sources_bench
+    from streamflow.preflight import PreflightError, ensure_output_folder
+    from streamflow.report import sources_bench_table
+
+    try:
+        threads = [int(t) for t in raw_threads.split(",") if t.strip()]
+    except ValueError:
+        raise _fail(f"--raw-threads must be numbers separated by commas, got {raw_threads!r}", EXIT_CONFIG) from None
+    try:
+        if json_path:
+            ensure_output_folder(json_path, owner="--json")
+        result = run_sources_bench(
+            config,
+            counts,
+            uri=input_uri,
+            frames_per_source=frames_per_source,
+            warmup=warmup,
+            realtime=realtime,
+            raw_threads=threads,
+            overrides=overrides,
+            feeder_threads=feeder_threads,
+        )
+    except (ConfigError, PreflightError) as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    except Exception as error:
+        if verbose:
+            err.print_exception()
+        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+    out.print(sources_bench_table(result))
     if json_path:
         _write_stats(json_path, result.to_dict())
 
