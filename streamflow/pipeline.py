@@ -535,10 +535,16 @@ class Pipeline:
         return stats
 
     def _first_source_error(self) -> BaseException | None:
-        for run in self._finished:
-            if run.error is not None:
-                return run.error
-        return None
+        """The failure to raise after the run: a lone failed source's own error, or one listing them all."""
+        failed = [run for run in self._finished if run.error is not None]
+        if not failed:
+            return None
+        if len(failed) == 1:
+            return failed[0].error
+        names = ", ".join(repr(run.source_id) for run in failed)
+        error = SourceError(f"{len(failed)} of {len(self._finished)} sources failed: {names}")
+        error.__cause__ = failed[0].error
+        return error
 
     def _all_observers(self) -> list[Observer]:
         return [self.collector, *self.observers]
@@ -685,6 +691,8 @@ class Pipeline:
             cancelled = True
             raise
         except Exception as error:
+            if run.stage is None:
+                error.stage_name = f"{self.template.name}[{run.source_id}]"  # type: ignore[attr-defined]
             run.error = _annotate(error, run.stage or self.template)
             reason = f"failed: {_one_line(error)}"
             # One line per failed source, naming it; the other sources go on.
