@@ -444,6 +444,10 @@ class Pipeline:
         with self._lock:
             if run.source_id in self._runs:
                 raise PipelineError(f"source id {run.source_id!r} is already in use")
+            if any(r.source_id == run.source_id and r.state is SourceState.DRAINING for r in self._finished):
+                # Its end has yet to close its outputs: frames of a new source by that id would land
+                # in files about to be closed.
+                raise PipelineError(f"source id {run.source_id!r} is still draining: add it again once it ended")
             if self.max_sources is not None and len(self._runs) >= self.max_sources:
                 raise PipelineError(f"cannot add source {run.source_id!r}: max_sources ({self.max_sources}) reached")
             self._runs[run.source_id] = run

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import threading
 import time
@@ -38,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from streamflow.frame import Frame
-from streamflow.observers import Observer
+from streamflow.observers import Observer, RunStats
 from streamflow.pipeline import SourceState
 from streamflow.stage import Source, Stage
 
@@ -121,12 +122,13 @@ class PipelineCollector(Collector):
         self.histograms = histograms
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._sources()
-        yield from self._stages()
+        snapshot = self.pipeline.snapshot()
+        yield from self._sources(snapshot)
+        yield from self._stages(snapshot)
         yield from self._process()
 
-    def _sources(self) -> Iterator[Metric]:
-        stats = {s.id: s for s in self.pipeline.snapshot().sources}
+    def _sources(self, snapshot: RunStats) -> Iterator[Metric]:
+        stats = {s.id: s for s in snapshot.sources}
         status = {s.id: s for s in self.pipeline.source_status()}
         label = ["source"]
         frames = CounterMetricFamily("streamflow_source_frames", "Frames the source produced.", labels=label)
@@ -176,7 +178,7 @@ class PipelineCollector(Collector):
             open_decoders.add_metric([kind], count)
         yield open_decoders
 
-    def _stages(self) -> Iterator[Metric]:
+    def _stages(self, snapshot: RunStats) -> Iterator[Metric]:
         label = ["stage"]
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "in": CounterMetricFamily("streamflow_stage_frames_in", "Frames into the stage.", labels=label),
@@ -193,7 +195,7 @@ class PipelineCollector(Collector):
             ),
         }
         calls = HistogramMetricFamily("streamflow_stage_call_seconds", "One call of a stage hook.", labels=label)
-        for stage in self.pipeline.snapshot().stages:
+        for stage in snapshot.stages:
             families["in"].add_metric([stage.name], stage.frames_in)
             families["out"].add_metric([stage.name], stage.frames_out)
             families["busy"].add_metric([stage.name], stage.busy_s)
@@ -253,3 +255,22 @@ class PipelineMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric, read now."""
         return generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """`render()` for the pipeline's loop: figures read on the loop, the text formatted in a thread.
+
+        Formatting is most of a scrape's time (thousands of sample lines under many sources); in a
+        thread it no longer holds up the loop that moves the frames.
+        """
+        families = list(self.registry.collect())
+        return await asyncio.to_thread(generate_latest, _Collected(families))
+
+
+class _Collected(Collector):
+    """Metric families already read, for formatting away from the loop."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
