@@ -12,9 +12,12 @@ thread (a separate HTTP connection, as Prometheus would be) measures:
 
 Prints both fps figures side by side with the scrape times and the add latency; `--json` writes them.
 
+With `--config`, that config's stages run instead of `decode -> null` (models loaded once; an
+added source reuses them), every source reading the generated clip.
+
 Usage:
     python benchmarks/control_api.py --sources 64 --seconds 5
-    python benchmarks/control_api.py --device cuda --sources 64 --width 320 --height 240   # NVDEC
+    python benchmarks/control_api.py --config configs/face_detect_bench.yaml --sources 64 --width 1280 --height 720
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from stages.decode import Decode
 from stages.null import NullSink
 from streamflow import Frame, Observer, Pipeline, Stage
 from streamflow.api import ControlServer
+from streamflow.config import build_pipeline
+from streamflow.sources import SourceSpec
 from streamflow.video.synth import write_clip
 
 
@@ -116,12 +121,13 @@ def client(port: int, pipeline: Pipeline, frames: FramesDone, args: argparse.Nam
         while source_id not in frames.first:
             time.sleep(0.0005)
         adds.append(frames.first[source_id] - sent)
-        status, body = request(connection, "DELETE", f"/sources/{source_id}")
+        status, body = request(connection, "DELETE", f"/sources/{source_id}?wait=300")
         assert status == 200, body
     scrapes_ms = sorted(1000 * d for d in scrapes)
     return {
         "sources": args.sources,
-        "device": args.device,
+        "device": str(pipeline.stages[-1].device),
+        "config": str(args.config) if args.config else "decode -> null",
         "clip": f"{args.width}x{args.height}",
         "fps_without_scrapes": round((quiet_fps + quiet_again_fps) / 2, 1),
         f"fps_scraped_every_{args.interval:g}s": round(periodic_fps, 1),
@@ -141,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="each fps window")
     parser.add_argument("--adds", type=int, default=5)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (periodic window)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="without --config (a config names its own device)")
+    parser.add_argument("--config", type=Path, default=None, help="run this config's stages instead of decode -> null")
+    parser.add_argument("--clip-frames", type=int, default=60, help="frames of the generated clip (it loops)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--feeder-threads", type=int, default=None, help="sources share N threads")
@@ -149,17 +157,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="control_api_bench_"))
-    clip = write_clip(workdir / "clip.mp4", width=args.width, height=args.height, frames=60, fps=30)
+    clip = write_clip(workdir / "clip.mp4", width=args.width, height=args.height, frames=args.clip_frames, fps=30)
     frames = FramesDone()
-    sources = [{"id": f"s{i}", "uri": str(clip), "loop": True} for i in range(args.sources)]
-    pipeline = Pipeline(
-        [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
-        sources=sources,
-        device=args.device,
-        observers=[frames],
-        stay_open=True,
-        feeder_threads=args.feeder_threads,
-    )
+    sources = [SourceSpec(id=f"s{i}", uri=str(clip), loop=True) for i in range(args.sources)]
+    if args.config is not None:
+        # The config's stages (models loaded once) with the generated clip as every source.
+        pipeline = build_pipeline(args.config, sources=sources, observers=[frames])
+        pipeline.stay_open = True
+        pipeline.feeder_threads = args.feeder_threads
+    else:
+        pipeline = Pipeline(
+            [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
+            sources=sources,
+            device=args.device,
+            observers=[frames],
+            stay_open=True,
+            feeder_threads=args.feeder_threads,
+        )
     server = ControlServer(pipeline, port=0)
     result: dict[str, Any] = {}
 
