@@ -13,9 +13,14 @@ How a run works:
   only moves references; it never waits on a device or on I/O.
 - End of stream travels in band behind the last frame; each stage runs `flush()` when it arrives
   and passes it on.
-- An exception in any stage cancels the others and leaves `run()` as itself, with a note naming
-  the stage (and `exc.stage_name`). `teardown()` runs for every stage that was set up, always.
-- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the source
+- Sources: each source has its own task, thread (or a share of `feeder_threads`) and edge; the
+  stage after them reads all those edges round robin (`streamflow.mux.SourceMux`). A source's end
+  travels as `EndOfStream(source_id)` (stages run `end_source`), the last one's as `EndOfStream()`.
+- An exception in any stage after the sources cancels the others and leaves `run()` as itself,
+  with a note naming the stage (and `exc.stage_name`). A source that fails ends alone, logged in
+  one line; `run()` raises its error once the others are done (with `.run_stats`).
+  `teardown()` runs for every stage that was set up, always.
+- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the sources
   stop producing; what is in flight drains, every stage flushes and tears down, outputs are final.
 
 Example:
@@ -291,6 +296,7 @@ class Pipeline:
         self._mux: SourceMux | None = None
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
+        self._ended = False
         for entry in [stages[0]] if sources is None else sources:
             self._register(self._new_run(entry))
 
@@ -304,6 +310,14 @@ class Pipeline:
         """Ids of the sources not yet ended (or all configured ones before the run)."""
         with self._lock:
             return list(self._runs)
+
+    def source_stage(self, source_id: str) -> Source | None:
+        """The stage of a source not yet ended (None for one whose uri was refused when it was built)."""
+        with self._lock:
+            run = self._runs.get(source_id)
+        if run is None:
+            raise KeyError(f"no source {source_id!r}")
+        return run.stage
 
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -330,8 +344,8 @@ class Pipeline:
         Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
         """
         run = self._new_run(spec)
-        if self._stop_event.is_set():
-            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping")
+        if self._stop_event.is_set() or self._ended:
+            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
         loop = self._loop
         if loop is not None:
@@ -416,8 +430,9 @@ class Pipeline:
             return run
 
     def _source_drained(self, source_id: str) -> None:
+        # Generations of one id (removed, then added again) drain in the order they ended.
         with self._lock:
-            run = next((r for r in reversed(self._finished) if r.source_id == source_id), None)
+            run = next((r for r in self._finished if r.source_id == source_id and _draining(r)), None)
         if run is not None:
             _mark_drained(run)
 
@@ -444,10 +459,6 @@ class Pipeline:
         with self._lock:
             if run.source_id in self._runs:
                 raise PipelineError(f"source id {run.source_id!r} is already in use")
-            if any(r.source_id == run.source_id and r.state is SourceState.DRAINING for r in self._finished):
-                # Its end has yet to close its outputs: frames of a new source by that id would land
-                # in files about to be closed.
-                raise PipelineError(f"source id {run.source_id!r} is still draining: add it again once it ended")
             if self.max_sources is not None and len(self._runs) >= self.max_sources:
                 raise PipelineError(f"cannot add source {run.source_id!r}: max_sources ({self.max_sources}) reached")
             self._runs[run.source_id] = run
@@ -517,6 +528,7 @@ class Pipeline:
             raise
         finally:
             self._group = None
+            self._ended = True
             with self._lock:
                 for run in [*self._finished, *self._runs.values()]:
                     _mark_drained(run)  # every stage has flushed (or failed): nothing is left in flight
@@ -591,6 +603,8 @@ class Pipeline:
 
     def _start_run(self, run: _SourceRun) -> None:
         """Connect a source to the mux and start its task (on the loop)."""
+        if run.task is not None:  # added from another thread while the run was starting: already started
+            return
         group, mux = self._group, self._mux
         if group is None or mux is None or self._stop_event.is_set():
             with self._lock:
@@ -840,6 +854,10 @@ def _mark_drained(run: _SourceRun) -> None:
         run.state = SourceState.ENDED
     if run.drained is not None:
         run.drained.set()
+
+
+def _draining(run: _SourceRun) -> bool:
+    return run.drained is not None and not run.drained.is_set()
 
 
 def _display_uri_of(stage: Source) -> str | None:

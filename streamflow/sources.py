@@ -102,7 +102,8 @@ class SourceTemplate(Source):
 def _template_options(template: Stage) -> dict[str, Any]:
     if isinstance(template, SourceTemplate):
         return dict(template.options)
-    return template.config.model_dump(exclude_unset=True)
+    # JSON mode: plain values, so an option of one type's enum (decode's format) validates as another's.
+    return template.config.model_dump(mode="json", exclude_unset=True)
 
 
 def build_source(spec: SourceSpec, template: Stage) -> Source:

@@ -7,7 +7,7 @@ Endpoints (JSON unless said otherwise; every error is `{"error": "...", "field":
 - `POST /sources` (token): body `{"id": ..., "uri": ..., "type"?: ..., <options of that type>}`,
   validated by the same models as the YAML `sources:` list. Waits up to `?wait=` seconds (default
   5) for the input to open: 201 running; 202 still opening; 422 when it could not be opened (the
-  reason in `error`; the other sources are untouched). 400 bad JSON, 409 id in use (or still draining),
+  reason in `error`; the other sources are untouched). 400 bad JSON, 409 id in use,
   422 invalid field, 429 `max_sources` reached, 503 pipeline not running.
 - `DELETE /sources/{id}` (token): the source stops, what it queued drains and its outputs are
   finalized; waits up to `?wait=` seconds (default 30): 200 ended, 202 still draining, 404 unknown.
@@ -224,8 +224,6 @@ class ControlServer:
             return _error(503, "the pipeline is not running (starting up or stopping)")
         if spec.id in pipeline.source_ids:
             return _error(409, f"source id {spec.id!r} is already in use", field="id")
-        if any(s.id == spec.id and s.state is SourceState.DRAINING for s in pipeline.source_status()):
-            return _error(409, f"source id {spec.id!r} is still draining: add it again once it ended", field="id")
         if pipeline.max_sources is not None and len(pipeline.source_ids) >= pipeline.max_sources:
             return _error(429, f"max_sources ({pipeline.max_sources}) reached: remove a source first")
         try:
