@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stages.decode import Decode
 from stages.jsonl import JsonlSink
-from streamflow import Pipeline
+from streamflow import Batch, Frame, Pipeline, Stage
 from streamflow.api import ControlServer, PipelineMetrics, parse_bind
 from streamflow.pipeline import SourceState
 from streamflow.video.synth import write_clip
@@ -254,3 +254,40 @@ def test_bind_addresses_default_to_loopback() -> None:
         parse_bind("localhost:http")
     with pytest.raises(ValueError, match="out of range"):
         parse_bind("70000")
+
+
+class SlowToLoad(Stage):
+    """A sink whose setup (a model load) waits until the test lets it go."""
+
+    def __init__(self, gate: threading.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def setup(self) -> None:
+        self.gate.wait(60)
+
+    def process(self, item: Frame | Batch) -> None:
+        return None
+
+
+async def test_readyz_waits_for_the_models_while_healthz_answers(clip: Path) -> None:
+    gate = threading.Event()
+    sink = SlowToLoad(gate, name="model")
+    pipeline = Pipeline([Decode(name="source", uri=str(clip)), sink], sources=[], device="cpu", stay_open=True)
+    server = ControlServer(pipeline, port=0)
+    async with server.serving(), aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as client:
+        run = asyncio.create_task(pipeline.run())
+        async with client.get("/healthz") as response:
+            assert response.status == 200
+        async with client.get("/readyz") as response:
+            assert response.status == 503 and (await response.json())["ready"] is False
+        async with client.post("/sources", json={"id": "early", "uri": str(clip)}) as response:
+            assert response.status == 503 and "not running" in (await response.json())["error"]
+        gate.set()
+        await until(lambda: pipeline.running)
+        async with client.get("/readyz") as response:
+            assert response.status == 200
+        pipeline.stop()
+        await run
+        async with client.get("/readyz") as response:
+            assert response.status == 503, "a stopped pipeline is not ready"
