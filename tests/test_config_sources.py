@@ -50,7 +50,7 @@ def test_yaml_sources_run_through_a_feeder_pool(tmp_path: Path) -> None:
         ("  - {id: 'a b', uri: x.mp4}\n", "", "field 'sources.0.id'"),
         ("  - {id: a}\n", "", "field 'sources.0.uri'"),
         ("  - {id: a, uri: CLIP, emit_batch: 0}\n", "", "source 'a': field 'emit_batch'"),
-        ("  - {id: a, uri: CLIP, lop: true}\n", "", "source 'a': field 'lop'"),
+        ("  - {id: a, uri: CLIP, lop: true}\n", "", "source 'a': field 'lop': unknown option; did you mean 'loop'"),
         ("  - {id: a, uri: CLIP}\n  - {id: a, uri: CLIP}\n", "", "source id 'a' is already in use"),
         ("  - {id: a, uri: CLIP}\n  - {id: b, uri: CLIP}\n", "max_sources: 1\n", "max_sources (1) reached"),
     ],
