@@ -182,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The config's stages (models loaded once) with the generated clip as every source.
         pipeline = build_pipeline(args.config, sources=sources, observers=[frames])
         pipeline.stay_open = True
-        pipeline.feeder_threads = args.feeder_threads
+        if args.feeder_threads is not None:
+            pipeline.feeder_threads = args.feeder_threads
     else:
         pipeline = Pipeline(
             [Decode(name="source", uri=str(clip)), NullSink(name="sink")],

@@ -34,7 +34,7 @@ import ipaddress
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -44,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from streamflow.api.metrics import PipelineMetrics
+from streamflow.observers import SourceStats
 from streamflow.pipeline import Pipeline, PipelineError, SourceState, SourceStatus
 from streamflow.sources import SourceSpec
 
@@ -176,26 +177,31 @@ class ControlServer:
         return guarded
 
     # -- sources --------------------------------------------------------------------------------
-    def _describe(self, status: SourceStatus) -> dict[str, Any]:
+    def _describe(self, status: SourceStatus, stats: Mapping[str, SourceStats] | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {k: v.value if isinstance(v, SourceState) else v for k, v in asdict(status).items()}
-        try:
-            stats = self.pipeline.snapshot().source(status.id)
-        except KeyError:  # not started yet
+        if stats is None:
+            stats = self._source_stats()
+        figures = stats.get(status.id)
+        if figures is None:  # not started yet
             return data
         data.update(
-            frames=stats.frames,
-            frames_done=stats.frames_done,
-            fps=round(stats.fps, 2),
-            dropped=stats.dropped,
-            reconnects=stats.reconnects,
+            frames=figures.frames,
+            frames_done=figures.frames_done,
+            fps=round(figures.fps, 2),
+            dropped=figures.dropped,
+            reconnects=figures.reconnects,
         )
         return data
+
+    def _source_stats(self) -> dict[str, SourceStats]:
+        return {figures.id: figures for figures in self.pipeline.snapshot().sources}
 
     def _status(self, source_id: str) -> SourceStatus:
         return next(status for status in self.pipeline.source_status() if status.id == source_id)
 
     async def list_sources(self, request: web.Request) -> web.Response:
-        sources = [self._describe(status) for status in self.pipeline.source_status()]
+        stats = self._source_stats()  # one snapshot for all: a listing of 64 sources stays one read
+        sources = [self._describe(status, stats) for status in self.pipeline.source_status()]
         return web.json_response({"sources": sources, "max_sources": self.pipeline.max_sources})
 
     async def get_source(self, request: web.Request) -> web.Response:
