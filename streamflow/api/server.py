@@ -129,10 +129,12 @@ class ControlServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         try:
             await site.start()
-        except OSError:
+        except OSError as error:
             await self._runner.cleanup()
             self._runner = None
-            raise
+            raise OSError(
+                error.errno, f"control API cannot listen on {self.host}:{self.port}: {error.strerror}"
+            ) from None
         sockets = self._runner.addresses
         if sockets:
             self.port = int(sockets[0][1])

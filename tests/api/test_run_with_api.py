@@ -177,3 +177,20 @@ async def test_add_remove_and_re_add_sources_of_a_running_process(
     returncode, stderr = await asyncio.to_thread(terminate, process)
     assert returncode == 143, stderr
     assert TOKEN not in stderr
+
+
+def test_bad_api_addresses_are_clear_errors(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", width=64, height=48, frames=3, fps=30)
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        f"name: p\nstages:\n  - {{name: source, type: decode, uri: {clip}}}\n  - {{name: n, type: 'null'}}\n"
+    )
+    run = [sys.executable, "-m", "streamflow.cli", "run", str(config), "-q", "--api"]
+    usage = subprocess.run([*run, "127.0.0.1:http"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "port must be a number" in usage.stderr, usage.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run([*run, f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 1 and f"control API cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
