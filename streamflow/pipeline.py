@@ -851,8 +851,9 @@ class _GreedyInbox:
 def _mark_drained(run: _SourceRun) -> None:
     if run.state is SourceState.DRAINING:
         run.state = SourceState.ENDED
-    if run.drained is not None:
-        run.drained.set()
+    for event in (run.opened, run.drained):  # nobody waits on a source whose run is over
+        if event is not None:
+            event.set()
 
 
 def _draining(run: _SourceRun) -> bool:

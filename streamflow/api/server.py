@@ -81,7 +81,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+    response = web.json_response({"error": message, **extra}, status=status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 class ControlServer:
