@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -47,6 +49,15 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logg
 SourceOption = Annotated[
     list[str] | None,
     typer.Option("--source", help="Input ID=URI (repeatable); replaces the config's sources."),
+]
+API_TOKEN_ENV = "STREAMFLOW_API_TOKEN"
+ApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        help="Serve the control API (sources, /metrics, /healthz, /readyz) on HOST:PORT, or PORT on 127.0.0.1; "
+        f"${API_TOKEN_ENV} set: POST/DELETE need it as a bearer token.",
+    ),
 ]
 SourcesFileOption = Annotated[
     Path | None,
@@ -90,11 +101,13 @@ def run(
     ] = False,
     source: SourceOption = None,
     sources_file: SourcesFileOption = None,
+    api: ApiOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
 
     With several sources, one that fails is reported and ends alone; the exit code is then 1.
+    With --api the pipeline stays open for sources added over HTTP until SIGINT/SIGTERM.
     """
     from streamflow.config import ConfigError, build_pipeline
     from streamflow.preflight import PreflightError
@@ -107,6 +120,7 @@ def run(
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
             pipeline.output_files.append(("--stats-json", str(stats_json)))
+        alongside = _control_server(pipeline, api) if api is not None else None
         pipeline.preflight()
     except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
@@ -115,22 +129,18 @@ def run(
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
-                stats = pipeline.run_sync(handle_signals=True)
+                stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
         else:
-            stats = pipeline.run_sync(handle_signals=True)
+            stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
     except KeyboardInterrupt:
         raise _fail("interrupted", SIGNAL_EXIT["SIGINT"]) from None
     except Exception as error:
-        if verbose:
-            err.print_exception()
-        failure = _describe_failure(error)
-        stats = getattr(error, "run_stats", None) or pipeline.snapshot()
-        if stats_json:
-            _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
-        if not quiet and stats.failed_sources and len(stats.sources) > 1:  # the others ran on: show them
-            _print_summary(stats)
-        err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
-        _exit(pipeline, EXIT_FAILURE)
+        if api is not None and getattr(error, "run_stats", None) is not None:
+            # Under --api a source that failed was reported on its own (the POST, GET /sources):
+            # the run ends as its stop reason says, and the sources table shows the failure.
+            stats = error.run_stats  # type: ignore[attr-defined]
+        else:
+            _run_failed(error, pipeline, stats_json=stats_json, quiet=quiet, verbose=verbose)
     if stats_json:
         _write_stats(stats_json, stats.to_dict())
     if not quiet:
@@ -148,15 +158,43 @@ def _write_stats(path: Path, data: dict[str, Any]) -> None:
         err.print(f"[bold red]error:[/] cannot write {str(path)!r}: {error.strerror or error}", highlight=False)
 
 
-def _exit(pipeline: Pipeline, code: int) -> None:
+def _exit(pipeline: Pipeline, code: int) -> NoReturn:
     """Exit with `code`; at once when a stage was abandoned inside a hook (its thread never ends,
     and a normal exit would wait for it forever)."""
     if pipeline.unfinished:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    if code:
-        raise typer.Exit(code)
+    raise typer.Exit(code)
+
+
+def _run_failed(
+    error: Exception, pipeline: Pipeline, *, stats_json: Path | None, quiet: bool, verbose: bool
+) -> NoReturn:
+    if verbose:
+        err.print_exception()
+    failure = _describe_failure(error)
+    stats = getattr(error, "run_stats", None) or pipeline.snapshot()
+    if stats_json:
+        _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
+    if not quiet and stats.failed_sources and len(stats.sources) > 1:  # the others ran on: show them
+        _print_summary(stats)
+    err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+    _exit(pipeline, EXIT_FAILURE)
+
+
+def _control_server(pipeline: Pipeline, bind: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """The control API for `--api`, served on the pipeline's loop; the pipeline then stays open."""
+    from streamflow.api import ControlServer, parse_bind
+    from streamflow.config import ConfigError
+
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    # Sources come and go over HTTP: the run lasts until a signal, not until the last source ends.
+    pipeline.stay_open = True
+    return ControlServer(pipeline, host=host, port=port, token=os.environ.get(API_TOKEN_ENV) or None).serving
 
 
 def _print_summary(stats: RunStats) -> None:

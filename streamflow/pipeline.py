@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -66,8 +67,17 @@ from streamflow.observers import Observer, RunStats, StatsCollector
 from streamflow.preflight import PreflightError, check_pipeline_files
 from streamflow.sources import SourceSpec, SourceSpecError, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
+from streamflow.uri import redact_uri
 
-__all__ = ["FrameLossError", "Pipeline", "PipelineError", "SourceError", "StageContractError"]
+__all__ = [
+    "FrameLossError",
+    "Pipeline",
+    "PipelineError",
+    "SourceError",
+    "SourceState",
+    "SourceStatus",
+    "StageContractError",
+]
 
 log = logging.getLogger("streamflow.pipeline")
 #: After stop() (a signal, an error), how long the runner waits for stages to drain and finalize
@@ -83,7 +93,12 @@ class FrameLossError(RuntimeError):
 
 
 class PipelineError(ValueError):
-    """The pipeline graph is invalid (raised when it is built, before anything runs)."""
+    """The pipeline graph is invalid (raised when it is built, before anything runs), or a source
+    can't be added; `field` names the offending option of a source spec when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 _ALLOWED_OUTPUT = "a Frame, a Batch, EndOfStream, a list or other iterable of them, or None"
@@ -233,6 +248,27 @@ class _StageWorker:
                 frame.timestamps[self.stamp_name] = now
 
 
+class SourceState(enum.StrEnum):
+    """Where one source is in its life (`Pipeline.source_status`)."""
+
+    STARTING = "starting"  # added; its input is being opened
+    RUNNING = "running"  # input open, producing frames
+    DRAINING = "draining"  # stopped producing; its last frames and end are on their way to the last stage
+    ENDED = "ended"  # its end passed the last stage: its outputs are finalized
+    FAILED = "failed"  # it could not be opened or broke while reading (`error` says why); outputs finalized
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source as operators see it: id, uri with credentials masked, state and error."""
+
+    id: str
+    uri: str | None
+    state: SourceState
+    error: str | None = None
+    ended: str | None = None  # why it ended: finished, removed, a stop reason, failed: ...
+
+
 @dataclass(eq=False)
 class _SourceRun:
     """One source of a running (or about to run) pipeline."""
@@ -245,6 +281,12 @@ class _SourceRun:
     task: asyncio.Task[None] | None = None
     removed: bool = False
     error: BaseException | None = None
+    display_uri: str | None = None
+    state: SourceState = SourceState.STARTING
+    end_reason: str | None = None
+    # Set on the loop when the input is open (or the source ended) and when its end left the last stage.
+    opened: asyncio.Event | None = None
+    drained: asyncio.Event | None = None
 
 
 class Pipeline:
@@ -340,6 +382,7 @@ class Pipeline:
         self._frame_losses: list[str] = []
         self._lock = threading.Lock()  # guards `_runs` against add/remove from other threads
         self._runs: dict[str, _SourceRun] = {}
+        self._finished: list[_SourceRun] = []  # ended sources, in the order they ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._mux: SourceMux | None = None
@@ -450,22 +493,78 @@ class Pipeline:
         )
 
     def snapshot(self) -> RunStats:
-        """Live figures while running (used by progress displays)."""
+        """Live figures while running (used by progress displays and metrics exporters)."""
         return self.collector.snapshot()
+
+    @property
+    def running(self) -> bool:
+        """True once every stage is set up (models loaded) and until the run stops."""
+        return self._group is not None and not self._stop_event.is_set()
+
+    def source_status(self) -> list[SourceStatus]:
+        """Every source's state: the ones running and, per id, the last that ended (safe from any thread)."""
+        with self._lock:
+            latest = {run.source_id: run for run in [*self._finished, *self._runs.values()]}
+        return [
+            SourceStatus(
+                id=run.source_id,
+                uri=run.display_uri,
+                state=run.state,
+                error=None if run.error is None else _one_line(run.error),
+                ended=run.end_reason,
+            )
+            for run in latest.values()
+        ]
+
+    async def source_opened(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's input is open or it ended; its status then.
+
+        A uri that can't be opened shows as `SourceState.FAILED` with the reason in `error`.
+        """
+        run = self._latest_run(source_id)
+        if run.opened is not None:
+            await run.opened.wait()
+        return self._status_of(source_id)
+
+    async def source_drained(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's end passed the last stage: outputs finalized."""
+        run = self._latest_run(source_id)
+        if run.drained is not None:
+            await run.drained.wait()
+        return self._status_of(source_id)
+
+    def _status_of(self, source_id: str) -> SourceStatus:
+        return next(status for status in self.source_status() if status.id == source_id)
+
+    def _latest_run(self, source_id: str) -> _SourceRun:
+        with self._lock:
+            run = self._runs.get(source_id)
+            if run is None:
+                run = next((r for r in reversed(self._finished) if r.source_id == source_id), None)
+            if run is None:
+                raise KeyError(f"no source {source_id!r}; sources: {sorted(self._runs)}")
+            return run
+
+    def _source_drained(self, source_id: str) -> None:
+        # Generations of one id (removed, then added again) drain in the order they ended.
+        with self._lock:
+            run = next((r for r in self._finished if r.source_id == source_id and _draining(r)), None)
+        if run is not None:
+            _mark_drained(run)
 
     def _new_run(self, entry: SourceSpec | Mapping[str, Any] | Source) -> _SourceRun:
         if isinstance(entry, Source):
             if isinstance(entry, SourceTemplate):
                 raise PipelineError(f"source {entry.name!r} is a template, not a source")
-            return _SourceRun(source_id_of(entry), entry)
+            return _SourceRun(source_id_of(entry), entry, display_uri=_display_uri_of(entry))
         spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
         try:
-            return _SourceRun(spec.id, build_source(spec, self.template))
+            return _SourceRun(spec.id, build_source(spec, self.template), display_uri=spec.display_uri)
         except SourceSpecError as error:
             if error.field == "uri":
                 # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
-                return _SourceRun(spec.id, None, build_error=error.reason)
-            raise PipelineError(str(error)) from None
+                return _SourceRun(spec.id, None, build_error=error.reason, display_uri=spec.display_uri)
+            raise PipelineError(str(error), field=error.field) from None
         except (LookupError, TypeError, ValueError) as error:
             raise PipelineError(f"source {spec.id!r}: {error}") from None
 
@@ -478,8 +577,17 @@ class Pipeline:
             self._runs[run.source_id] = run
 
     # -- running ------------------------------------------------------------------------------
-    def run_sync(self, *, handle_signals: bool = False) -> RunStats:
-        """Run to completion on a fresh event loop (uvloop when installed)."""
+    def run_sync(
+        self,
+        *,
+        handle_signals: bool = False,
+        alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    ) -> RunStats:
+        """Run to completion on a fresh event loop (uvloop when installed).
+
+        `alongside` makes a context entered on that loop before the run and left after it (a
+        control server that must share the pipeline's loop).
+        """
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
         try:
             import uvloop
@@ -488,7 +596,15 @@ class Pipeline:
         except ImportError:  # uvloop is optional: the standard loop works, a little slower
             loop_factory = None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(self.run(handle_signals=handle_signals))
+            return runner.run(self._run_alongside(alongside, handle_signals=handle_signals))
+
+    async def _run_alongside(
+        self, alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None, *, handle_signals: bool
+    ) -> RunStats:
+        if alongside is None:
+            return await self.run(handle_signals=handle_signals)
+        async with alongside():
+            return await self.run(handle_signals=handle_signals)
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
         """Run until every source ended, `stop()`, or an error (re-raised as itself).
@@ -530,6 +646,9 @@ class Pipeline:
             teardown_error = await self._teardown_all(workers)
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
+            with self._lock:
+                for run in [*self._finished, *self._runs.values()]:
+                    _mark_drained(run)  # every stage has flushed (or failed): outputs final
             for sig in installed:
                 loop.remove_signal_handler(sig)
             stats = self.collector.snapshot()
@@ -650,7 +769,7 @@ class Pipeline:
             raise PipelineError("a pipeline runs once; build a new one to run again")
         self._pipeline_device = resolve_device(self.device_spec)
         self.edges = {}
-        self._finished: list[_SourceRun] = []
+        self._finished = []
         for index, stage in enumerate(self.stages):
             self._place(stage)
             if index >= 2:
@@ -692,6 +811,7 @@ class Pipeline:
             log.warning("source %r not started: the pipeline is stopping", run.source_id)
             return
         consumer = self.stages[1] if len(self.stages) > 1 else None
+        run.opened, run.drained = asyncio.Event(), asyncio.Event()
         if run.stage is not None:
             self._place(run.stage)
             if self._stop_event.is_set() or run.removed:
@@ -800,6 +920,9 @@ class Pipeline:
             assert worker is not None
             await worker.call(run.stage.setup)
             worker.set_up = True
+            run.state = SourceState.RUNNING
+            if run.opened is not None:
+                run.opened.set()
             await self._generate(run.stage, worker, run.edge)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
@@ -858,6 +981,12 @@ class Pipeline:
         with self._lock:
             self._runs.pop(run.source_id, None)
             self._finished.append(run)
+        run.end_reason = reason
+        run.state = SourceState.FAILED if run.error is not None else SourceState.DRAINING
+        if run.opened is not None:
+            run.opened.set()
+        if len(self.stages) == 1:  # no stage after the source: nothing left to drain
+            _mark_drained(run)
         for observer in self._all_observers():
             observer.on_source_ended(run.source_id, reason, None if run.error is None else _one_line(run.error))
         if run.edge is not None:
@@ -877,6 +1006,8 @@ class Pipeline:
                     outputs, busy = await worker.call(worker.end_source, got.source_id)
                     self._notify(stage, [], outputs, busy)
                     await self._emit(stage, [*outputs, got], output)
+                    if output is None:  # the last stage finalized this source's outputs
+                        self._source_drained(got.source_id)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 if output is not None and not stage.is_sink and worker.items_out == 0 and worker.none_returns:
@@ -954,6 +1085,23 @@ class _GreedyInbox:
             items.append(extra)
             count += len(extra.frames)
         return items
+
+
+def _mark_drained(run: _SourceRun) -> None:
+    if run.state is SourceState.DRAINING:
+        run.state = SourceState.ENDED
+    for event in (run.opened, run.drained):  # nobody waits on a source whose run is over
+        if event is not None:
+            event.set()
+
+
+def _draining(run: _SourceRun) -> bool:
+    return run.drained is not None and not run.drained.is_set()
+
+
+def _display_uri_of(stage: Source) -> str | None:
+    uri = getattr(stage.config, "uri", None)
+    return redact_uri(str(uri)) if uri is not None else None
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
