@@ -20,6 +20,7 @@ Example (YAML):
       backend: auto      # auto | nvdec | cpu
       emit_batch: 8
       loop: true         # replay, for benchmarks
+      realtime: true     # pace at the file's frame rate: N paced files emulate N cameras
       max_frames: 3000
 
 Example (Python):
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -98,6 +100,9 @@ class Decode(Source):
         end: float | None = Field(default=None, gt=0, description="seconds")
         emit_batch: int = Field(default=1, ge=1, description="frames per emitted Batch; 1 emits Frames")
         source_id: str | None = Field(default=None, description="default: the stage name")
+        realtime: bool = Field(
+            default=False, description="pace frames at the file's frame rate, like a camera (live: drops when behind)"
+        )
 
         @field_validator("uri")
         @classmethod
@@ -134,6 +139,8 @@ class Decode(Source):
         self.probe: Probe | None = None
         self.path: _Path = _Path.CPU
         self._packets_read: int | None = None  # by the last CPU pass, to explain lost frames
+        # A paced file stands in for a camera: the runner treats it as live (drop_oldest after it).
+        self.live = self.config.realtime
 
     @property
     def source_id(self) -> str:
@@ -215,6 +222,25 @@ class Decode(Source):
         )
 
     def _frames(self) -> Iterator[Frame]:
+        frames = self._all_passes()
+        if not self.config.realtime:
+            yield from frames
+            return
+        # Paced by presentation time from the first frame on; a late frame goes at once (no catch-up burst
+        # beyond what the decoder fell behind). The arrival time is what a camera frame would carry.
+        started: float | None = None
+        first_time = 0.0
+        for frame in frames:
+            if frame.time is not None:
+                if started is None:
+                    started, first_time = time.monotonic(), frame.time
+                delay = started + (frame.time - first_time) - time.monotonic()
+                if delay > 0 and self.stopping.wait(delay):
+                    return
+            frame.arrival_time = time.time()
+            yield frame
+
+    def _all_passes(self) -> Iterator[Frame]:
         """All frames over every loop pass, with pts and index continuing across passes."""
         config = self.config
         assert self.probe is not None, "setup() runs before generate()"

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from streamflow.edge import Edge
     from streamflow.frame import Batch, EndOfStream, Frame, Item, PixelFormat, StreamInfo
-    from streamflow.observers import Observer, RunStats, StageStats
+    from streamflow.observers import Observer, RunStats, SourceStats, StageStats
     from streamflow.pipeline import Pipeline, PipelineError
+    from streamflow.sources import SourceSpec
     from streamflow.stage import Overflow, Source, Stage, StageConfig
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "PixelFormat",
     "RunStats",
     "Source",
+    "SourceSpec",
+    "SourceStats",
     "Stage",
     "StageConfig",
     "StageStats",
@@ -45,8 +48,9 @@ __version__ = "0.1.0"
 _HOMES = {
     "Edge": "streamflow.edge",
     **dict.fromkeys(("Batch", "EndOfStream", "Frame", "Item", "PixelFormat", "StreamInfo"), "streamflow.frame"),
-    **dict.fromkeys(("Observer", "RunStats", "StageStats"), "streamflow.observers"),
+    **dict.fromkeys(("Observer", "RunStats", "SourceStats", "StageStats"), "streamflow.observers"),
     **dict.fromkeys(("Pipeline", "PipelineError"), "streamflow.pipeline"),
+    "SourceSpec": "streamflow.sources",
     **dict.fromkeys(("Overflow", "Source", "Stage", "StageConfig"), "streamflow.stage"),
 }
 

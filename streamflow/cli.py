@@ -10,8 +10,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,7 +21,9 @@ from rich.console import Console
 from streamflow.inference.engine_cli import register as register_build_engine
 
 if TYPE_CHECKING:
+    from streamflow.observers import RunStats
     from streamflow.pipeline import Pipeline
+    from streamflow.sources import SourceSpec
 
 # The pipeline machinery (torch, PyAV, ONNX, the stages) is imported inside each command, not here:
 # `streamflow --help` answers without loading any of it.
@@ -42,6 +46,23 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
+SourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--source", help="Input ID=URI (repeatable); replaces the config's sources."),
+]
+API_TOKEN_ENV = "STREAMFLOW_API_TOKEN"
+ApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        help="Serve the control API (sources, /metrics, /healthz, /readyz) on HOST:PORT, or PORT on 127.0.0.1; "
+        f"${API_TOKEN_ENV} set: POST/DELETE need it as a bearer token.",
+    ),
+]
+SourcesFileOption = Annotated[
+    Path | None,
+    typer.Option("--sources-file", help="Inputs, one URI or ID=URI a line; replaces the config's sources."),
+]
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -70,25 +91,36 @@ def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
     set_: SetOption = None,
     stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", min=1, help="Stop each source after N frames.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
     strict_frames: Annotated[
         bool,
         typer.Option("--strict-frames", help="Fail (exit 1) when a source delivers fewer frames than it states."),
     ] = False,
+    source: SourceOption = None,
+    sources_file: SourcesFileOption = None,
+    api: ApiOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures."""
+    """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
+
+    With several sources, one that fails is reported and ends alone; the exit code is then 1.
+    With --api the pipeline stays open for sources added over HTTP until SIGINT/SIGTERM.
+    """
     from streamflow.config import ConfigError, build_pipeline
     from streamflow.preflight import PreflightError
-    from streamflow.report import LiveDisplay, summary_table
+    from streamflow.report import LiveDisplay
 
     _configure_logging(verbose)
     try:
-        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames)
+        specs = command_line_sources(source or [], sources_file)
+        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames, sources=specs)
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
             pipeline.output_files.append(("--stats-json", str(stats_json)))
+        alongside = _control_server(pipeline, api) if api is not None else None
         pipeline.preflight()
     except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None
@@ -97,24 +129,22 @@ def run(
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
-                stats = pipeline.run_sync(handle_signals=True)
+                stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
         else:
-            stats = pipeline.run_sync(handle_signals=True)
+            stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
     except KeyboardInterrupt:
         raise _fail("interrupted", SIGNAL_EXIT["SIGINT"]) from None
     except Exception as error:
-        if verbose:
-            err.print_exception()
-        failure = _describe_failure(error)
-        if stats_json:
-            stats = pipeline.snapshot()
-            _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
-        err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
-        _exit(pipeline, EXIT_FAILURE)
+        if api is not None and getattr(error, "run_stats", None) is not None:
+            # Under --api a source that failed was reported on its own (the POST, GET /sources):
+            # the run ends as its stop reason says, and the sources table shows the failure.
+            stats = error.run_stats  # type: ignore[attr-defined]
+        else:
+            _run_failed(error, pipeline, stats_json=stats_json, quiet=quiet, verbose=verbose)
     if stats_json:
         _write_stats(stats_json, stats.to_dict())
     if not quiet:
-        err.print(summary_table(stats))
+        _print_summary(stats)
     if stats.stopped_by in SIGNAL_EXIT:
         err.print(f"stopped by {stats.stopped_by}; outputs finalized", highlight=False)
         _exit(pipeline, SIGNAL_EXIT[stats.stopped_by])
@@ -128,15 +158,78 @@ def _write_stats(path: Path, data: dict[str, Any]) -> None:
         err.print(f"[bold red]error:[/] cannot write {str(path)!r}: {error.strerror or error}", highlight=False)
 
 
-def _exit(pipeline: Pipeline, code: int) -> None:
+def _exit(pipeline: Pipeline, code: int) -> NoReturn:
     """Exit with `code`; at once when a stage was abandoned inside a hook (its thread never ends,
     and a normal exit would wait for it forever)."""
     if pipeline.unfinished:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    if code:
-        raise typer.Exit(code)
+    raise typer.Exit(code)
+
+
+def _run_failed(
+    error: Exception, pipeline: Pipeline, *, stats_json: Path | None, quiet: bool, verbose: bool
+) -> NoReturn:
+    if verbose:
+        err.print_exception()
+    failure = _describe_failure(error)
+    stats = getattr(error, "run_stats", None) or pipeline.snapshot()
+    if stats_json:
+        _write_stats(stats_json, {**stats.to_dict(), "unfinished": pipeline.unfinished, "error": failure})
+    if not quiet and stats.failed_sources and len(stats.sources) > 1:  # the others ran on: show them
+        _print_summary(stats)
+    err.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+    _exit(pipeline, EXIT_FAILURE)
+
+
+def _control_server(pipeline: Pipeline, bind: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """The control API for `--api`, served on the pipeline's loop; the pipeline then stays open."""
+    from streamflow.api import ControlServer, parse_bind
+    from streamflow.config import ConfigError
+
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    # Sources come and go over HTTP: the run lasts until a signal, not until the last source ends.
+    pipeline.stay_open = True
+    return ControlServer(pipeline, host=host, port=port, token=os.environ.get(API_TOKEN_ENV) or None).serving
+
+
+def _print_summary(stats: RunStats) -> None:
+    from streamflow.report import sources_table, summary_table
+
+    err.print(summary_table(stats))
+    if len(stats.sources) > 1 or stats.failed_sources:
+        err.print(sources_table(stats))
+
+
+def command_line_sources(args: list[str], sources_file: Path | None) -> list[SourceSpec] | None:
+    """`--source ID=URI` and `--sources-file` entries as specs; None when neither was given."""
+    if not args and sources_file is None:
+        return None
+    from pydantic import ValidationError
+
+    from streamflow.config import ConfigError
+    from streamflow.sources import parse_source_arg, read_sources_file
+
+    specs: list[SourceSpec] = []
+    try:
+        if sources_file is not None:
+            if not sources_file.is_file():
+                raise ValueError(f"--sources-file {str(sources_file)!r}: file not found")
+            specs.extend(read_sources_file(sources_file))
+        for arg in args:
+            specs.append(parse_source_arg(arg))
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"--source: field {'.'.join(map(str, first['loc']))!r}: {first['msg']}") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not specs:
+        raise ConfigError(f"--sources-file {str(sources_file)!r} lists no source")
+    return specs
 
 
 @app.command()
@@ -271,14 +364,49 @@ def bench(
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, help="Rounds of pipeline then baseline; medians are reported.")
     ] = 1,
+    sources: Annotated[
+        list[int] | None,
+        typer.Option("--sources", min=1, help="Many-source run: N copies of the input (repeatable: 32 and 64)."),
+    ] = None,
+    frames_per_source: Annotated[int, typer.Option("--frames-per-source", min=1, help="With --sources.")] = 240,
+    raw_threads: Annotated[
+        str, typer.Option("--raw-threads", help="With --sources: raw decoder thread counts for the ceiling, e.g. 7,14")
+    ] = "",
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="With --sources: pace each source like a camera.")
+    ] = False,
+    feeder_threads: Annotated[
+        int | None, typer.Option("--feeder-threads", min=1, help="With --sources: sources share N threads.")
+    ] = None,
+    input_uri: Annotated[
+        str | None, typer.Option("--input", help="With --sources: the input (default: config's).")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
+    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio.
+
+    With --sources N: the pipeline over N copies of its input against the raw decode ceiling.
+    """
     from streamflow.bench import BenchError, run_bench
     from streamflow.config import ConfigError
     from streamflow.preflight import PreflightError, ensure_output_folder
 
     _configure_logging(verbose)
+    if sources:
+        _bench_sources(
+            config,
+            sources,
+            frames_per_source,
+            warmup,
+            raw_threads,
+            realtime,
+            feeder_threads,
+            input_uri,
+            set_ or [],
+            json_path,
+            verbose,
+        )
+        return
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
@@ -302,6 +430,53 @@ def bench(
             err.print_exception()
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     result.print(out)
+    if json_path:
+        _write_stats(json_path, result.to_dict())
+
+
+def _bench_sources(
+    config: Path,
+    counts: list[int],
+    frames_per_source: int,
+    warmup: int,
+    raw_threads: str,
+    realtime: bool,
+    feeder_threads: int | None,
+    input_uri: str | None,
+    overrides: list[str],
+    json_path: Path | None,
+    verbose: bool,
+) -> None:
+    from streamflow.config import ConfigError
+    from streamflow.multibench import run_sources_bench
+    from streamflow.preflight import PreflightError, ensure_output_folder
+    from streamflow.report import sources_bench_table
+
+    try:
+        threads = [int(t) for t in raw_threads.split(",") if t.strip()]
+    except ValueError:
+        raise _fail(f"--raw-threads must be numbers separated by commas, got {raw_threads!r}", EXIT_CONFIG) from None
+    try:
+        if json_path:
+            ensure_output_folder(json_path, owner="--json")
+        result = run_sources_bench(
+            config,
+            counts,
+            uri=input_uri,
+            frames_per_source=frames_per_source,
+            warmup=warmup,
+            realtime=realtime,
+            raw_threads=threads,
+            overrides=overrides,
+            feeder_threads=feeder_threads,
+        )
+    except (ConfigError, PreflightError) as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    except Exception as error:
+        if verbose:
+            err.print_exception()
+        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+    out.print(sources_bench_table(result))
     if json_path:
         _write_stats(json_path, result.to_dict())
 

@@ -14,7 +14,12 @@ Shape::
         uri: input.mp4    # options sit beside name/type and are validated by the stage's Config
       - name: infer
         type: infer
-        queue_size: 8     # per-stage: queue_size, overflow, batch_size, device, watchdog_s
+        queue_size: 8     # per-stage: queue_size, overflow, batch_size, batch_timeout_ms, device, watchdog_s
+    sources:              # optional: many inputs, each built from the first stage as a template
+      - {id: cam1, uri: rtsp://10.0.0.7/live}     # type from the scheme: rtsp
+      - {id: lobby, uri: lobby.mp4, loop: true}   # else decode; options of that type beside id/uri
+    max_sources: 64       # limit for sources added at run time too
+    feeder_threads: 8     # optional: sources share 8 threads instead of one each
 
 Every problem is a `ConfigError` whose message is one line naming the file, the stage and the
 field, with the closest valid name for a typo. Duplicate keys are errors, and a file may not exceed
@@ -43,12 +48,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from streamflow.observers import Observer
 from streamflow.pipeline import DEFAULT_STOP_TIMEOUT_S, Pipeline
 from streamflow.registry import UnknownStageType, resolve_stage_type
-from streamflow.stage import Overflow, Stage
+from streamflow.sources import SourceSpec, SourceTemplate
+from streamflow.stage import Overflow, Source, Stage
 
 __all__ = ["ConfigError", "PipelineConfig", "StageSpec", "build_pipeline", "load_config", "parse_override"]
 
 # Keys of a stage entry that belong to the runner; everything else is a stage option.
-RUNNER_KEYS = ("name", "type", "queue_size", "overflow", "batch_size", "device", "watchdog_s")
+RUNNER_KEYS = ("name", "type", "queue_size", "overflow", "batch_size", "batch_timeout_ms", "device", "watchdog_s")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Bounds on what a config may be or expand to. Real pipelines are a few kB, a few hundred YAML
 # nodes and well under a hundred stages; the bounds are far above that and far below what would
@@ -159,6 +165,7 @@ class StageSpec(BaseModel):
     queue_size: int | None = Field(default=None, ge=1)
     overflow: Overflow | None = None
     batch_size: int = Field(default=1, ge=1)
+    batch_timeout_ms: float | None = Field(default=None, ge=0)
     device: str | None = None
     watchdog_s: float | None = Field(default=None, gt=0)
 
@@ -181,6 +188,10 @@ class PipelineConfig(BaseModel):
     stop_timeout_s: float | None = Field(default=DEFAULT_STOP_TIMEOUT_S, gt=0)
     strict_frames: bool = False
     stages: list[StageSpec] = Field(min_length=1)
+    # Many inputs: each entry instantiates the first stage (the template) for one source.
+    sources: list[SourceSpec] | None = None
+    max_sources: int | None = Field(default=None, ge=1)
+    feeder_threads: int | None = Field(default=None, ge=1)
     source_file: str | None = Field(default=None, exclude=True)
 
 
@@ -328,6 +339,7 @@ def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
             queue_size=spec.queue_size,
             overflow=spec.overflow,
             batch_size=spec.batch_size,
+            batch_timeout_ms=spec.batch_timeout_ms,
             device=spec.device,
             watchdog_s=spec.watchdog_s,
             **spec.options,
@@ -339,17 +351,46 @@ def build_stage(spec: StageSpec, *, file: str | None = None) -> Stage:
         raise ConfigError(str(error), file=file, stage=spec.name, stage_type=spec.type) from None
 
 
+def _source_template(spec: StageSpec, *, file: str | None) -> SourceTemplate:
+    """The first stage as the template of a `sources:` list: its options apply to every source.
+
+    Its options are checked when each source is built (against that source's type), so the
+    template itself needs no uri.
+    """
+    try:
+        cls = resolve_stage_type(spec.type)
+    except UnknownStageType as error:
+        raise ConfigError(str(error), file=file, stage=spec.name, field="type") from None
+    if not issubclass(cls, Source):
+        raise ConfigError("the first stage must be a source (decode, rtsp...)", file=file, stage=spec.name)
+    return SourceTemplate(
+        spec.type,
+        spec.options,
+        name=spec.name,
+        queue_size=spec.queue_size,
+        overflow=spec.overflow,
+        device=spec.device,
+    )
+
+
 def build_pipeline(
     config: PipelineConfig | str | os.PathLike[str],
     *,
     overrides: Sequence[str] = (),
     observers: Sequence[Observer] = (),
     max_frames: int | None = None,
+    sources: Sequence[SourceSpec] | None = None,
 ) -> Pipeline:
-    """A ready-to-run `Pipeline` from a config (object or path); every stage validated first."""
+    """A ready-to-run `Pipeline` from a config (object or path); every stage validated first.
+
+    `sources` (from the command line) replaces the config's own `sources:` list.
+    """
     if not isinstance(config, PipelineConfig):
         config = load_config(config, overrides)
-    stages = [build_stage(spec, file=config.source_file) for spec in config.stages]
+    specs = list(sources) if sources else config.sources
+    first, *rest = config.stages
+    head = _source_template(first, file=config.source_file) if specs else build_stage(first, file=config.source_file)
+    stages = [head, *(build_stage(spec, file=config.source_file) for spec in rest)]
     try:
         pipeline = Pipeline(
             stages,
@@ -362,6 +403,9 @@ def build_pipeline(
             watchdog_s=config.watchdog_s,
             stop_timeout_s=config.stop_timeout_s,
             strict_frames=config.strict_frames,
+            sources=specs,
+            max_sources=config.max_sources,
+            feeder_threads=config.feeder_threads,
         )
     except ValueError as error:
         raise ConfigError(str(error), file=config.source_file) from None

@@ -48,6 +48,8 @@ class Edge:
         self.dropped = 0
         #: Largest number of data items ever queued at once.
         self.max_depth = 0
+        #: Set on every arrival too: lets one consumer wait on many edges (`SourceMux`).
+        self.listener: asyncio.Event | None = None
 
     @property
     def depth(self) -> int:
@@ -72,6 +74,8 @@ class Edge:
             self._data_count += 1
             self.max_depth = max(self.max_depth, self._data_count)
         self._not_empty.set()
+        if self.listener is not None:
+            self.listener.set()
 
     def _drop_oldest(self) -> None:
         for index, queued in enumerate(self._items):

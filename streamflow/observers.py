@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     from streamflow.edge import Edge
     from streamflow.stage import Stage
 
-__all__ = ["Observer", "RunStats", "StageStats", "StatsCollector", "percentile"]
+__all__ = ["Observer", "RunStats", "SourceStats", "StageStats", "StatsCollector", "percentile"]
 
 # Latency samples kept per stage: enough for stable p99 on long runs without unbounded memory.
 _MAX_LATENCY_SAMPLES = 100_000
+# Per source: fewer, since a run may have hundreds of sources (p95 stays stable at this count).
+_MAX_SOURCE_SAMPLES = 10_000
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -53,6 +55,13 @@ class Observer:
         self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
     ) -> None:
         """A stage hook returned. `frames_in` is empty for sources and flushes."""
+
+    def on_source_added(self, source_id: str, stage: Stage | None, edge: Edge | None) -> None:
+        """A source starts (at the beginning or added at run time). `stage` is None for one that
+        could not be built; `edge` is the queue it feeds."""
+
+    def on_source_ended(self, source_id: str, reason: str, error: str | None) -> None:
+        """A source ended: `reason` is finished, removed, a stop reason or `failed: ...`."""
 
     def on_end(self, stats: RunStats) -> None:
         """The run finished (successfully or not); `stats` is final."""
@@ -93,6 +102,42 @@ class StageStats:
 
 
 @dataclass(slots=True)
+class SourceStats:
+    """One source: frames it produced, and frames that came out of the last stage."""
+
+    id: str
+    type: str
+    frames: int = 0
+    frames_done: int = 0
+    first_out: float | None = None
+    last_out: float | None = None
+    last_done: float | None = None
+    dropped: int = 0
+    reconnects: int = 0
+    ended: str | None = None  # None while running, else the reason
+    error: str | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list, repr=False)
+    capture_latency_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def fps(self) -> float:
+        """Results a second: frames out of the last stage over the time from its first frame to its last result."""
+        if self.first_out is None or self.last_done is None:
+            return 0.0
+        span = self.last_done - self.first_out
+        return self.frames_done / span if span > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("latency_ms", "capture_latency_ms")}
+        data["fps"] = round(self.fps, 2)
+        for label, samples in (("latency_ms", self.latency_ms), ("capture_latency_ms", self.capture_latency_ms)):
+            if samples:
+                data[label] = {f"p{q}": round(percentile(samples, q) or 0.0, 3) for q in (50, 95, 99)}
+        return data
+
+
+@dataclass(slots=True)
 class RunStats:
     """What a run did, per stage. `wall_s` runs from the first frame leaving the source to the end."""
 
@@ -104,6 +149,17 @@ class RunStats:
     unfinished: list[str] = field(default_factory=list)
     #: One-line warnings about the run as a whole (frames lost, stages abandoned).
     warnings: list[str] = field(default_factory=list)
+    sources: list[SourceStats] = field(default_factory=list)
+
+    @property
+    def failed_sources(self) -> list[SourceStats]:
+        return [s for s in self.sources if s.error is not None]
+
+    def source(self, source_id: str) -> SourceStats:
+        for stats in self.sources:
+            if stats.id == source_id:
+                return stats
+        raise KeyError(f"no source {source_id!r}; sources: {[s.id for s in self.sources]}")
 
     def stage(self, name: str) -> StageStats:
         for stats in self.stages:
@@ -119,6 +175,7 @@ class RunStats:
             "unfinished": self.unfinished,
             "warnings": self.warnings,
             "stages": [s.summary(self.wall_s) for s in self.stages],
+            "sources": [s.summary() for s in self.sources],
         }
 
 
@@ -133,6 +190,9 @@ class StatsCollector(Observer):
         self._source_name: str | None = None
         self._sink_name: str | None = None
         self.start_time: float | None = None
+        self._sources: dict[str, SourceStats] = {}
+        self._source_stages: dict[str, tuple[Stage, Edge | None]] = {}  # stage name -> (stage, edge)
+        self._source_of_stage: dict[str, SourceStats] = {}
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
         self._stages = stages
@@ -140,18 +200,40 @@ class StatsCollector(Observer):
         self._source_name = stages[0].name if stages else None
         self._sink_name = stages[-1].name if stages else None
         for stage in stages:
-            stats = StageStats(name=stage.name, type=type(stage).__name__, device=str(stage.device))
+            # A source template (many sources) is shown as the type its sources default to.
+            kind = getattr(stage, "type_name", None) or type(stage).__name__
+            stats = StageStats(name=stage.name, type=kind, device=str(stage.device))
             edge = edges.get(stage.name)
             if edge is not None:
                 stats.queue_capacity = edge.capacity
                 stats.queue_overflow = edge.overflow.value
             self._stats[stage.name] = stats
 
+    def on_source_added(self, source_id: str, stage: Stage | None, edge: Edge | None) -> None:
+        stats = SourceStats(id=source_id, type=type(stage).__name__ if stage is not None else "-")
+        self._sources[source_id] = stats
+        if stage is not None:
+            self._source_stages[source_id] = (stage, edge)
+            self._source_of_stage[stage.name] = stats
+
+    def on_source_ended(self, source_id: str, reason: str, error: str | None) -> None:
+        stats = self._sources[source_id]
+        self._read_source(source_id)
+        stats.ended = reason
+        stats.error = error
+
     def on_processed(
         self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
     ) -> None:
         now = time.perf_counter()
-        stats = self._stats[stage.name]
+        source = self._source_of_stage.get(stage.name)
+        if source is not None:
+            # Every source counts in the one row of the source stage (the template) as well.
+            source.frames += len(frames_out)
+            if frames_out:
+                source.first_out = source.first_out if source.first_out is not None else now
+                source.last_out = now
+        stats = self._stats.get(stage.name) or self._stats[self._source_name or stage.name]
         stats.calls += 1
         stats.busy_s += busy_s
         stats.frames_in += len(frames_in)
@@ -165,15 +247,32 @@ class StatsCollector(Observer):
         stats.last_out = now
         if self.start_time is None:
             self.start_time = now
-        if len(stats.latency_ms) >= _MAX_LATENCY_SAMPLES:
+        sample = len(stats.latency_ms) < _MAX_LATENCY_SAMPLES
+        at_end = stage.name == self._sink_name
+        if not sample and not at_end:
             return
         wall_now = time.time()
         for frame in done:
+            # Results per source are counted at the last stage for the whole run; samples are capped.
+            per_source = self._sources.get(frame.source_id) if at_end else None
+            if per_source is not None:
+                per_source.frames_done += 1
+                per_source.last_done = now
+                if len(per_source.latency_ms) >= _MAX_SOURCE_SAMPLES:
+                    per_source = None
             born = frame.timestamps.get(self._source_name) if self._source_name else None
             if born is not None:
-                stats.latency_ms.append((now - born) * 1000)
+                latency = (now - born) * 1000
+                if sample:
+                    stats.latency_ms.append(latency)
+                if per_source is not None:
+                    per_source.latency_ms.append(latency)
             if frame.arrival_time is not None:
-                stats.capture_latency_ms.append((wall_now - frame.arrival_time) * 1000)
+                capture = (wall_now - frame.arrival_time) * 1000
+                if sample:
+                    stats.capture_latency_ms.append(capture)
+                if per_source is not None:
+                    per_source.capture_latency_ms.append(capture)
 
     def snapshot(self) -> RunStats:
         """Current figures (queue depths and counters read live)."""
@@ -185,5 +284,42 @@ class StatsCollector(Observer):
                 stats.queue_depth = edge.depth
                 stats.queue_max_depth = edge.max_depth
                 stats.dropped = edge.dropped
+        for source_id in list(self._source_stages):
+            self._read_source(source_id)
+        self._read_source_edges()
+        if len(self._source_stages) > 1 or self._source_name not in self._source_of_stage:
+            # Many sources: the template's row sums their counters and drops.
+            row = self._stats.get(self._source_name or "")
+            if row is not None:
+                row.counters = {}
+                for source in self._sources.values():
+                    for key, value in source.counters.items():
+                        row.counters[key] = row.counters.get(key, 0) + value
         wall = time.perf_counter() - self.start_time if self.start_time is not None else 0.0
-        return RunStats(self.pipeline_name, wall, [self._stats[s.name] for s in self._stages])
+        sources = list(self._sources.values())
+        return RunStats(self.pipeline_name, wall, [self._stats[s.name] for s in self._stages], sources=sources)
+
+    def _read_source_edges(self) -> None:
+        """The stage after the sources reads one edge per source: its row shows them together."""
+        if len(self._stages) < 2:
+            return
+        edges = [edge for _, edge in self._source_stages.values() if edge is not None]
+        if not edges:
+            return
+        row = self._stats[self._stages[1].name]
+        row.queue_capacity = edges[0].capacity
+        row.queue_overflow = edges[0].overflow.value
+        row.queue_depth = sum(edge.depth for edge in edges)
+        row.queue_max_depth = max(edge.max_depth for edge in edges)
+        row.dropped = sum(edge.dropped for edge in edges)
+
+    def _read_source(self, source_id: str) -> None:
+        """Copy a source's stage counters and its edge's drops (they stop changing once it ended)."""
+        found = self._source_stages.get(source_id)
+        if found is None:
+            return
+        stage, edge = found
+        stats = self._sources[source_id]
+        stats.counters = dict(stage.counters)
+        stats.reconnects = int(stage.counters.get("reconnects", 0))
+        stats.dropped = (edge.dropped if edge is not None else 0) + int(stage.counters.get("packets_dropped", 0))

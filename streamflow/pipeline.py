@@ -13,9 +13,14 @@ How a run works:
   only moves references; it never waits on a device or on I/O.
 - End of stream travels in band behind the last frame; each stage runs `flush()` when it arrives
   and passes it on.
-- An exception in any stage cancels the others and leaves `run()` as itself, with a note naming
-  the stage (and `exc.stage_name`). `teardown()` runs for every stage that was set up, always.
-- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the source
+- Sources: each source has its own task, thread (or a share of `feeder_threads`) and edge; the
+  stage after them reads all those edges round robin (`streamflow.mux.SourceMux`). A source's end
+  travels as `EndOfStream(source_id)` (stages run `end_source`), the last one's as `EndOfStream()`.
+- An exception in any stage after the sources cancels the others and leaves `run()` as itself,
+  with a note naming the stage (and `exc.stage_name`). A source that fails ends alone, logged in
+  one line; `run()` raises its error once the others are done (with `.run_stats`).
+  `teardown()` runs for every stage that was set up, always.
+- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the sources
   stop producing; what is in flight drains, every stage flushes and tears down, outputs are final.
 - A second SIGINT/SIGTERM (or `stop_timeout_s` after a stop) abandons stages still inside a hook:
   the others tear down, `RunStats.unfinished` names the abandoned ones (their threads live on, so a
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -48,6 +54,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -55,11 +62,22 @@ import torch
 from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.handoff import accept_on_host, accept_on_stream, mark_ready
+from streamflow.mux import SourceEnd, SourceMux
 from streamflow.observers import Observer, RunStats, StatsCollector
 from streamflow.preflight import PreflightError, check_pipeline_files
+from streamflow.sources import SourceSpec, SourceSpecError, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
+from streamflow.uri import redact_uri
 
-__all__ = ["FrameLossError", "Pipeline", "PipelineError", "StageContractError"]
+__all__ = [
+    "FrameLossError",
+    "Pipeline",
+    "PipelineError",
+    "SourceError",
+    "SourceState",
+    "SourceStatus",
+    "StageContractError",
+]
 
 log = logging.getLogger("streamflow.pipeline")
 #: After stop() (a signal, an error), how long the runner waits for stages to drain and finalize
@@ -75,7 +93,12 @@ class FrameLossError(RuntimeError):
 
 
 class PipelineError(ValueError):
-    """The pipeline graph is invalid (raised when it is built, before anything runs)."""
+    """The pipeline graph is invalid (raised when it is built, before anything runs), or a source
+    can't be added; `field` names the offending option of a source spec when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 _ALLOWED_OUTPUT = "a Frame, a Batch, EndOfStream, a list or other iterable of them, or None"
@@ -131,9 +154,15 @@ def _merge(items: list[Frame | Batch]) -> Frame | Batch:
 class _StageWorker:
     """Runs one stage's hooks in its own thread, with its CUDA stream and the hand-off protocol."""
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(
+        self, stage: Stage, *, executor: ThreadPoolExecutor | None = None, stamp_name: str | None = None
+    ) -> None:
         self.stage = stage
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamflow-{stage.name}")
+        # Sources may share a pool of feeder threads (`feeder_threads`); every other stage owns one.
+        self.owns_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamflow-{stage.name}")
+        #: Name under which frames are time-stamped (a source's: the template's, for latency).
+        self.stamp_name = stamp_name or stage.name
         self.set_up = False
         #: The hook running in the stage's thread now and since when (perf_counter), for the
         #: watchdog and for naming a stage that never returns.
@@ -144,6 +173,10 @@ class _StageWorker:
         self.none_returns = 0
         self.items_out = 0
         self.last_output_was_none = False
+
+    def shutdown(self) -> None:
+        if self.owns_executor:
+            self.executor.shutdown(wait=False)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -212,15 +245,67 @@ class _StageWorker:
             if self.stage.stream is not None:
                 mark_ready(item, self.stage.stream)
             for frame in _frames_of([item]):
-                frame.timestamps[self.stage.name] = now
+                frame.timestamps[self.stamp_name] = now
+
+
+class SourceState(enum.StrEnum):
+    """Where one source is in its life (`Pipeline.source_status`)."""
+
+    STARTING = "starting"  # added; its input is being opened
+    RUNNING = "running"  # input open, producing frames
+    DRAINING = "draining"  # stopped producing; its last frames and end are on their way to the last stage
+    ENDED = "ended"  # its end passed the last stage: its outputs are finalized
+    FAILED = "failed"  # it could not be opened or broke while reading (`error` says why); outputs finalized
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source as operators see it: id, uri with credentials masked, state and error."""
+
+    id: str
+    uri: str | None
+    state: SourceState
+    error: str | None = None
+    ended: str | None = None  # why it ended: finished, removed, a stop reason, failed: ...
+
+
+@dataclass(eq=False)
+class _SourceRun:
+    """One source of a running (or about to run) pipeline."""
+
+    source_id: str
+    stage: Source | None  # None: its spec could not be turned into a stage (`build_error` says why)
+    build_error: str | None = None
+    worker: _StageWorker | None = None
+    edge: Edge | None = None
+    task: asyncio.Task[None] | None = None
+    removed: bool = False
+    error: BaseException | None = None
+    display_uri: str | None = None
+    state: SourceState = SourceState.STARTING
+    end_reason: str | None = None
+    # Set on the loop when the input is open (or the source ended) and when its end left the last stage.
+    opened: asyncio.Event | None = None
+    drained: asyncio.Event | None = None
 
 
 class Pipeline:
-    """A linear chain of stages: one source, then stages that transform, then (usually) sinks.
+    """A chain of stages fed by one or many sources.
 
     `queue_size` is the default capacity of every edge; a stage's own `queue_size`/`overflow`
     override it for its input edge. The edge after a live source (`live = True` on the source's
-    class) defaults to `drop_oldest`. `max_frames` stops the source after that many frames.
+    class) defaults to `drop_oldest`. `max_frames` stops each source after that many frames.
+
+    Sources: without `sources`, the first stage is the one source. With `sources` (a list of
+    `SourceSpec`s, mappings with id/uri/options, or `Source` stages), the first stage is the
+    template each spec is built from (see `streamflow.sources`) and every source feeds its own
+    edge; the next stage gathers batches across sources (`SourceMux`; its `batch_size` and
+    `batch_timeout_ms`). A source that fails is logged in one line and ends alone; the others go
+    on, and `run()` raises the first source failure once everything has drained. Sources can be
+    added and removed while the pipeline runs (`add_source`, `remove_source`), up to
+    `max_sources`; with `stay_open` the run waits for new sources when none is left, until
+    `stop()`. `feeder_threads=N` runs the sources' hooks on a shared pool of N threads instead of
+    a thread per source (many file decoders: fewer threads contending for the GIL).
     """
 
     def __init__(
@@ -236,6 +321,10 @@ class Pipeline:
         watchdog_s: float | None = None,
         stop_timeout_s: float | None = DEFAULT_STOP_TIMEOUT_S,
         strict_frames: bool = False,
+        sources: Sequence[SourceSpec | Mapping[str, Any] | Source] | None = None,
+        max_sources: int | None = None,
+        feeder_threads: int | None = None,
+        stay_open: bool = False,
     ) -> None:
         if not stages:
             raise PipelineError("a pipeline needs at least one stage")
@@ -243,6 +332,10 @@ class Pipeline:
             raise PipelineError(f"queue_size must be >= 1, got {queue_size}")
         if max_frames is not None and max_frames < 1:
             raise PipelineError(f"max_frames must be >= 1, got {max_frames}")
+        if max_sources is not None and max_sources < 1:
+            raise PipelineError(f"max_sources must be >= 1, got {max_sources}")
+        if feeder_threads is not None and feeder_threads < 1:
+            raise PipelineError(f"feeder_threads must be >= 1, got {feeder_threads}")
         names = [stage.name for stage in stages]
         duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
@@ -252,6 +345,8 @@ class Pipeline:
         for stage in stages[1:]:
             if isinstance(stage, Source):
                 raise PipelineError(f"stage {stage.name!r} is a source and can only be first")
+        if sources is None and isinstance(stages[0], SourceTemplate):
+            raise PipelineError(f"stage {stages[0].name!r} is a source template: give the pipeline its sources")
         self.stages = list(stages)
         self.name = name
         self.device_spec = device
@@ -259,6 +354,9 @@ class Pipeline:
         self.overflow = Overflow(overflow) if overflow is not None else None
         self.observers = list(observers)
         self.max_frames = max_frames
+        self.max_sources = max_sources
+        self.feeder_threads = feeder_threads
+        self.stay_open = stay_open
         self.collector = StatsCollector(name)
         self.edges: dict[str, Edge] = {}
         self._stop_reason: str | None = None
@@ -272,7 +370,6 @@ class Pipeline:
         self.stop_timeout_s = stop_timeout_s
         #: A source that delivered fewer frames than its container states fails the run (else: a warning).
         self.strict_frames = strict_frames
-        self._frame_loss: str | None = None
         #: Names of stages abandoned inside a hook. Their threads still run: a process that had
         #: any should end with `os._exit()` (the CLI does), as interpreter exit would wait for them.
         self.unfinished: list[str] = []
@@ -280,7 +377,41 @@ class Pipeline:
         self._abandoned: str | None = None
         self._abandon_event: asyncio.Event | None = None
         self._body: asyncio.Task[None] | None = None
-        self._workers: list[_StageWorker] = []
+        self._workers: list[_StageWorker] = []  # the stages after the sources
+        #: One line per source that delivered fewer frames than its container states.
+        self._frame_losses: list[str] = []
+        self._lock = threading.Lock()  # guards `_runs` against add/remove from other threads
+        self._runs: dict[str, _SourceRun] = {}
+        self._finished: list[_SourceRun] = []  # ended sources, in the order they ended
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._mux: SourceMux | None = None
+        self._feeders: ThreadPoolExecutor | None = None
+        self._pipeline_device: torch.device | None = None
+        self._ended = False
+        # Built with a source list (or grown by add_source): failures are reported per source.
+        self._many = sources is not None
+        for entry in [stages[0]] if sources is None else sources:
+            self._register(self._new_run(entry))
+
+    @property
+    def template(self) -> Source:
+        """The first stage: the one source, or the template of every source."""
+        return self.stages[0]  # type: ignore[return-value]  # checked in __init__
+
+    @property
+    def source_ids(self) -> list[str]:
+        """Ids of the sources not yet ended (or all configured ones before the run)."""
+        with self._lock:
+            return list(self._runs)
+
+    def source_stage(self, source_id: str) -> Source | None:
+        """The stage of a source not yet ended (None for one whose uri was refused when it was built)."""
+        with self._lock:
+            run = self._runs.get(source_id)
+        if run is None:
+            raise KeyError(f"no source {source_id!r}")
+        return run.stage
 
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -292,6 +423,55 @@ class Pipeline:
         self._stop_event.set()
         for stage in self.stages:
             stage.stopping.set()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            if run.stage is not None:
+                run.stage.stopping.set()
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                self._loop.call_soon_threadsafe(self._end_when_empty)
+
+    def add_source(self, spec: SourceSpec | Mapping[str, Any] | Source) -> str:
+        """Add a source (before or during the run; safe from any thread); returns its id.
+
+        A spec is built from the template at once, so a bad option raises here (`ValueError`,
+        `pydantic.ValidationError`); a uri that can't be opened fails that source alone, later.
+        Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
+        """
+        run = self._new_run(spec)
+        if self._stop_event.is_set() or self._ended:
+            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
+        self._register(run)
+        self._many = True
+        loop = self._loop
+        if loop is not None:
+            try:
+                if _on_loop(loop):
+                    self._start_run(run)
+                else:
+                    loop.call_soon_threadsafe(self._start_run, run)
+            except RuntimeError:  # the loop closed: the run is over
+                with self._lock:
+                    self._runs.pop(run.source_id, None)
+                raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline has ended") from None
+        return run.source_id
+
+    def remove_source(self, source_id: str) -> None:
+        """Stop one source (safe from any thread): what it queued drains, its outputs are finalized.
+
+        Raises `KeyError` for an unknown (or already ended) id.
+        """
+        with self._lock:
+            run = self._runs.get(source_id)
+            if run is None:
+                raise KeyError(f"no source {source_id!r}; sources: {sorted(self._runs)}")
+            run.removed = True
+            if self._loop is None:  # not running yet: just forget it
+                del self._runs[source_id]
+                return
+        if run.stage is not None:
+            run.stage.stopping.set()
 
     def preflight(self, *, create_folders: bool = True) -> None:
         """Cheap checks before anything starts: devices, inputs, outputs (`streamflow.preflight`)."""
@@ -299,20 +479,115 @@ class Pipeline:
             resolve_device(self.device_spec)
         except ValueError as error:
             raise PreflightError(f"pipeline: {error}") from None
+        with self._lock:
+            runs = list(self._runs.values())
+        # Every source's own stage (its uri is an input), not the template; outputs that hold
+        # {source} are checked once per source id.
+        sources = [run.stage for run in runs if run.stage is not None]
         check_pipeline_files(
-            self.stages,
+            [*sources, *self.stages[1:]],
+            source_ids=[run.source_id for run in runs],
             extra_inputs=self.input_files,
             extra_outputs=self.output_files,
             create_folders=create_folders,
         )
 
     def snapshot(self) -> RunStats:
-        """Live figures while running (used by progress displays)."""
+        """Live figures while running (used by progress displays and metrics exporters)."""
         return self.collector.snapshot()
 
+    @property
+    def running(self) -> bool:
+        """True once every stage is set up (models loaded) and until the run stops."""
+        return self._group is not None and not self._stop_event.is_set()
+
+    def source_status(self) -> list[SourceStatus]:
+        """Every source's state: the ones running and, per id, the last that ended (safe from any thread)."""
+        with self._lock:
+            latest = {run.source_id: run for run in [*self._finished, *self._runs.values()]}
+        return [
+            SourceStatus(
+                id=run.source_id,
+                uri=run.display_uri,
+                state=run.state,
+                error=None if run.error is None else _one_line(run.error),
+                ended=run.end_reason,
+            )
+            for run in latest.values()
+        ]
+
+    async def source_opened(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's input is open or it ended; its status then.
+
+        A uri that can't be opened shows as `SourceState.FAILED` with the reason in `error`.
+        """
+        run = self._latest_run(source_id)
+        if run.opened is not None:
+            await run.opened.wait()
+        return self._status_of(source_id)
+
+    async def source_drained(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's end passed the last stage: outputs finalized."""
+        run = self._latest_run(source_id)
+        if run.drained is not None:
+            await run.drained.wait()
+        return self._status_of(source_id)
+
+    def _status_of(self, source_id: str) -> SourceStatus:
+        return next(status for status in self.source_status() if status.id == source_id)
+
+    def _latest_run(self, source_id: str) -> _SourceRun:
+        with self._lock:
+            run = self._runs.get(source_id)
+            if run is None:
+                run = next((r for r in reversed(self._finished) if r.source_id == source_id), None)
+            if run is None:
+                raise KeyError(f"no source {source_id!r}; sources: {sorted(self._runs)}")
+            return run
+
+    def _source_drained(self, source_id: str) -> None:
+        # Generations of one id (removed, then added again) drain in the order they ended.
+        with self._lock:
+            run = next((r for r in self._finished if r.source_id == source_id and _draining(r)), None)
+        if run is not None:
+            _mark_drained(run)
+
+    def _new_run(self, entry: SourceSpec | Mapping[str, Any] | Source) -> _SourceRun:
+        if isinstance(entry, Source):
+            if isinstance(entry, SourceTemplate):
+                raise PipelineError(f"source {entry.name!r} is a template, not a source")
+            return _SourceRun(source_id_of(entry), entry, display_uri=_display_uri_of(entry))
+        spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
+        try:
+            return _SourceRun(spec.id, build_source(spec, self.template), display_uri=spec.display_uri)
+        except SourceSpecError as error:
+            if error.field == "uri":
+                # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
+                return _SourceRun(spec.id, None, build_error=error.reason, display_uri=spec.display_uri)
+            raise PipelineError(str(error), field=error.field) from None
+        except (LookupError, TypeError, ValueError) as error:
+            raise PipelineError(f"source {spec.id!r}: {error}") from None
+
+    def _register(self, run: _SourceRun) -> None:
+        with self._lock:
+            if run.source_id in self._runs:
+                raise PipelineError(f"source id {run.source_id!r} is already in use")
+            if self.max_sources is not None and len(self._runs) >= self.max_sources:
+                raise PipelineError(f"cannot add source {run.source_id!r}: max_sources ({self.max_sources}) reached")
+            self._runs[run.source_id] = run
+
     # -- running ------------------------------------------------------------------------------
-    def run_sync(self, *, handle_signals: bool = False) -> RunStats:
-        """Run to completion on a fresh event loop (uvloop when installed)."""
+    def run_sync(
+        self,
+        *,
+        handle_signals: bool = False,
+        alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    ) -> RunStats:
+        """Run to completion on a fresh event loop (uvloop when installed).
+
+        `alongside` makes a context entered on that loop before the run and left after it (a
+        control server that must share the pipeline's loop).
+        """
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
         try:
             import uvloop
@@ -321,17 +596,28 @@ class Pipeline:
         except ImportError:  # uvloop is optional: the standard loop works, a little slower
             loop_factory = None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(self.run(handle_signals=handle_signals))
+            return runner.run(self._run_alongside(alongside, handle_signals=handle_signals))
+
+    async def _run_alongside(
+        self, alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None, *, handle_signals: bool
+    ) -> RunStats:
+        if alongside is None:
+            return await self.run(handle_signals=handle_signals)
+        async with alongside():
+            return await self.run(handle_signals=handle_signals)
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
-        """Run until end of stream, `stop()`, or an error (re-raised as itself)."""
+        """Run until every source ended, `stop()`, or an error (re-raised as itself).
+
+        A source that failed does not stop the others; its error is raised after the run.
+        """
         self.preflight()
         self._prepare()
-        workers = [_StageWorker(stage) for stage in self.stages]
+        workers = [_StageWorker(stage) for stage in self.stages[1:]]
         self._workers = workers
         loop = asyncio.get_running_loop()
         self.unfinished = []
-        self._frame_loss = None
+        self._frame_losses = []
         self._abandoned = None
         self._abandon_event = asyncio.Event()
         installed: list[int] = []
@@ -339,7 +625,7 @@ class Pipeline:
             installed = self._install_signal_handlers(loop)
         failed = False
         # The monitor (watchdog, stop timeout) is owned here: cancelled and awaited in `finally`.
-        monitor = asyncio.create_task(self._monitor(workers), name="streamflow:monitor")
+        monitor = asyncio.create_task(self._monitor(), name="streamflow:monitor")
         self._body = asyncio.create_task(self._run_stages(workers), name="streamflow:stages")
         try:
             try:
@@ -355,17 +641,21 @@ class Pipeline:
             self.stop(reason="cancelled")
             raise
         finally:
+            self._group = None
+            self._ended = True
             teardown_error = await self._teardown_all(workers)
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
+            with self._lock:
+                for run in [*self._finished, *self._runs.values()]:
+                    _mark_drained(run)  # every stage has flushed (or failed): outputs final
             for sig in installed:
                 loop.remove_signal_handler(sig)
             stats = self.collector.snapshot()
             stats.stopped_by = self._stop_reason
             stats.unfinished = list(self.unfinished)
-            stats.warnings.extend(self._unfinished_warnings(workers))
-            if self._frame_loss is not None:
-                stats.warnings.append(self._frame_loss)
+            stats.warnings.extend(self._unfinished_warnings())
+            stats.warnings.extend(self._frame_losses)
             for line in stats.warnings:
                 log.warning("%s", line)
             for observer in self.observers:
@@ -375,8 +665,12 @@ class Pipeline:
                     log.error("observer %r failed in on_end: %s", observer, error)
             if teardown_error is not None and not failed:
                 raise teardown_error
-        if self._frame_loss is not None and self.strict_frames:
-            raise FrameLossError(f"{self._frame_loss} (strict frame accounting)")
+        if self._frame_losses and self.strict_frames:
+            raise FrameLossError(f"{'; '.join(self._frame_losses)} (strict frame accounting)")
+        source_error = self._first_source_error()
+        if source_error is not None:
+            source_error.run_stats = stats  # type: ignore[attr-defined]  # for callers that report
+            raise source_error
         return stats
 
     async def _run_stages(self, workers: list[_StageWorker]) -> None:
@@ -385,8 +679,16 @@ class Pipeline:
             observer.on_start(self.stages, self.edges)
         try:
             async with asyncio.TaskGroup() as group:
-                for index, worker in enumerate(workers):
+                self._group = group
+                self._loop = asyncio.get_running_loop()
+                for index, worker in enumerate(workers, start=1):
                     group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
+                with self._lock:
+                    runs = list(self._runs.values())
+                for run in runs:
+                    self._start_run(run)
+                if self._stop_event.is_set():
+                    self._end_when_empty()
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
 
@@ -402,11 +704,17 @@ class Pipeline:
         if self._body is not None:
             self._body.cancel()
 
-    def _workers_busy(self) -> list[_StageWorker]:
-        return [w for w in self._workers if w.busy_since is not None]
+    def _all_workers(self) -> list[_StageWorker]:
+        """Workers of the sources (running or ended) and of the stages after them."""
+        with self._lock:
+            runs = [*self._finished, *self._runs.values()]
+        return [*(run.worker for run in runs if run.worker is not None), *self._workers]
 
-    def _unfinished_warnings(self, workers: list[_StageWorker]) -> list[str]:
-        by_name = {w.stage.name: w for w in workers}
+    def _workers_busy(self) -> list[_StageWorker]:
+        return [w for w in self._all_workers() if w.busy_since is not None]
+
+    def _unfinished_warnings(self) -> list[str]:
+        by_name = {w.stage.name: w for w in self._all_workers()}
         lines = []
         for name in self.unfinished:
             worker = by_name[name]
@@ -418,12 +726,12 @@ class Pipeline:
             )
         return lines
 
-    async def _monitor(self, workers: list[_StageWorker]) -> None:
+    async def _monitor(self) -> None:
         """Watchdog warnings for long hook calls; abandon the run when the stop timeout passes."""
         while True:
             await asyncio.sleep(_MONITOR_PERIOD_S)
             now = time.perf_counter()
-            for worker in workers:
+            for worker in self._all_workers():  # sources come and go: looked up each time
                 limit = worker.stage.watchdog_s if worker.stage.watchdog_s is not None else self.watchdog_s
                 since = worker.busy_since
                 if limit is None or since is None or worker.watchdog_warned or now - since <= limit:
@@ -441,34 +749,94 @@ class Pipeline:
             if self.stop_timeout_s is not None and requested is not None and now - requested > self.stop_timeout_s:
                 self._abandon(f"stop timeout ({self.stop_timeout_s:g} s)")
 
+    def _first_source_error(self) -> BaseException | None:
+        """The failure to raise after the run: a lone failed source's own error, or one listing them all."""
+        failed = [run for run in self._finished if run.error is not None]
+        if not failed:
+            return None
+        if len(failed) == 1:
+            return failed[0].error
+        names = ", ".join(repr(run.source_id) for run in failed)
+        error = SourceError(f"{len(failed)} of {len(self._finished)} sources failed: {names}")
+        error.__cause__ = failed[0].error
+        return error
+
     def _all_observers(self) -> list[Observer]:
         return [self.collector, *self.observers]
 
     def _prepare(self) -> None:
-        pipeline_device = resolve_device(self.device_spec)
+        if self._loop is not None:
+            raise PipelineError("a pipeline runs once; build a new one to run again")
+        self._pipeline_device = resolve_device(self.device_spec)
         self.edges = {}
-        previous: Stage | None = None
-        for stage in self.stages:
-            stage.device = (
-                resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else pipeline_device
-            )
-            stage.stream = (
-                torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
-            )
-            stage.stopping.clear()
-            stage.counters.clear()
-            if previous is not None:
-                overflow = stage.overflow or self.overflow
-                if overflow is None:
-                    live = isinstance(previous, Source) and previous.live
-                    overflow = Overflow.DROP_OLDEST if live else stage.default_overflow
-                capacity = stage.queue_size or self.queue_size
-                self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", capacity, overflow)
-            previous = stage
+        self._finished = []
+        for index, stage in enumerate(self.stages):
+            self._place(stage)
+            if index >= 2:
+                previous = self.stages[index - 1]
+                self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", *self._edge_settings(previous, stage))
+        after = self.stages[1] if len(self.stages) > 1 else None
+        timeout = after.batch_timeout_ms / 1000 if after is not None and after.batch_timeout_ms is not None else None
+        self._mux = SourceMux(timeout_s=timeout, end_when_empty=not self.stay_open)
+        if self.feeder_threads is not None:
+            self._feeders = ThreadPoolExecutor(max_workers=self.feeder_threads, thread_name_prefix="streamflow-feeder")
+
+    def _place(self, stage: Stage) -> None:
+        """Device, CUDA stream and a fresh stop flag and counters for `stage`."""
+        assert self._pipeline_device is not None
+        stage.device = (
+            resolve_device(stage.device_spec) if stage.device_spec not in (None, "auto") else self._pipeline_device
+        )
+        stage.stream = (
+            torch.cuda.Stream(device=stage.device) if stage.uses_gpu and stage.device.type == "cuda" else None
+        )
+        stage.stopping.clear()
+        stage.counters.clear()
+
+    def _edge_settings(self, producer: Stage, consumer: Stage) -> tuple[int, Overflow]:
+        overflow = consumer.overflow or self.overflow
+        if overflow is None:
+            live = isinstance(producer, Source) and producer.live
+            overflow = Overflow.DROP_OLDEST if live else consumer.default_overflow
+        return consumer.queue_size or self.queue_size, overflow
+
+    def _start_run(self, run: _SourceRun) -> None:
+        """Connect a source to the mux and start its task (on the loop)."""
+        if run.task is not None:  # added from another thread while the run was starting: already started
+            return
+        group, mux = self._group, self._mux
+        if group is None or mux is None or self._stop_event.is_set():
+            with self._lock:
+                self._runs.pop(run.source_id, None)
+            log.warning("source %r not started: the pipeline is stopping", run.source_id)
+            return
+        consumer = self.stages[1] if len(self.stages) > 1 else None
+        run.opened, run.drained = asyncio.Event(), asyncio.Event()
+        if run.stage is not None:
+            self._place(run.stage)
+            if self._stop_event.is_set() or run.removed:
+                run.stage.stopping.set()
+            producer: Stage = run.stage
+            run.worker = _StageWorker(run.stage, executor=self._feeders, stamp_name=self.template.name)
+        else:
+            producer = self.template
+        if consumer is not None:
+            run.edge = Edge(f"{run.source_id}->{consumer.name}", *self._edge_settings(producer, consumer))
+            mux.add(run.source_id, run.edge)
+        for observer in self._all_observers():
+            observer.on_source_added(run.source_id, run.stage, run.edge)
+        run.task = group.create_task(self._drive_source(run), name=f"source:{run.source_id}")
+
+    def _end_when_empty(self) -> None:
+        if self._mux is not None:
+            self._mux.final_reason = self._stop_reason or "finished"
+            self._mux.end_when_empty = True
+            self._mux.wake()
 
     async def _setup_all(self, workers: list[_StageWorker]) -> None:
         # Stages set up one after another, each in its own thread, so a model load that fails
-        # leaves nothing half-started behind it and errors name the right stage.
+        # leaves nothing half-started behind it and errors name the right stage. Sources set up
+        # in their own tasks: one that can't open its input fails alone.
         for worker in workers:
             try:
                 await worker.call(worker.stage.setup)
@@ -479,12 +847,12 @@ class Pipeline:
     async def _teardown_all(self, workers: list[_StageWorker]) -> BaseException | None:
         """Tear down every stage that was set up; return the first failure (after trying all)."""
         first_error: BaseException | None = None
-        for worker in workers:
+        for worker in self._all_workers():  # the sources', then `workers` (the stages after them)
             if worker.set_up:
                 if self._abandoned is not None and worker.busy_since is not None:
                     # Its thread is inside a hook: a teardown queued behind it would wait forever.
                     self.unfinished.append(worker.stage.name)
-                    worker.executor.shutdown(wait=False)
+                    worker.shutdown()  # a shared feeder pool stays open for the other sources
                     continue
                 try:
                     if self._abandoned is None:
@@ -497,7 +865,9 @@ class Pipeline:
                     log.error("teardown of stage %r failed: %s", worker.stage.name, error)
                     first_error = first_error or _annotate(error, worker.stage)
                 worker.set_up = False
-            worker.executor.shutdown(wait=False)
+            worker.shutdown()
+        if self._feeders is not None:
+            self._feeders.shutdown(wait=False)
         return first_error
 
     async def _unless_abandoned(self, call: Awaitable[T]) -> T:
@@ -517,10 +887,11 @@ class Pipeline:
         stage = worker.stage
         output = self.edges.get(self.stages[index + 1].name) if index + 1 < len(self.stages) else None
         try:
-            if isinstance(stage, Source):
-                await self._drive_source(stage, worker, output)
+            if index == 1:
+                assert self._mux is not None
+                await self._drive_stage(stage, worker, self._mux.take, output)
             else:
-                await self._drive_stage(stage, worker, self.edges[stage.name], output)
+                await self._drive_stage(stage, worker, _GreedyInbox(self.edges[stage.name]).take, output)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -538,44 +909,105 @@ class Pipeline:
         for observer in self._all_observers():
             observer.on_processed(stage, frames_in, frames_out, busy)
 
-    async def _drive_source(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
+    async def _drive_source(self, run: _SourceRun) -> None:
+        """One source: set up, generate until its end (or stop/removal), tear down; failures stay here."""
+        reason = "finished"
+        cancelled = False
+        try:
+            if run.stage is None:
+                raise SourceError(run.build_error or "cannot be built")
+            worker = run.worker
+            assert worker is not None
+            await worker.call(run.stage.setup)
+            worker.set_up = True
+            run.state = SourceState.RUNNING
+            if run.opened is not None:
+                run.opened.set()
+            await self._generate(run.stage, worker, run.edge)
+            reason = "removed" if run.removed else (self._stop_reason or "finished")
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except Exception as error:
+            if run.stage is None:
+                error.stage_name = f"{self.template.name}[{run.source_id}]"  # type: ignore[attr-defined]
+            run.error = _annotate(error, run.stage or self.template)
+            reason = f"failed: {_one_line(error)}"
+            if self._many:  # one line per failed source, naming it; the other sources go on
+                log.error("source %r failed: %s", run.source_id, _one_line(error))
+        finally:
+            if not cancelled:
+                await self._finish_source(run, reason)
+
+    async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
         generator = await worker.call(stage.generate)
         produced = 0
-        try:
-            while not self._stop_event.is_set():
-                item, busy = await worker.call(worker.next_from, generator)
-                if item is None:
-                    # Ran to its end: did everything the container promised come out?
-                    self._frame_loss = stage.frame_shortfall(produced)
-                    break
-                if isinstance(item, EndOfStream):
-                    await self._emit(stage, [item], output)
-                    continue
-                if self.max_frames is not None and isinstance(item, Batch):
-                    item.frames = item.frames[: self.max_frames - produced]
-                    if item.data is not None:
-                        item.data = item.data[: len(item.frames)]
-                produced += len(item.frames)
-                self._notify(stage, [], [item], busy)
-                await self._emit(stage, [item], output)
-                if self.max_frames is not None and produced >= self.max_frames:
-                    break
-        finally:
-            close = getattr(generator, "close", None)
-            if close is not None:
-                await worker.call(close)
-        await self._emit(stage, [EndOfStream(reason=self._stop_reason or "finished")], output)
-
-    async def _drive_stage(self, stage: Stage, worker: _StageWorker, inbox: Edge, output: Edge | None) -> None:
-        pending: Item | None = None
-        while True:
-            item = pending if pending is not None else await inbox.get()
-            pending = None
+        # Closed here only after a normal end: a generator that raised is already closed, and after a
+        # cancellation its thread may still be inside it (teardown then releases what it holds).
+        while not stage.stopping.is_set():
+            item, busy = await worker.call(worker.next_from, generator)
+            if item is None:
+                # Ran to its end: did everything the container promised come out?
+                loss = stage.frame_shortfall(produced)
+                if loss is not None:
+                    self._frame_losses.append(loss)
+                break
             if isinstance(item, EndOfStream):
-                if item.source_id is not None:  # one source ended; others may go on
-                    outputs, busy = await worker.call(worker.end_source, item.source_id)
+                await self._emit(stage, [item], output)
+                continue
+            if self.max_frames is not None and isinstance(item, Batch):
+                item.frames = item.frames[: self.max_frames - produced]
+                if item.data is not None:
+                    item.data = item.data[: len(item.frames)]
+            produced += len(item.frames)
+            self._notify(stage, [], [item], busy)
+            await self._emit(stage, [item], output)
+            if self.max_frames is not None and produced >= self.max_frames:
+                break
+        close = getattr(generator, "close", None)
+        if close is not None:
+            await worker.call(close)
+
+    async def _finish_source(self, run: _SourceRun, reason: str) -> None:
+        worker = run.worker
+        if worker is not None:
+            if worker.set_up:
+                try:
+                    await worker.call(worker.stage.teardown)
+                except Exception as error:
+                    log.error("teardown of source %r failed: %s", run.source_id, _one_line(error))
+                worker.set_up = False
+            worker.shutdown()
+        with self._lock:
+            self._runs.pop(run.source_id, None)
+            self._finished.append(run)
+        run.end_reason = reason
+        run.state = SourceState.FAILED if run.error is not None else SourceState.DRAINING
+        if run.opened is not None:
+            run.opened.set()
+        if len(self.stages) == 1:  # no stage after the source: nothing left to drain
+            _mark_drained(run)
+        for observer in self._all_observers():
+            observer.on_source_ended(run.source_id, reason, None if run.error is None else _one_line(run.error))
+        if run.edge is not None:
+            await run.edge.put(SourceEnd(run.source_id, reason))
+
+    async def _drive_stage(
+        self,
+        stage: Stage,
+        worker: _StageWorker,
+        take: Callable[[int], Awaitable[list[Frame | Batch] | EndOfStream]],
+        output: Edge | None,
+    ) -> None:
+        while True:
+            got = await take(stage.batch_size)
+            if isinstance(got, EndOfStream):
+                if got.source_id is not None:  # one source ended; others may go on
+                    outputs, busy = await worker.call(worker.end_source, got.source_id)
                     self._notify(stage, [], outputs, busy)
-                    await self._emit(stage, [*outputs, item], output)
+                    await self._emit(stage, [*outputs, got], output)
+                    if output is None:  # the last stage finalized this source's outputs
+                        self._source_drained(got.source_id)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 if output is not None and not stage.is_sink and worker.items_out == 0 and worker.none_returns:
@@ -585,23 +1017,9 @@ class Pipeline:
                         "item to pass it on, [] to drop it on purpose, or set is_sink = True on a sink"
                     )
                 self._notify(stage, [], outputs, busy)
-                await self._emit(stage, [*outputs, item], output)
+                await self._emit(stage, [*outputs, got], output)
                 return
-            if stage.batch_size > 1:
-                gathered = [item]
-                count = len(item.frames)
-                # Greedy gathering: take what is already queued, never wait for a full batch, so
-                # latency stays low when the producer is the bottleneck.
-                while count < stage.batch_size:
-                    extra = inbox.get_nowait()
-                    if extra is None:
-                        break
-                    if isinstance(extra, EndOfStream):
-                        pending = extra
-                        break
-                    gathered.append(extra)
-                    count += len(extra.frames)
-                item = _merge(gathered)
+            item = _merge(got) if stage.batch_size > 1 else got[0]
             outputs, busy = await worker.call(worker.process, item)
             self._notify(stage, item.frames, outputs, busy)
             await self._emit(stage, outputs, output)
@@ -631,6 +1049,71 @@ class Pipeline:
 
 class _Abandoned(Exception):
     """A wait given up because the run was abandoned."""
+
+
+class SourceError(RuntimeError):
+    """A source could not be built from its spec (its uri was rejected)."""
+
+
+class _GreedyInbox:
+    """One edge read the way the stage after it wants: one item, or what is queued up to a batch.
+
+    Greedy: it takes what is already queued and never waits for a full batch, so latency stays low
+    when the producer is the bottleneck. An end of stream met while gathering waits for the next call.
+    """
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self._pending: EndOfStream | None = None
+
+    async def take(self, limit: int) -> list[Frame | Batch] | EndOfStream:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            return pending
+        first = await self.edge.get()
+        if isinstance(first, EndOfStream):
+            return first
+        items: list[Frame | Batch] = [first]
+        count = len(first.frames)
+        while count < limit:
+            extra = self.edge.get_nowait()
+            if extra is None:
+                break
+            if isinstance(extra, EndOfStream):
+                self._pending = extra
+                break
+            items.append(extra)
+            count += len(extra.frames)
+        return items
+
+
+def _mark_drained(run: _SourceRun) -> None:
+    if run.state is SourceState.DRAINING:
+        run.state = SourceState.ENDED
+    for event in (run.opened, run.drained):  # nobody waits on a source whose run is over
+        if event is not None:
+            event.set()
+
+
+def _draining(run: _SourceRun) -> bool:
+    return run.drained is not None and not run.drained.is_set()
+
+
+def _display_uri_of(stage: Source) -> str | None:
+    uri = getattr(stage.config, "uri", None)
+    return redact_uri(str(uri)) if uri is not None else None
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _annotate(error: BaseException, stage: Stage) -> BaseException:

@@ -115,11 +115,21 @@ def check_pipeline_files(
     extra_inputs: Iterable[str] = (),
     extra_outputs: Iterable[tuple[str, str]] = (),
     create_folders: bool = True,
+    source_ids: Sequence[str] = (),
 ) -> None:
     """Refuse outputs that clash with inputs or each other; check inputs; prepare output folders.
 
     `extra_inputs` are files read besides the stages' own (the config file); `extra_outputs` are
-    (owner, path) pairs written besides theirs (a statistics file)."""
+    (owner, path) pairs written besides theirs (a statistics file). An output path holding
+    `{source}` is checked as each of `source_ids` fills it (a source added later has its folders
+    made when its file opens); the placeholder itself never becomes a folder."""
+    # Imported here: streamflow.per_source uses ensure_output_folder from this module.
+    from streamflow.per_source import PerSourceOutputs
+
+    def per_source(path: str) -> list[str]:
+        outputs = PerSourceOutputs[None](path, open_writer=lambda _: None, close_writer=lambda _: None)
+        return [outputs.path_for(source_id) for source_id in source_ids] if outputs.per_source else [path]
+
     for stage in stages:
         if stage.device_spec not in (None, "auto"):
             try:
@@ -135,7 +145,12 @@ def check_pipeline_files(
             _check_input(f"stage {stage.name!r}", path, resolved)
             inputs.setdefault(resolved, (f"stage {stage.name!r}", path))
     outputs: dict[str, tuple[str, str]] = {}
-    declared = [(f"stage {stage.name!r}", path) for stage in stages for path in stage.output_paths()]
+    declared = [
+        (f"stage {stage.name!r}", each)
+        for stage in stages
+        for path in stage.output_paths()
+        for each in per_source(path)
+    ]
     for owner, path in [*declared, *extra_outputs]:
         resolved = _resolved(path)
         clash = inputs.get(resolved)

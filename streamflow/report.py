@@ -12,9 +12,10 @@ from rich.table import Table
 from streamflow.observers import RunStats, percentile
 
 if TYPE_CHECKING:
+    from streamflow.multibench import SourcesBenchResult
     from streamflow.pipeline import Pipeline
 
-__all__ = ["LiveDisplay", "summary_table"]
+__all__ = ["LiveDisplay", "sources_bench_table", "sources_table", "summary_table"]
 
 
 def _ms(value: float | None) -> str:
@@ -89,12 +90,63 @@ def summary_table(stats: RunStats, title: str | None = None) -> Table:
     return table
 
 
+def sources_table(stats: RunStats) -> Table:
+    """One row per source: frames produced and delivered, fps, latency, drops, reconnects, how it ended."""
+    table = Table(title=f"{len(stats.sources)} sources", title_justify="left")
+    for column in ("source", "frames", "done", "fps", "lat p50 ms", "p95", "drops", "reconnects", "ended"):
+        table.add_column(column, justify="left" if column in ("source", "ended") else "right")
+    for source in stats.sources:
+        table.add_row(
+            source.id,
+            str(source.frames),
+            str(source.frames_done),
+            f"{source.fps:.1f}",
+            _ms(percentile(source.latency_ms, 50)),
+            _ms(percentile(source.latency_ms, 95)),
+            str(source.dropped),
+            str(source.reconnects),
+            source.error or source.ended or "running",
+        )
+    return table
+
+
+def sources_bench_table(result: SourcesBenchResult) -> Table:
+    """`bench --sources`: one row per source count, against the raw decode ceiling of the same run."""
+    table = Table(title=f"{result.config}: {'paced' if result.realtime else 'unpaced'} sources of {result.uri}")
+    columns = ["sources", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
+    for column in [*columns, "GPU MiB", "host MiB", "failed"]:
+        table.add_column(column, justify="right")
+    ceiling = result.ceiling
+    for run in result.runs:
+        low, mid, high = run.per_source_fps
+        lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
+        table.add_row(
+            str(run.sources),
+            f"{run.fps:.0f}",
+            f"{run.fps / ceiling:.2f}" if ceiling else "-",
+            f"{low:.1f}/{mid:.1f}/{high:.1f}",
+            lat,
+            str(run.drops),
+            "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
+            "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",
+            f"{run.host_mib_added:.0f}",
+            str(run.failed),
+        )
+    raw = ", ".join(f"{k} threads {v:.0f}" for k, v in sorted(result.raw_fps.items()))
+    table.caption = f"raw decode (same input, nothing else): {raw or 'not measured'}"
+    return table
+
+
 def _live_line(stats: RunStats) -> str:
     parts = []
     for stage in stats.stages:
         queue = f" q{stage.queue_depth}/{stage.queue_capacity}" if stage.queue_capacity else ""
         drops = f" drop {stage.dropped}" if stage.dropped else ""
         parts.append(f"{stage.name} {stage.fps(stats.wall_s):.0f}fps{queue}{drops}")
+    if len(stats.sources) > 1:
+        running = sum(1 for source in stats.sources if source.ended is None)
+        failed = len(stats.failed_sources)
+        parts.append(f"sources {running} running of {len(stats.sources)}" + (f", {failed} failed" if failed else ""))
     return " | ".join(parts)
 
 

@@ -98,8 +98,10 @@ class Stage:
 
     Runner-level settings are keyword arguments shared by every stage: `name`, `queue_size` (bound
     of this stage's input edge), `overflow` (policy of that edge), `batch_size` (how many frames the
-    runner gathers into one `Batch` before calling `process`; 1 = items are passed as they come)
-    `device` and `watchdog_s` (one warning line when a single hook call runs longer than that).
+    runner gathers into one `Batch` before calling `process`; 1 = items are passed as they come),
+    `batch_timeout_ms` (the stage right after the sources only: how long a batch that is not full
+    may wait for more frames after its first; None = take what is queued and go), `device` and
+    `watchdog_s` (one warning line when a single hook call runs longer than that).
     Every other keyword is an option validated by the stage's `Config` model.
 
     `process()` returning None passes nothing on, like `[]`. A stage that isn't a sink (`is_sink`)
@@ -130,6 +132,7 @@ class Stage:
         queue_size: int | None = None,
         overflow: Overflow | str | None = None,
         batch_size: int = 1,
+        batch_timeout_ms: float | None = None,
         device: DeviceSpec | None = None,
         watchdog_s: float | None = None,
         **options: Any,
@@ -144,6 +147,8 @@ class Stage:
             )
         if batch_size < 1:
             raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        if batch_timeout_ms is not None and batch_timeout_ms < 0:
+            raise ValueError(f"{type(self).__name__}: batch_timeout_ms must be >= 0, got {batch_timeout_ms}")
         if queue_size is not None and queue_size < 1:
             raise ValueError(f"{type(self).__name__}: queue_size must be >= 1, got {queue_size}")
         self.config: Any = config
@@ -151,6 +156,7 @@ class Stage:
         self.queue_size = queue_size
         self.overflow = Overflow(overflow) if overflow is not None else None
         self.batch_size = batch_size
+        self.batch_timeout_ms = batch_timeout_ms
         self.device_spec = device
         if watchdog_s is not None and watchdog_s <= 0:
             raise ValueError(f"{type(self).__name__}: watchdog_s must be > 0, got {watchdog_s}")

@@ -81,6 +81,27 @@ def test_run_creates_missing_output_folders(tmp_path: Path, clip: Path) -> None:
     assert video.stat().st_size > 0 and len(lines.read_text().splitlines()) == 6
 
 
+def test_per_source_outputs_are_checked_per_source_against_every_source_input(tmp_path: Path, clip: Path) -> None:
+    own = tmp_path / "a.mp4"  # source 'a' reads the file its {source} output would name
+    own.write_bytes(clip.read_bytes())
+    outputs = f"  - {{name: video, type: encode, path: '{tmp_path}/{{source}}.mp4', backend: cpu}}\n"
+    path = pipeline_yaml(tmp_path, str(clip), outputs)
+    result = cli("run", str(path), "-q", "--source", f"b={clip}", "--source", f"a={own}")
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert "stage 'video'" in line and repr(str(own)) in line and "is the input" in line
+    assert own.read_bytes() == clip.read_bytes()
+
+
+def test_per_source_output_folders_are_made_per_source_never_for_the_placeholder(tmp_path: Path, clip: Path) -> None:
+    outputs = f"  - {{name: lines, type: jsonl, path: '{tmp_path}/out/{{source}}/d.jsonl'}}\n"
+    path = pipeline_yaml(tmp_path, str(clip), outputs)
+    result = cli("run", str(path), "-q", "--source", f"a={clip}", "--source", f"b={clip}")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
+    assert len((tmp_path / "out" / "b" / "d.jsonl").read_text().splitlines()) == 6
+
+
 def test_validate_checks_folders_without_creating_them(tmp_path: Path, clip: Path) -> None:
     path = pipeline_yaml(tmp_path, str(clip), f"  - {{name: d, type: jsonl, path: '{tmp_path / 'new' / 'd.jsonl'}'}}\n")
     assert cli("validate", str(path)).returncode == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.publish as publish
 import pytest
+import yaml
 
 from streamflow.config import build_pipeline, load_config
 from support.message_servers import MosquittoServer, MqttCollector, RedisServer, missing_binary, redis_messages
@@ -27,7 +28,7 @@ def snippets(language: str) -> list[str]:
 
 
 def test_the_readme_shows_the_snippets_tested_here() -> None:
-    assert len(snippets("yaml")) == 3 and len(snippets("python")) == 3, "update this test with the README"
+    assert len(snippets("yaml")) == 5 and len(snippets("python")) == 3, "update this test with the README"
 
 
 def test_pipeline_in_yaml_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,6 +62,27 @@ def test_custom_stage_in_python_and_from_yaml(
     assert type(pipeline.stages[1]).__name__ == "Brighten"
     stats = pipeline.run_sync()
     assert stats.stage("sink").frames_in == 5
+
+
+def test_the_scrape_config_targets_the_api_default_bind() -> None:
+    from streamflow.api import parse_bind
+
+    scrape = yaml.safe_load(snippets("yaml")[4])["scrape_configs"][0]
+    (target,) = scrape["static_configs"][0]["targets"]
+    host, port = parse_bind(target)
+    assert host == "127.0.0.1" and f"--api {host}:{port}" in README
+
+
+def test_many_sources_snippet_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "many.yaml"
+    config.write_text(snippets("yaml")[3])
+    monkeypatch.setenv("CAM_PASSWORD", "pw")
+    loaded = load_config(config)  # what `streamflow validate` checks
+    assert [s.id for s in loaded.sources or []] == ["lobby", "door", "replay"]
+    pipeline = build_pipeline(loaded)  # every source built from the template (nothing opened)
+    assert pipeline.source_ids == ["lobby", "door", "replay"]
+    assert type(pipeline.source_stage("lobby")).__name__ == "RtspSource"  # from the rtsp:// scheme
+    assert type(pipeline.source_stage("replay")).__name__ == "Decode"
 
 
 class Consumer:

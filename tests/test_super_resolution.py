@@ -71,7 +71,7 @@ def test_config_runs_at_the_clip_size(
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     build_pipeline(CONFIG).run_sync()  # device: auto (the CPU here)
     times_in, _ = _read(clip)
-    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    times_out, size = _read(tmp_path / "super_resolution_source.mp4")
     assert size == (2 * width, 2 * height)
     assert times_out == pytest.approx(times_in)
 
@@ -82,7 +82,7 @@ def test_config_with_fixed_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     shapes = "{frames: {min: [1, 15, 36, 64], opt: [4, 15, 36, 64], max: [4, 15, 36, 64]}}"
     build_pipeline(CONFIG, overrides=[f"upscale.input_shapes={shapes}"]).run_sync()  # device: auto
-    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    times_out, size = _read(tmp_path / "super_resolution_source.mp4")
     assert size == (128, 72)
     assert len(times_out) == 4
 
@@ -112,7 +112,7 @@ def test_config_on_gpu_at_three_sizes(
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     build_pipeline(CONFIG).run_sync()
     times_in, _ = _read(clip)
-    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    times_out, size = _read(tmp_path / "super_resolution_source.mp4")
     assert size == (2 * width, 2 * height)
     assert times_out == pytest.approx(times_in)
     assert f"input shapes frames 4x15x{height}x{width}" in caplog.text
