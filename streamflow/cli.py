@@ -41,6 +41,14 @@ SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
 ]
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Spread the sources over Ray actors: a bare --ray starts a local cluster; "
+        "or ADDRESS (auto, HOST:PORT, ray://HOST:PORT) of a running one.",
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
 SourceOption = Annotated[
     list[str] | None,
@@ -82,6 +90,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
     source: SourceOption = None,
     sources_file: SourcesFileOption = None,
+    ray: RayOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
@@ -91,9 +100,17 @@ def run(
     _configure_logging(verbose)
     try:
         specs = command_line_sources(source or [], sources_file)
-        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames, sources=specs)
+        loaded = load_config(config, set_ or [])
+        pipeline = build_pipeline(loaded, max_frames=max_frames, sources=specs)
     except ConfigError as error:
         raise _fail(str(error), EXIT_CONFIG) from None
+    if ray is not None or loaded.cluster is not None:
+        from streamflow.cluster.cli import run_on_cluster  # Ray is imported only on this route
+
+        code = run_on_cluster(
+            loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet
+        )
+        raise typer.Exit(code)
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
@@ -235,7 +252,21 @@ register_build_engine(app)
 
 
 def main() -> None:
+    sys.argv[1:] = _bare_ray_flag(sys.argv[1:])
     app()
+
+
+def _bare_ray_flag(args: list[str]) -> list[str]:
+    """`--ray` without an address (last, or before an option or the config file) means `--ray local`."""
+    result = list(args)
+    for at, arg in enumerate(result):
+        if arg != "--ray":
+            continue
+        following = result[at + 1] if at + 1 < len(result) else None
+        if following is None or following.startswith("-") or following.endswith((".yaml", ".yml")):
+            result.insert(at + 1, "local")
+        break
+    return result
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streamflow.cluster.config import ClusterConfig
 from streamflow.observers import Observer
 from streamflow.pipeline import Pipeline
 from streamflow.registry import UnknownStageType, resolve_stage_type
@@ -110,6 +111,8 @@ class PipelineConfig(BaseModel):
     sources: list[SourceSpec] | None = None
     max_sources: int | None = Field(default=None, ge=1)
     feeder_threads: int | None = Field(default=None, ge=1)
+    # Sources spread over Ray actors (`streamflow run --ray` also turns it on); see streamflow.cluster.
+    cluster: ClusterConfig | None = None
     source_file: str | None = Field(default=None, exclude=True)
 
 

@@ -636,6 +636,9 @@ class Pipeline:
                     outputs, busy = await worker.call(worker.end_source, got.source_id)
                     self._notify(stage, [], outputs, busy)
                     await self._emit(stage, [*outputs, got], output)
+                    if output is None:  # the last stage: the source is fully handled
+                        for observer in self._all_observers():
+                            observer.on_source_drained(got.source_id)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 self._notify(stage, [], outputs, busy)

@@ -1,0 +1,411 @@
+"""The driver: spreads a config's sources over Ray actors, watches them, moves sources off dead ones.
+
+`ClusterRunner(config, cluster=ClusterConfig(...)).run()` starts (or joins) a Ray cluster, starts
+one `PipelineHost` actor per GPU (or as configured), places the sources by measured load
+(`placement`), and polls every actor for per-source progress. It returns when every source has
+ended and its results were delivered (or after `stop()`).
+
+Failover, at least once: when an actor dies (its process or its node) or stops answering for
+`dead_after_s`, each of its unfinished sources moves to the least loaded surviving actor (a new
+actor is started when none survives). A file source resumes at the frame after the last one whose
+results the driver knew were delivered (`start_frame`); the frames between that report and the
+death are delivered twice. A live source reconnects. The resumed part writes to a new part:
+its source id becomes `ID.partN`, so `{source}` paths name a new file (`out/cam1.part1.jsonl`)
+and nothing already written is overwritten or appended to; frames keep their index in the
+file, so readers merge the parts by index. The driver logs one line per move.
+
+Example:
+    >>> runner = ClusterRunner(load_config("pipeline.yaml"), cluster=ClusterConfig(actors=2))  # doctest: +SKIP
+    >>> result = runner.run()  # doctest: +SKIP
+    >>> [(m.source, m.from_actor, m.to_actor, m.resume_frame) for m in result.moves]  # doctest: +SKIP
+    [('cam3', 'actor-1', 'actor-0', 42)]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamflow.cluster.config import LOCAL, ClusterConfig
+from streamflow.cluster.placement import pick_actor, spread
+from streamflow.cluster.progress import SourceProgress
+from streamflow.config import PipelineConfig
+from streamflow.registry import resolve_stage_type
+from streamflow.sources import SourceSpec, source_type_for, specs_from
+
+__all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome"]
+
+log = logging.getLogger("streamflow.cluster")
+
+
+class ClusterError(RuntimeError):
+    """The cluster run cannot go on: no actor could be started, or a pipeline stage failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A source moved off a dead actor."""
+
+    source: str
+    from_actor: str
+    to_actor: str
+    part: str  # the source id on the new actor
+    resume_frame: int | None  # None: a live source, reconnected
+    detected_at: float  # time.monotonic() when the death was noticed
+    moved_at: float  # ... and when the new actor had taken the source
+
+
+@dataclass(slots=True)
+class _Part:
+    part_id: str
+    actor: str
+    start_frame: int | None
+    progress: SourceProgress = field(default_factory=SourceProgress)
+
+
+@dataclass(slots=True)
+class SourceOutcome:
+    """One source over the whole run (all its parts)."""
+
+    spec: SourceSpec
+    parts: list[_Part] = field(default_factory=list)
+    state: str = "running"  # running, removing, finished, removed, failed, stopped
+    error: str | None = None
+
+    @property
+    def frames(self) -> int:
+        """Frames delivered, over every part (a moved source counts its repeated frames twice)."""
+        return sum(part.progress.frames for part in self.parts)
+
+    @property
+    def current(self) -> _Part:
+        return self.parts[-1]
+
+    def next_frame(self) -> int:
+        """Where a resumed part starts: after the last frame known delivered in any part."""
+        start = self.spec.options.get("start_frame") or 0
+        for part in self.parts:
+            start = max(start, part.progress.delivered + 1, part.start_frame or 0)
+        return start
+
+
+@dataclass(slots=True)
+class ClusterResult:
+    sources: dict[str, SourceOutcome]
+    moves: list[Move]
+    actors: dict[str, dict[str, Any]]  # actor name -> where it ran and its run figures (None if it died)
+
+    @property
+    def failed(self) -> list[str]:
+        return [source_id for source_id, outcome in self.sources.items() if outcome.state == "failed"]
+
+
+@dataclass(slots=True)
+class _Actor:
+    name: str
+    handle: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    alive: bool = True
+
+
+def _resumes_by_frame(spec: SourceSpec) -> bool:
+    cls = resolve_stage_type(spec.type or source_type_for(spec.uri))
+    return "start_frame" in cls.Config.model_fields
+
+
+class ClusterRunner:
+    """Run a pipeline config with its sources spread over Ray actors; see the module docstring."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        cluster: ClusterConfig | None = None,
+        sources: Sequence[SourceSpec | Mapping[str, Any]] | None = None,
+        stay_open: bool = False,
+        workdir: str | None = None,
+    ) -> None:
+        self.config = config
+        self.cluster = cluster or config.cluster or ClusterConfig()
+        specs = specs_from(sources) if sources is not None else list(config.sources or [])
+        if len(config.stages) < 2:
+            raise ValueError("a cluster run needs a sink after the source: results are delivered there")
+        self.stay_open = stay_open
+        self.workdir = workdir or os.getcwd()
+        self.sources: dict[str, SourceOutcome] = {spec.id: SourceOutcome(spec) for spec in specs}
+        if len(self.sources) != len(specs):
+            raise ValueError("source ids must be unique")
+        self.moves: list[Move] = []
+        self._actors: dict[str, _Actor] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._started_ray = False
+        self._remote_host: Any = None
+        self._ray: Any = None
+
+    # -- public control -----------------------------------------------------------------------
+    def add_source(self, spec: SourceSpec | Mapping[str, Any]) -> str:
+        """Place a new source on the least loaded actor (safe from any thread while `run()` runs)."""
+        (spec,) = specs_from([spec])
+        with self._lock:
+            if spec.id in self.sources and self.sources[spec.id].state in ("running", "removing"):
+                raise ValueError(f"source id {spec.id!r} is already in use")
+            outcome = SourceOutcome(spec)
+            if self._remote_host is not None:  # running: place it now; before start() it is placed with the rest
+                self._place(outcome, spec.id, self._pick(), start_frame=self._initial_start(spec))
+            self.sources[spec.id] = outcome
+        return spec.id
+
+    def remove_source(self, source_id: str) -> None:
+        """Stop one source wherever it runs; its outputs are finalized there."""
+        with self._lock:
+            outcome = self.sources.get(source_id)
+            if outcome is None or outcome.state not in ("running", "removing"):
+                raise KeyError(f"no running source {source_id!r}")
+            outcome.state = "removing"
+            part = outcome.current
+            actor = self._actors[part.actor]
+            if actor.alive:
+                try:
+                    self._ray.get(actor.handle.remove_source.remote(part.part_id))
+                except KeyError:
+                    pass  # it ended on its own meanwhile
+                except self._ray.exceptions.RayActorError:
+                    outcome.state = "removed"  # its actor died: nothing left to stop
+            else:
+                outcome.state = "removed"
+
+    def stop(self) -> None:
+        """End the run: sources are stopped where they run, outputs finalized."""
+        self._stop.set()
+
+    def actor_pids(self) -> dict[str, int]:
+        """Process id of each live actor (for operators, and for tests that kill one)."""
+        with self._lock:
+            return {name: actor.info["pid"] for name, actor in self._actors.items() if actor.alive}
+
+    def placement(self) -> dict[str, list[str]]:
+        """Running sources by actor."""
+        with self._lock:
+            placed: dict[str, list[str]] = {name: [] for name, actor in self._actors.items() if actor.alive}
+            for source_id, outcome in self.sources.items():
+                if outcome.state in ("running", "removing") and outcome.current.actor in placed:
+                    placed[outcome.current.actor].append(source_id)
+            return placed
+
+    # -- the run ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect to (or start) Ray, start the actors, place the configured sources."""
+        try:
+            import ray
+        except ImportError:
+            raise ClusterError("running on Ray needs the ray package: pip install 'streamflow[ray]'") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            address = self.cluster.address
+            if address == LOCAL:
+                ray.init(num_cpus=self.cluster.local_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
+            self._started_ray = True
+        self._remote_host = self._ray.remote(max_restarts=0, max_concurrency=4)(_host_class())
+        names = [f"actor-{i}" for i in range(self._actor_count())]
+        placed = spread(list(self.sources), names)
+        for name in names:
+            specs = [self.sources[source_id].spec for source_id in placed[name]]
+            self._start_actor(name, specs)
+        self._wait_ready(list(self._actors.values()))
+        for name in names:
+            for source_id in placed[name]:
+                outcome = self.sources[source_id]
+                outcome.parts.append(_Part(source_id, name, self._initial_start(outcome.spec)))
+        log.info("sources placed: %s", {name: ids for name, ids in placed.items()})
+
+    def run(self) -> ClusterResult:
+        """Start if needed, then watch until every source is done (or `stop()`); actors are released."""
+        try:
+            if self._remote_host is None:
+                self.start()
+            while not self._stop.is_set():
+                self._poll()
+                if not self.stay_open and not self._running():
+                    break
+                self._stop.wait(self.cluster.poll_interval_s)
+            return self._finish()
+        finally:
+            self._release()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _actor_count(self) -> int:
+        if self.cluster.actors is not None:
+            return self.cluster.actors
+        resources = self._ray.cluster_resources()
+        if resources.get("GPU", 0) and self.cluster.gpus_per_actor > 0:
+            count = int(resources["GPU"] // self.cluster.gpus_per_actor)
+        else:
+            count = int(resources.get("CPU", 1) // self.cluster.cpus_per_actor)
+        return max(1, min(count, len(self.sources) or 1))
+
+    def _start_actor(self, name: str, specs: Sequence[SourceSpec]) -> _Actor:
+        gpus = self.cluster.gpus_per_actor if self._ray.cluster_resources().get("GPU", 0) else 0
+        handle = self._remote_host.options(name=None, num_gpus=gpus, num_cpus=self.cluster.cpus_per_actor).remote(
+            self.config, list(specs), name=name, workdir=self.workdir, log_level=logging.WARNING
+        )
+        actor = self._actors[name] = _Actor(name, handle)
+        return actor
+
+    def _wait_ready(self, actors: Sequence[_Actor]) -> None:
+        refs = [actor.handle.ready.remote() for actor in actors]
+        try:
+            infos = self._ray.get(refs, timeout=self.cluster.start_timeout_s)
+        except self._ray.exceptions.GetTimeoutError:
+            raise ClusterError(
+                f"actors not up within {self.cluster.start_timeout_s:g} s: does the cluster have the "
+                f"resources ({self.cluster.gpus_per_actor:g} GPU, {self.cluster.cpus_per_actor:g} CPU each)?"
+            ) from None
+        except self._ray.exceptions.RayActorError as error:
+            raise ClusterError(f"an actor failed to start: {error}".splitlines()[0]) from None
+        for actor, info in zip(actors, infos, strict=True):
+            actor.info = info
+            log.info("%s up: pid %s on %s", actor.name, info["pid"], info["host"])
+
+    def _initial_start(self, spec: SourceSpec) -> int | None:
+        return spec.options.get("start_frame") if _resumes_by_frame(spec) else None
+
+    def _running(self) -> bool:
+        return any(outcome.state in ("running", "removing") for outcome in self.sources.values())
+
+    def _pick(self, exclude: str | None = None) -> str:
+        loads: dict[str, list[float | None]] = {
+            name: [] for name, actor in self._actors.items() if actor.alive and name != exclude
+        }
+        for outcome in self.sources.values():
+            part = outcome.parts[-1] if outcome.parts else None
+            if part is not None and outcome.state in ("running", "removing") and part.actor in loads:
+                loads[part.actor].append(part.progress.fps or None)
+        if not loads:
+            name = f"actor-{len(self._actors)}"
+            self._wait_ready([self._start_actor(name, [])])
+            log.warning("no actor left: started %s", name)
+            return name
+        return pick_actor(loads)
+
+    def _place(self, outcome: SourceOutcome, part_id: str, actor_name: str, *, start_frame: int | None) -> str:
+        """Add `outcome`'s source to an actor as `part_id` (moving on if that actor is dead too)."""
+        while True:
+            options = outcome.spec.model_dump(exclude_none=True)
+            options["id"] = part_id
+            if start_frame is not None:
+                options["start_frame"] = start_frame
+            actor = self._actors[actor_name]
+            try:
+                self._ray.get(actor.handle.add_source.remote(options), timeout=self.cluster.dead_after_s)
+            except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+                self._mark_dead(actor)
+                actor_name = self._pick()
+                continue
+            outcome.parts.append(_Part(part_id, actor_name, start_frame))
+            return actor_name
+
+    def _mark_dead(self, actor: _Actor) -> None:
+        if actor.alive:
+            actor.alive = False
+            self._ray.kill(actor.handle, no_restart=True)
+
+    def _poll(self) -> None:
+        with self._lock:
+            live = [actor for actor in self._actors.values() if actor.alive]
+            refs = {actor.name: actor.handle.report.remote() for actor in live}
+        ready, _ = self._ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.cluster.dead_after_s)
+        dead: list[_Actor] = []
+        with self._lock:
+            for actor in live:
+                ref = refs[actor.name]
+                if ref not in ready:
+                    log.warning("%s did not answer for %g s: treated as dead", actor.name, self.cluster.dead_after_s)
+                    dead.append(actor)
+                    continue
+                try:
+                    report = self._ray.get(ref)
+                except self._ray.exceptions.RayActorError:
+                    dead.append(actor)
+                    continue
+                if report["failure"]:
+                    raise ClusterError(f"{actor.name}: pipeline failed: {report['failure']}")
+                self._update(actor.name, report["sources"])
+            for actor in dead:
+                self._fail_over(actor)
+
+    def _update(self, actor_name: str, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        for outcome in self.sources.values():
+            if not outcome.parts:
+                continue
+            part = outcome.current
+            report = reports.get(part.part_id)
+            if part.actor != actor_name or report is None:
+                continue
+            part.progress = SourceProgress(**report)
+            if not part.progress.drained or outcome.state not in ("running", "removing"):
+                continue
+            ended = part.progress.ended or "finished"
+            if outcome.state == "removing" or ended == "removed":
+                outcome.state = "removed"
+            elif ended.startswith("failed"):
+                outcome.state, outcome.error = "failed", part.progress.error
+            else:
+                outcome.state = "finished" if ended == "finished" else "stopped"
+
+    def _fail_over(self, actor: _Actor) -> None:
+        detected = time.monotonic()
+        self._mark_dead(actor)
+        for source_id, outcome in self.sources.items():
+            if outcome.state not in ("running", "removing") or outcome.current.actor != actor.name:
+                continue
+            if outcome.state == "removing":
+                outcome.state = "removed"
+                continue
+            by_frame = _resumes_by_frame(outcome.spec)
+            start_frame = outcome.next_frame() if by_frame else None
+            part_id = f"{source_id}.part{len(outcome.parts)}"
+            target = self._place(outcome, part_id, self._pick(), start_frame=start_frame)
+            move = Move(source_id, actor.name, target, part_id, start_frame, detected, time.monotonic())
+            self.moves.append(move)
+            where = f"resuming at frame {start_frame}" if by_frame else "reconnecting"
+            log.warning("source %s moved from %s to %s as %s, %s", source_id, actor.name, target, part_id, where)
+
+    def _finish(self) -> ClusterResult:
+        with self._lock:
+            live = [actor for actor in self._actors.values() if actor.alive]
+        refs = [actor.handle.finish.remote(self.cluster.start_timeout_s) for actor in live]
+        figures: dict[str, dict[str, Any]] = {name: {**actor.info, "run": None} for name, actor in self._actors.items()}
+        for actor, ref in zip(live, refs, strict=True):
+            try:
+                figures[actor.name]["run"] = self._ray.get(ref, timeout=self.cluster.start_timeout_s)
+            except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError) as error:
+                log.error("%s did not finish cleanly: %s", actor.name, str(error).splitlines()[0])
+        for outcome in self.sources.values():
+            if outcome.state in ("running", "removing"):
+                outcome.state = "stopped"
+        return ClusterResult(dict(self.sources), list(self.moves), figures)
+
+    def _release(self) -> None:
+        if self._ray is None:
+            return
+        for actor in self._actors.values():
+            if actor.alive:
+                actor.alive = False
+                self._ray.kill(actor.handle, no_restart=True)
+        if self._started_ray:
+            self._ray.shutdown()
+            self._started_ray = False
+
+
+def _host_class() -> type:
+    from streamflow.cluster.actor import PipelineHost
+
+    return PipelineHost
