@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -153,3 +157,46 @@ def test_add_and_remove_sources_while_actors_run(local_ray: Any, clips: Path, tm
     written = indices_by_source(tmp_path / "out")
     assert sorted(written["second"]) == list(range(FRAMES))
     assert len(written["first"]) >= 5 and written["first"] == sorted(written["first"])
+
+
+def test_cli_run_on_the_cluster_survives_a_killed_actor_with_exit_code_0(
+    local_ray: Any, clips: Path, tmp_path: Path
+) -> None:
+    ids = [f"cam{i}" for i in range(6)]
+    config = write_config(tmp_path, clips, ids)
+    path = Path(config.source_file or "")
+    path.write_text(path.read_text() + "cluster: {actors: 3, cpus_per_actor: 1, poll_interval_s: 0.2}\n")
+    address = local_ray.get_runtime_context().gcs_address
+    stats = tmp_path / "stats.json"
+    command = [sys.executable, "-m", "streamflow.cli", "run", str(path), "--ray", address, "--stats-json", str(stats)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any("sources placed:" in line for line in lines), timeout=120, what="the placement line")
+        text = "".join(lines)
+        placed = ast.literal_eval(re.search(r"sources placed: (\{.*\})", text).group(1))  # type: ignore[union-attr]
+        pid = int(re.search(r"actor-1 up: pid (\d+)", text).group(1))  # type: ignore[union-attr]
+        out = tmp_path / "out"
+
+        def lines_of(source_id: str) -> int:
+            file = out / f"{source_id}.jsonl"
+            return len(file.read_text().splitlines()) if file.exists() else 0
+
+        wait_for(lambda: all(lines_of(s) >= 3 for s in placed["actor-1"]), timeout=120, what="actor-1's frames")
+        os.kill(pid, signal.SIGKILL)
+        code = process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)
+    text = "".join(lines)
+    assert code == 0, text[-2000:]
+    for source_id in placed["actor-1"]:
+        assert re.search(rf"source {source_id} moved from actor-1 to actor-[02] as {source_id}\.part1, resuming", text)
+    written = indices_by_source(tmp_path / "out")
+    assert all(set(written[s]) == set(range(FRAMES)) for s in ids), "every frame of every source at least once"
+    summary = json.loads(stats.read_text())
+    assert {s["ended"] for s in summary["sources"].values()} == {"finished"}
+    assert sorted(m["source"] for m in summary["moves"]) == sorted(placed["actor-1"])
