@@ -65,7 +65,7 @@ demo() {
     step "face detection demo config on the GPU"
     FACES_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/face_detect.yaml -q \
         --stats-json "$out/demo_stats.json" 2>&1 | grep -v "^streamflow: INFO" | tail -5
-    python3 -c "import json, av; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes;', len(list(av.open('/tmp/sf/face_detect.mp4').decode(video=0))), 'frames in the MP4')"
+    python3 -c "import json, av; d=[json.loads(l) for l in open('/tmp/sf/face_detect.jsonl')]; print(len(d), 'lines', sum(len(x['results'].get('boxes', [])) for x in d), 'boxes;', len(list(av.open('/tmp/sf/face_detect_source.mp4').decode(video=0))), 'frames in the MP4')"
 }
 
 clip=.gpu/faces1080.mp4
@@ -160,7 +160,7 @@ if [ "$what" = study ]; then
     step "x264 study on the model's output"
     SR_CLIP=.gpu/sr_bench.mp4 SR_OUT=/tmp/sf timeout 120 python3 -m streamflow.cli run configs/super_resolution.yaml -q \
         --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" --set video.crf=12 2>&1 | tail -3
-    timeout 150 python3 benchmarks/x264_study.py --clip /tmp/sf/super_resolution.mp4 --scale 1 --frames 240 --quick \
+    timeout 150 python3 benchmarks/x264_study.py --clip /tmp/sf/super_resolution_source.mp4 --scale 1 --frames 240 --quick \
         --json "$out/x264_sr_output.json" 2>&1 | tail -8
     step "super-resolution with a null sink instead of the encoder"
     python3 -c "import yaml; c=yaml.safe_load(open('configs/super_resolution.yaml')); c['stages'][-1]={'name':'video','type':'null'}; yaml.safe_dump(c, open('/tmp/sr_null.yaml','w'))"

@@ -216,12 +216,47 @@ def bench(
     repeat: Annotated[
         int, typer.Option("--repeat", min=1, help="Rounds of pipeline then baseline; medians are reported.")
     ] = 1,
+    sources: Annotated[
+        list[int] | None,
+        typer.Option("--sources", min=1, help="Many-source run: N copies of the input (repeatable: 32 and 64)."),
+    ] = None,
+    frames_per_source: Annotated[int, typer.Option("--frames-per-source", min=1, help="With --sources.")] = 240,
+    raw_threads: Annotated[
+        str, typer.Option("--raw-threads", help="With --sources: raw decoder thread counts for the ceiling, e.g. 7,14")
+    ] = "",
+    realtime: Annotated[
+        bool, typer.Option("--realtime", help="With --sources: pace each source like a camera.")
+    ] = False,
+    feeder_threads: Annotated[
+        int | None, typer.Option("--feeder-threads", min=1, help="With --sources: sources share N threads.")
+    ] = None,
+    input_uri: Annotated[
+        str | None, typer.Option("--input", help="With --sources: the input (default: config's).")
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio."""
+    """Run the pipeline and a baseline on the same input in one process; print fps and the ratio.
+
+    With --sources N: the pipeline over N copies of its input against the raw decode ceiling.
+    """
     from streamflow.bench import BenchError, run_bench
 
     _configure_logging(verbose)
+    if sources:
+        _bench_sources(
+            config,
+            sources,
+            frames_per_source,
+            warmup,
+            raw_threads,
+            realtime,
+            feeder_threads,
+            input_uri,
+            set_ or [],
+            json_path,
+            verbose,
+        )
+        return
     if baseline not in ("serial", "none"):
         raise _fail(f"--baseline must be 'serial' or 'none', got {baseline!r}", EXIT_CONFIG)
     try:
@@ -243,6 +278,49 @@ def bench(
             err.print_exception()
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
     result.print(out)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _bench_sources(
+    config: Path,
+    counts: list[int],
+    frames_per_source: int,
+    warmup: int,
+    raw_threads: str,
+    realtime: bool,
+    feeder_threads: int | None,
+    input_uri: str | None,
+    overrides: list[str],
+    json_path: Path | None,
+    verbose: bool,
+) -> None:
+    from streamflow.multibench import run_sources_bench
+
+    try:
+        threads = [int(t) for t in raw_threads.split(",") if t.strip()]
+    except ValueError:
+        raise _fail(f"--raw-threads must be numbers separated by commas, got {raw_threads!r}", EXIT_CONFIG) from None
+    try:
+        result = run_sources_bench(
+            config,
+            counts,
+            uri=input_uri,
+            frames_per_source=frames_per_source,
+            warmup=warmup,
+            realtime=realtime,
+            raw_threads=threads,
+            overrides=overrides,
+            feeder_threads=feeder_threads,
+        )
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_CONFIG) from None
+    except Exception as error:
+        if verbose:
+            err.print_exception()
+        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+    out.print(result.table())
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result.to_dict(), indent=2))

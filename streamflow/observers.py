@@ -112,6 +112,7 @@ class SourceStats:
     frames_done: int = 0
     first_out: float | None = None
     last_out: float | None = None
+    last_done: float | None = None
     dropped: int = 0
     reconnects: int = 0
     ended: str | None = None  # None while running, else the reason
@@ -122,12 +123,11 @@ class SourceStats:
 
     @property
     def fps(self) -> float:
-        """Frames a second over the source's own active time (first to last frame)."""
-        if self.first_out is None or self.last_out is None or self.frames < 2:
+        """Results a second: frames out of the last stage over the time from its first frame to its last result."""
+        if self.first_out is None or self.last_done is None:
             return 0.0
-        span = self.last_out - self.first_out
-        # n frames span n - 1 intervals; a source that emits batches is measured the same way, roughly.
-        return (self.frames - 1) / span if span > 0 else 0.0
+        span = self.last_done - self.first_out
+        return self.frames_done / span if span > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k not in ("latency_ms", "capture_latency_ms")}
@@ -248,6 +248,7 @@ class StatsCollector(Observer):
             per_source = self._sources.get(frame.source_id) if at_end else None
             if per_source is not None:
                 per_source.frames_done += 1
+                per_source.last_done = now
             born = frame.timestamps.get(self._source_name) if self._source_name else None
             if born is not None:
                 latency = (now - born) * 1000

@@ -256,6 +256,7 @@ class Pipeline:
         self._mux: SourceMux | None = None
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
+        self._ended = False
         for entry in [stages[0]] if sources is None else sources:
             self._register(self._new_run(entry))
 
@@ -295,8 +296,8 @@ class Pipeline:
         Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
         """
         run = self._new_run(spec)
-        if self._stop_event.is_set():
-            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping")
+        if self._stop_event.is_set() or self._ended:
+            raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
         loop = self._loop
         if loop is not None:
@@ -406,6 +407,7 @@ class Pipeline:
             raise
         finally:
             self._group = None
+            self._ended = True
             for sig in installed:
                 loop.remove_signal_handler(sig)
             teardown_error = await self._teardown_all(workers)
@@ -425,10 +427,16 @@ class Pipeline:
         return stats
 
     def _first_source_error(self) -> BaseException | None:
-        for run in self._finished:
-            if run.error is not None:
-                return run.error
-        return None
+        """The failure to raise after the run: a lone failed source's own error, or one listing them all."""
+        failed = [run for run in self._finished if run.error is not None]
+        if not failed:
+            return None
+        if len(failed) == 1:
+            return failed[0].error
+        names = ", ".join(repr(run.source_id) for run in failed)
+        error = SourceError(f"{len(failed)} of {len(self._finished)} sources failed: {names}")
+        error.__cause__ = failed[0].error
+        return error
 
     def _all_observers(self) -> list[Observer]:
         return [self.collector, *self.observers]
@@ -471,6 +479,8 @@ class Pipeline:
 
     def _start_run(self, run: _SourceRun) -> None:
         """Connect a source to the mux and start its task (on the loop)."""
+        if run.task is not None:  # added from another thread while the run was starting: already started
+            return
         group, mux = self._group, self._mux
         if group is None or mux is None or self._stop_event.is_set():
             with self._lock:
@@ -571,6 +581,8 @@ class Pipeline:
             cancelled = True
             raise
         except Exception as error:
+            if run.stage is None:
+                error.stage_name = f"{self.template.name}[{run.source_id}]"  # type: ignore[attr-defined]
             run.error = _annotate(error, run.stage or self.template)
             reason = f"failed: {_one_line(error)}"
             # One line per failed source, naming it; the other sources go on.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,15 @@ class EndRecorder(ListSink):
 
     def end_source(self, source_id: str) -> None:
         self.events.append(f"end:{source_id}")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll the pipeline's progress from its own loop (no timing assumption beyond a generous cap)."""
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached in 30 s")
 
 
 def by_source(frames: list[Frame]) -> dict[str, list[int]]:
@@ -146,21 +156,18 @@ def test_add_and_remove_sources_while_running() -> None:
 
     async def scenario() -> None:
         run = asyncio.create_task(pipeline.run())
-        while len(sink.frames) < 5:
-            await asyncio.sleep(0.005)
+        await until(lambda: len(sink.frames) >= 5)
         pipeline.add_source(CountingSource(name="b", count=6))  # from the loop
         with pytest.raises(PipelineError, match="already in use"):
             pipeline.add_source(CountingSource(name="b", count=1))
         with pytest.raises(PipelineError, match="max_sources"):
             pipeline.add_source(CountingSource(name="c", count=1))
-        while "end:b" not in sink.events:
-            await asyncio.sleep(0.005)
+        await until(lambda: "end:b" in sink.events)
         # From another thread, as an HTTP handler would.
         worker = threading.Thread(target=pipeline.add_source, args=(CountingSource(name="c", count=3),))
         worker.start()
         worker.join()
-        while "end:c" not in sink.events:
-            await asyncio.sleep(0.005)
+        await until(lambda: "end:c" in sink.events)
         pipeline.remove_source("a")
         stats = await asyncio.wait_for(run, 30)
         assert stats.source("a").ended == "removed" and stats.source("b").ended == "finished"
@@ -182,8 +189,7 @@ def test_a_stay_open_pipeline_waits_for_sources_until_stopped() -> None:
         run = asyncio.create_task(pipeline.run())
         await asyncio.sleep(0)
         pipeline.add_source(CountingSource(name="x", count=3))
-        while "end:x" not in sink.events:
-            await asyncio.sleep(0.005)
+        await until(lambda: "end:x" in sink.events)
         assert not run.done(), "no source left, but the pipeline stays open"
         pipeline.stop()
         await asyncio.wait_for(run, 30)

@@ -65,7 +65,7 @@ def test_config_runs_with_another_input_size(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     shapes = "{frames: {min: [1, 15, 36, 64], opt: [4, 15, 36, 64], max: [4, 15, 36, 64]}}"
     build_pipeline(CONFIG, overrides=[f"upscale.input_shapes={shapes}"]).run_sync()  # device: auto
-    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    times_out, size = _read(tmp_path / "super_resolution_source.mp4")
     assert size == (128, 72)
     assert len(times_out) == 4
 
@@ -77,6 +77,6 @@ def test_config_on_gpu_with_a_360p_clip(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SR_OUT", str(tmp_path))
     build_pipeline(CONFIG).run_sync()
     times_in, _ = _read(clip)
-    times_out, size = _read(tmp_path / "super_resolution.mp4")
+    times_out, size = _read(tmp_path / "super_resolution_source.mp4")
     assert size == (1280, 720)
     assert times_out == pytest.approx(times_in)
