@@ -19,7 +19,7 @@ from rich.table import Table
 
 from streamflow.cluster.config import LOCAL, ClusterConfig
 from streamflow.cluster.driver import ClusterError, ClusterResult, ClusterRunner
-from streamflow.config import PipelineConfig
+from streamflow.config import ConfigError, PipelineConfig
 from streamflow.sources import SourceSpec
 
 __all__ = ["result_table", "run_on_cluster"]
@@ -78,7 +78,11 @@ def run_on_cluster(
     if not (sources or config.sources):
         err.print("[bold red]error:[/] a cluster run spreads sources: give the config a sources: list or --source")
         return 2
-    runner = ClusterRunner(config, cluster=cluster, sources=sources)
+    try:
+        runner = ClusterRunner(config, cluster=cluster, sources=sources)
+    except ConfigError as error:
+        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
     stopped_by: list[int] = []
 
     def on_signal(number: int, _frame: object) -> None:

@@ -34,8 +34,9 @@ from typing import Any
 from streamflow.cluster.config import LOCAL, ClusterConfig
 from streamflow.cluster.placement import pick_actor, spread
 from streamflow.cluster.progress import SourceProgress
-from streamflow.config import PipelineConfig
+from streamflow.config import ConfigError, PipelineConfig
 from streamflow.registry import resolve_stage_type
+from streamflow.per_source import is_per_source
 from streamflow.sources import SourceSpec, source_type_for, specs_from
 
 __all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome"]
@@ -134,12 +135,13 @@ class ClusterRunner:
         self.cluster = cluster or config.cluster or ClusterConfig()
         specs = specs_from(sources) if sources is not None else list(config.sources or [])
         if len(config.stages) < 2:
-            raise ValueError("a cluster run needs a sink after the source: results are delivered there")
+            raise ConfigError("a cluster run needs a sink after the source: results are delivered there")
+        _check_per_source_paths(config)
         self.stay_open = stay_open
         self.workdir = workdir or os.getcwd()
         self.sources: dict[str, SourceOutcome] = {spec.id: SourceOutcome(spec) for spec in specs}
         if len(self.sources) != len(specs):
-            raise ValueError("source ids must be unique")
+            raise ConfigError("source ids must be unique", file=config.source_file, field="sources")
         self.moves: list[Move] = []
         self._actors: dict[str, _Actor] = {}
         self._lock = threading.RLock()
@@ -403,6 +405,20 @@ class ClusterRunner:
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
+
+
+def _check_per_source_paths(config: PipelineConfig) -> None:
+    """Every file a sink writes must be per source: actors on other machines, and the parts of a moved
+    source, would otherwise write one file from several places and truncate each other's results."""
+    for spec in config.stages[1:]:
+        path = spec.options.get("path")
+        if isinstance(path, str) and not is_per_source(path):
+            raise ConfigError(
+                f"a cluster run writes one file per source: put {{source}} in the path ({path!r})",
+                file=config.source_file,
+                stage=spec.name,
+                field="path",
+            )
 
 
 def _host_class() -> type:

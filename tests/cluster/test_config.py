@@ -45,3 +45,16 @@ def test_a_cluster_run_without_sources_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", str(path), "--ray", "local"])
     assert result.exit_code == 2
     assert "sources" in result.output
+
+
+def test_a_cluster_run_needs_per_source_file_paths(tmp_path: Path) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "stages:\n  - {name: cam, type: decode}\n  - {name: out, type: jsonl, path: out/all.jsonl}\n"
+        f"sources: [{{id: a, uri: {clip}}}]\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(path), "--ray", "local"])
+    assert result.exit_code == 2
+    assert "stage 'out'" in result.output and "{source}" in result.output
