@@ -86,7 +86,9 @@ def run(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
     set_: SetOption = None,
     stats_json: Annotated[Path | None, typer.Option("--stats-json", help="Write per-stage figures as JSON.")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N source frames.")] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", min=1, help="Stop each source after N frames.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
     source: SourceOption = None,
     sources_file: SourcesFileOption = None,

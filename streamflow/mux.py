@@ -57,8 +57,7 @@ class SourceMux:
         self.end_when_empty = end_when_empty
         #: Reason carried by the final `EndOfStream` (the runner sets it when stopped).
         self.final_reason = "finished"
-        self._edges: dict[str, Edge] = {}
-        self._order: list[str] = []
+        self._order: list[tuple[str, Edge]] = []  # (source id, its edge), in round-robin order
         self._cursor = 0
         self._arrived = asyncio.Event()
         self._pending: collections.deque[EndOfStream] = collections.deque()
@@ -66,14 +65,13 @@ class SourceMux:
 
     @property
     def source_ids(self) -> list[str]:
-        return list(self._order)
+        return [source_id for source_id, _ in self._order]
 
     def add(self, source_id: str, edge: Edge) -> None:
-        if source_id in self._edges:
-            raise ValueError(f"source {source_id!r} is already connected")
+        """Read `edge` from now on. An id may come back (removed, then added again) while its old
+        edge still drains: each edge is its own input until its `SourceEnd`."""
         edge.listener = self._arrived
-        self._edges[source_id] = edge
-        self._order.append(source_id)
+        self._order.append((source_id, edge))
         self._arrived.set()
 
     def wake(self) -> None:
@@ -118,28 +116,32 @@ class SourceMux:
         while progress and count < limit and not self._pending:
             progress = False
             start = self._cursor % len(self._order) if self._order else 0
-            for source_id in self._order[start:] + self._order[:start]:
+            # An id added again is read only once its previous edge has ended: per-source state
+            # downstream (windows, open files) must never see two generations of one id interleaved.
+            oldest = {source_id: position for position, (source_id, _) in reversed(list(enumerate(self._order)))}
+            for position in [*range(start, len(self._order)), *range(start)]:
                 if count >= limit:
                     break
-                item = self._edges[source_id].get_nowait()
+                source_id, edge = self._order[position]
+                if oldest[source_id] != position:
+                    continue
+                item = edge.get_nowait()
                 if item is None:
                     continue
                 progress = True
-                self._cursor = self._order.index(source_id) + 1
+                self._cursor = position + 1
                 if isinstance(item, EndOfStream):
                     # Stop here: this source's later items must not overtake its end of stream.
-                    self._end(source_id, item)
+                    self._end(position, item)
                     return count
                 items.append(item)
                 count += len(item.frames)
         return count
 
-    def _end(self, source_id: str, item: EndOfStream) -> None:
+    def _end(self, position: int, item: EndOfStream) -> None:
         if isinstance(item, SourceEnd):
-            index = self._order.index(source_id)
-            del self._order[index]
-            del self._edges[source_id]
-            if index < self._cursor:
+            source_id, _ = self._order.pop(position)
+            if position < self._cursor:
                 self._cursor -= 1
             self._pending.append(EndOfStream(source_id=source_id, reason=item.reason))
         else:  # an end of stream a source emitted in band is passed on as it is

@@ -6,9 +6,11 @@ is removed has its file finalized while the others go on. A path without the pla
 writer for everything.
 
 Example:
-    >>> outputs = PerSourceOutputs("out/{source}.jsonl", open_writer=lambda path: [path], close_writer=list.clear)
-    >>> outputs.writer("cam1")
-    ['out/cam1.jsonl']
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> outputs = PerSourceOutputs(folder + "/{source}.jsonl", open_writer=lambda p: [p], close_writer=list.clear)
+    >>> outputs.writer("cam1") == [folder + "/cam1.jsonl"]
+    True
     >>> outputs.close("cam1"); outputs.open_ids
     []
 """

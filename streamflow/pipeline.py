@@ -13,9 +13,14 @@ How a run works:
   only moves references; it never waits on a device or on I/O.
 - End of stream travels in band behind the last frame; each stage runs `flush()` when it arrives
   and passes it on.
-- An exception in any stage cancels the others and leaves `run()` as itself, with a note naming
-  the stage (and `exc.stage_name`). `teardown()` runs for every stage that was set up, always.
-- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the source
+- Sources: each source has its own task, thread (or a share of `feeder_threads`) and edge; the
+  stage after them reads all those edges round robin (`streamflow.mux.SourceMux`). A source's end
+  travels as `EndOfStream(source_id)` (stages run `end_source`), the last one's as `EndOfStream()`.
+- An exception in any stage after the sources cancels the others and leaves `run()` as itself,
+  with a note naming the stage (and `exc.stage_name`). A source that fails ends alone, logged in
+  one line; `run()` raises its error once the others are done (with `.run_stats`).
+  `teardown()` runs for every stage that was set up, always.
+- `stop()` (and SIGINT/SIGTERM under `run_sync(handle_signals=True)` or the CLI) makes the sources
   stop producing; what is in flight drains, every stage flushes and tears down, outputs are final.
 
 Example:

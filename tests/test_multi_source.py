@@ -95,6 +95,30 @@ def test_mux_with_a_timeout_sends_a_partial_batch() -> None:
     assert asyncio.run(scenario()) == 1
 
 
+def test_mux_reads_an_id_added_again_only_after_its_old_edge_ended() -> None:
+    async def scenario() -> list[str]:
+        mux = SourceMux()
+        seen: list[str] = []
+        for generation in range(2):
+            edge = Edge(f"a{generation}", capacity=4)
+            mux.add("a", edge)
+            for frame in make_frames(2, source_id="a"):
+                frame.index += 10 * generation
+                await edge.put(frame)
+            await edge.put(SourceEnd("a", "removed" if generation == 0 else "finished"))
+        while True:
+            got = await mux.take(4)
+            if isinstance(got, EndOfStream):
+                seen.append(f"end:{got.source_id}:{got.reason}")
+                if got.source_id is None:
+                    return seen
+            else:
+                seen.extend(str(f.index) for f in got)
+
+    seen = asyncio.run(scenario())
+    assert seen == ["0", "1", "end:a:removed", "10", "11", "end:a:finished", "end:None:finished"]
+
+
 # -- through the runner ---------------------------------------------------------------------------
 def test_sources_of_different_lengths_keep_order_and_end_alone() -> None:
     sink = EndRecorder(name="sink")
