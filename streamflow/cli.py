@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -20,6 +23,7 @@ from rich.table import Table
 from streamflow.config import ConfigError, build_pipeline, load_config, stage_options
 from streamflow.inference.engine_cli import register as register_build_engine
 from streamflow.observers import RunStats
+from streamflow.pipeline import Pipeline
 from streamflow.registry import registered_types, resolve_stage_type
 from streamflow.report import LiveDisplay, sources_table, summary_table
 from streamflow.sources import SourceSpec, parse_source_arg, read_sources_file
@@ -53,6 +57,15 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logg
 SourceOption = Annotated[
     list[str] | None,
     typer.Option("--source", help="Input ID=URI (repeatable); replaces the config's sources."),
+]
+API_TOKEN_ENV = "STREAMFLOW_API_TOKEN"
+ApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        help="Serve the control API (sources, /metrics, /healthz, /readyz) on HOST:PORT, or PORT on 127.0.0.1; "
+        f"${API_TOKEN_ENV} set: POST/DELETE need it as a bearer token.",
+    ),
 ]
 SourcesFileOption = Annotated[
     Path | None,
@@ -92,18 +105,21 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live line or summary table.")] = False,
     source: SourceOption = None,
     sources_file: SourcesFileOption = None,
+    api: ApiOption = None,
     ray: RayOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
 
     With several sources, one that fails is reported and ends alone; the exit code is then 1.
+    With --api the pipeline stays open for sources added over HTTP until SIGINT/SIGTERM.
     """
     _configure_logging(verbose)
     try:
         specs = command_line_sources(source or [], sources_file)
         loaded = load_config(config, set_ or [])
         pipeline = build_pipeline(loaded, max_frames=max_frames, sources=specs)
+        alongside = _control_server(pipeline, api) if api is not None else None
     except ConfigError as error:
         raise _fail(str(error), EXIT_CONFIG) from None
     if ray is not None or loaded.cluster is not None:
@@ -116,20 +132,18 @@ def run(
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
-                stats = pipeline.run_sync(handle_signals=True)
+                stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
         else:
-            stats = pipeline.run_sync(handle_signals=True)
+            stats = pipeline.run_sync(handle_signals=True, alongside=alongside)
     except KeyboardInterrupt:
         raise _fail("interrupted", SIGNAL_EXIT["SIGINT"]) from None
     except Exception as error:
-        if verbose:
-            err.print_exception()
-        stats = getattr(error, "run_stats", None) or pipeline.snapshot()
-        if stats_json:
-            stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
-        if not quiet and stats.failed_sources:  # the others ran to the end: show what they did
-            _print_summary(stats)
-        raise _fail(_describe_failure(error), EXIT_FAILURE) from None
+        if api is not None and getattr(error, "run_stats", None) is not None:
+            # Under --api a source that failed was reported on its own (the POST, GET /sources):
+            # the run ends as its stop reason says, and the sources table shows the failure.
+            stats = error.run_stats  # type: ignore[attr-defined]
+        else:
+            raise _run_failed(error, pipeline, stats_json=stats_json, quiet=quiet, verbose=verbose) from None
     if stats_json:
         stats_json.parent.mkdir(parents=True, exist_ok=True)
         stats_json.write_text(json.dumps(stats.to_dict(), indent=2))
@@ -138,6 +152,32 @@ def run(
     if stats.stopped_by in SIGNAL_EXIT:
         err.print(f"stopped by {stats.stopped_by}; outputs finalized")
         raise typer.Exit(SIGNAL_EXIT[stats.stopped_by])
+
+
+def _run_failed(
+    error: Exception, pipeline: Pipeline, *, stats_json: Path | None, quiet: bool, verbose: bool
+) -> typer.Exit:
+    if verbose:
+        err.print_exception()
+    stats = getattr(error, "run_stats", None) or pipeline.snapshot()
+    if stats_json:
+        stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
+    if not quiet and stats.failed_sources:  # the others ran to the end: show what they did
+        _print_summary(stats)
+    return _fail(_describe_failure(error), EXIT_FAILURE)
+
+
+def _control_server(pipeline: Pipeline, bind: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """The control API for `--api`, served on the pipeline's loop; the pipeline then stays open."""
+    from streamflow.api import ControlServer, parse_bind
+
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    # Sources come and go over HTTP: the run lasts until a signal, not until the last source ends.
+    pipeline.stay_open = True
+    return ControlServer(pipeline, host=host, port=port, token=os.environ.get(API_TOKEN_ENV) or None).serving
 
 
 def _print_summary(stats: RunStats) -> None:

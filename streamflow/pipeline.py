@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 import threading
@@ -58,15 +59,21 @@ from streamflow.mux import SourceEnd, SourceMux
 from streamflow.observers import Observer, RunStats, StatsCollector
 from streamflow.sources import SourceSpec, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
+from streamflow.uri import redact_uri
 
-__all__ = ["Pipeline", "PipelineError", "SourceError"]
+__all__ = ["Pipeline", "PipelineError", "SourceError", "SourceState", "SourceStatus"]
 
 log = logging.getLogger("streamflow.pipeline")
 T = TypeVar("T")
 
 
 class PipelineError(ValueError):
-    """The pipeline graph is invalid (raised when it is built, before anything runs)."""
+    """The pipeline graph is invalid (raised when it is built, before anything runs), or a source
+    can't be added; `field` names the offending option of a source spec when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _as_items(output: StageOutput) -> list[Frame | Batch | EndOfStream]:
@@ -171,6 +178,27 @@ class _StageWorker:
                 frame.timestamps[self.stamp_name] = now
 
 
+class SourceState(enum.StrEnum):
+    """Where one source is in its life (`Pipeline.source_status`)."""
+
+    STARTING = "starting"  # added; its input is being opened
+    RUNNING = "running"  # input open, producing frames
+    DRAINING = "draining"  # stopped producing; its last frames and end are on their way to the last stage
+    ENDED = "ended"  # its end passed the last stage: its outputs are finalized
+    FAILED = "failed"  # it could not be opened or broke while reading (`error` says why); outputs finalized
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """One source as operators see it: id, uri with credentials masked, state and error."""
+
+    id: str
+    uri: str | None
+    state: SourceState
+    error: str | None = None
+    ended: str | None = None  # why it ended: finished, removed, a stop reason, failed: ...
+
+
 @dataclass(eq=False)
 class _SourceRun:
     """One source of a running (or about to run) pipeline."""
@@ -183,6 +211,12 @@ class _SourceRun:
     task: asyncio.Task[None] | None = None
     removed: bool = False
     error: BaseException | None = None
+    display_uri: str | None = None
+    state: SourceState = SourceState.STARTING
+    end_reason: str | None = None
+    # Set on the loop when the input is open (or the source ended) and when its end left the last stage.
+    opened: asyncio.Event | None = None
+    drained: asyncio.Event | None = None
 
 
 class Pipeline:
@@ -256,6 +290,7 @@ class Pipeline:
         self._stop_event = threading.Event()
         self._lock = threading.Lock()  # guards `_runs` against add/remove from other threads
         self._runs: dict[str, _SourceRun] = {}
+        self._finished: list[_SourceRun] = []  # ended sources, in the order they ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._mux: SourceMux | None = None
@@ -334,25 +369,80 @@ class Pipeline:
             run.stage.stopping.set()
 
     def snapshot(self) -> RunStats:
-        """Live figures while running (used by progress displays)."""
+        """Live figures while running (used by progress displays and metrics exporters)."""
         return self.collector.snapshot()
+
+    @property
+    def running(self) -> bool:
+        """True once every stage is set up (models loaded) and until the run stops."""
+        return self._group is not None and not self._stop_event.is_set()
+
+    def source_status(self) -> list[SourceStatus]:
+        """Every source's state: the ones running and, per id, the last that ended (safe from any thread)."""
+        with self._lock:
+            latest = {run.source_id: run for run in [*self._finished, *self._runs.values()]}
+        return [
+            SourceStatus(
+                id=run.source_id,
+                uri=run.display_uri,
+                state=run.state,
+                error=None if run.error is None else _one_line(run.error),
+                ended=run.end_reason,
+            )
+            for run in latest.values()
+        ]
+
+    async def source_opened(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's input is open or it ended; its status then.
+
+        A uri that can't be opened shows as `SourceState.FAILED` with the reason in `error`.
+        """
+        run = self._latest_run(source_id)
+        if run.opened is not None:
+            await run.opened.wait()
+        return self._status_of(source_id)
+
+    async def source_drained(self, source_id: str) -> SourceStatus:
+        """Wait (on the run's loop) until the source's end passed the last stage: outputs finalized."""
+        run = self._latest_run(source_id)
+        if run.drained is not None:
+            await run.drained.wait()
+        return self._status_of(source_id)
+
+    def _status_of(self, source_id: str) -> SourceStatus:
+        return next(status for status in self.source_status() if status.id == source_id)
+
+    def _latest_run(self, source_id: str) -> _SourceRun:
+        with self._lock:
+            run = self._runs.get(source_id)
+            if run is None:
+                run = next((r for r in reversed(self._finished) if r.source_id == source_id), None)
+            if run is None:
+                raise KeyError(f"no source {source_id!r}; sources: {sorted(self._runs)}")
+            return run
+
+    def _source_drained(self, source_id: str) -> None:
+        with self._lock:
+            run = next((r for r in reversed(self._finished) if r.source_id == source_id), None)
+        if run is not None:
+            _mark_drained(run)
 
     def _new_run(self, entry: SourceSpec | Mapping[str, Any] | Source) -> _SourceRun:
         if isinstance(entry, Source):
             if isinstance(entry, SourceTemplate):
                 raise PipelineError(f"source {entry.name!r} is a template, not a source")
-            return _SourceRun(source_id_of(entry), entry)
+            return _SourceRun(source_id_of(entry), entry, display_uri=_display_uri_of(entry))
         spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
         try:
-            return _SourceRun(spec.id, build_source(spec, self.template))
+            return _SourceRun(spec.id, build_source(spec, self.template), display_uri=spec.display_uri)
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             message = str(first["msg"]).removeprefix("Value error, ")
             if field == "uri":
                 # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
-                return _SourceRun(spec.id, None, build_error=message)
-            raise PipelineError(f"source {spec.id!r}: field {field!r}: {message}") from None
+                return _SourceRun(spec.id, None, build_error=message, display_uri=spec.display_uri)
+            raise PipelineError(f"source {spec.id!r}: field {field!r}: {message}", field=field) from None
         except (LookupError, TypeError, ValueError) as error:
             raise PipelineError(f"source {spec.id!r}: {error}") from None
 
@@ -360,13 +450,26 @@ class Pipeline:
         with self._lock:
             if run.source_id in self._runs:
                 raise PipelineError(f"source id {run.source_id!r} is already in use")
+            if any(r.source_id == run.source_id and r.state is SourceState.DRAINING for r in self._finished):
+                # Its end has yet to close its outputs: frames of a new source by that id would land
+                # in files about to be closed.
+                raise PipelineError(f"source id {run.source_id!r} is still draining: add it again once it ended")
             if self.max_sources is not None and len(self._runs) >= self.max_sources:
                 raise PipelineError(f"cannot add source {run.source_id!r}: max_sources ({self.max_sources}) reached")
             self._runs[run.source_id] = run
 
     # -- running ------------------------------------------------------------------------------
-    def run_sync(self, *, handle_signals: bool = False) -> RunStats:
-        """Run to completion on a fresh event loop (uvloop when installed)."""
+    def run_sync(
+        self,
+        *,
+        handle_signals: bool = False,
+        alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+    ) -> RunStats:
+        """Run to completion on a fresh event loop (uvloop when installed).
+
+        `alongside` makes a context entered on that loop before the run and left after it (a
+        control server that must share the pipeline's loop).
+        """
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
         try:
             import uvloop
@@ -375,7 +478,15 @@ class Pipeline:
         except ImportError:  # uvloop is optional: the standard loop works, a little slower
             loop_factory = None
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(self.run(handle_signals=handle_signals))
+            return runner.run(self._run_alongside(alongside, handle_signals=handle_signals))
+
+    async def _run_alongside(
+        self, alongside: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None, *, handle_signals: bool
+    ) -> RunStats:
+        if alongside is None:
+            return await self.run(handle_signals=handle_signals)
+        async with alongside():
+            return await self.run(handle_signals=handle_signals)
 
     async def run(self, *, handle_signals: bool = False) -> RunStats:
         """Run until every source ended, `stop()`, or an error (re-raised as itself).
@@ -413,6 +524,9 @@ class Pipeline:
         finally:
             self._group = None
             self._ended = True
+            with self._lock:
+                for run in [*self._finished, *self._runs.values()]:
+                    _mark_drained(run)  # every stage has flushed (or failed): nothing is left in flight
             for sig in installed:
                 loop.remove_signal_handler(sig)
             teardown_error = await self._teardown_all(workers)
@@ -451,7 +565,7 @@ class Pipeline:
             raise PipelineError("a pipeline runs once; build a new one to run again")
         self._pipeline_device = resolve_device(self.device_spec)
         self.edges = {}
-        self._finished: list[_SourceRun] = []
+        self._finished = []
         for index, stage in enumerate(self.stages):
             self._place(stage)
             if index >= 2:
@@ -493,6 +607,7 @@ class Pipeline:
             log.warning("source %r not started: the pipeline is stopping", run.source_id)
             return
         consumer = self.stages[1] if len(self.stages) > 1 else None
+        run.opened, run.drained = asyncio.Event(), asyncio.Event()
         if run.stage is not None:
             self._place(run.stage)
             if self._stop_event.is_set() or run.removed:
@@ -580,6 +695,9 @@ class Pipeline:
             assert worker is not None
             await worker.call(run.stage.setup)
             worker.set_up = True
+            run.state = SourceState.RUNNING
+            if run.opened is not None:
+                run.opened.set()
             await self._generate(run.stage, worker, run.edge)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
@@ -634,6 +752,12 @@ class Pipeline:
         with self._lock:
             self._runs.pop(run.source_id, None)
             self._finished.append(run)
+        run.end_reason = reason
+        run.state = SourceState.FAILED if run.error is not None else SourceState.DRAINING
+        if run.opened is not None:
+            run.opened.set()
+        if len(self.stages) == 1:  # no stage after the source: nothing left to drain
+            _mark_drained(run)
         for observer in self._all_observers():
             observer.on_source_ended(run.source_id, reason, None if run.error is None else _one_line(run.error))
         if run.edge is not None:
@@ -653,7 +777,8 @@ class Pipeline:
                     outputs, busy = await worker.call(worker.end_source, got.source_id)
                     self._notify(stage, [], outputs, busy)
                     await self._emit(stage, [*outputs, got], output)
-                    if output is None:  # the last stage: the source is fully handled
+                    if output is None:  # the last stage finalized this source's outputs
+                        self._source_drained(got.source_id)
                         for observer in self._all_observers():
                             observer.on_source_drained(got.source_id)
                     continue
@@ -719,6 +844,18 @@ class _GreedyInbox:
             items.append(extra)
             count += len(extra.frames)
         return items
+
+
+def _mark_drained(run: _SourceRun) -> None:
+    if run.state is SourceState.DRAINING:
+        run.state = SourceState.ENDED
+    if run.drained is not None:
+        run.drained.set()
+
+
+def _display_uri_of(stage: Source) -> str | None:
+    uri = getattr(stage.config, "uri", None)
+    return redact_uri(str(uri)) if uri is not None else None
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

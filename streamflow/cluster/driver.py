@@ -35,8 +35,8 @@ from streamflow.cluster.config import LOCAL, ClusterConfig
 from streamflow.cluster.placement import pick_actor, spread
 from streamflow.cluster.progress import SourceProgress
 from streamflow.config import ConfigError, PipelineConfig
-from streamflow.registry import resolve_stage_type
 from streamflow.per_source import is_per_source
+from streamflow.registry import resolve_stage_type
 from streamflow.sources import SourceSpec, source_type_for, specs_from
 
 __all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome"]
