@@ -126,7 +126,7 @@ def run(
         from streamflow.cluster.cli import run_on_cluster  # Ray is imported only on this route
 
         code = run_on_cluster(
-            loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet
+            loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet, api=api
         )
         raise typer.Exit(code)
     try:

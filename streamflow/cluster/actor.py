@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from streamflow.api.metrics import PipelineMetrics
 from streamflow.cluster.progress import ProgressObserver
 from streamflow.config import PipelineConfig, build_pipeline
 from streamflow.observers import RunStats
@@ -57,6 +58,7 @@ class PipelineHost:
             self.pipeline.remove_source(_TEMPLATE_CHECK.id)
         # Sources come and go as the driver places them; the run ends on `finish()`.
         self.pipeline.stay_open = True
+        self.metrics = PipelineMetrics(self.pipeline)  # before the run: its histograms observe every frame
         self.stats: RunStats | None = None
         self.failure: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"streamflow-{name}", daemon=True)
@@ -92,6 +94,10 @@ class PipelineHost:
             "failure": self.failure,
             "running": self._thread.is_alive(),
         }
+
+    def metric_families(self) -> list[Any]:
+        """This pipeline's Prometheus families, read now (the driver labels and merges them)."""
+        return list(self.metrics.registry.collect())
 
     def finish(self, timeout_s: float) -> dict[str, Any] | None:
         """End the run (sources left are stopped, outputs finalized); the run's figures."""

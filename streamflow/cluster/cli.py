@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streamflow.api.server import parse_bind
+from streamflow.cli import API_TOKEN_ENV
+from streamflow.cluster.api import ClusterControlServer
 from streamflow.cluster.config import LOCAL, ClusterConfig
 from streamflow.cluster.driver import ClusterError, ClusterResult, ClusterRunner
 from streamflow.config import ConfigError, PipelineConfig
@@ -60,6 +64,14 @@ def _summary(result: ClusterResult) -> dict[str, Any]:
     }
 
 
+def _control_server(runner: ClusterRunner, bind: str) -> ClusterControlServer:
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return ClusterControlServer(runner, host=host, port=port, token=os.environ.get(API_TOKEN_ENV) or None)
+
+
 def run_on_cluster(
     config: PipelineConfig,
     *,
@@ -68,8 +80,13 @@ def run_on_cluster(
     max_frames: int | None = None,
     stats_json: Path | None = None,
     quiet: bool = False,
+    api: str | None = None,
 ) -> int:
-    """Run `config` on Ray (`address` from `--ray` overrides the config's `cluster.address`)."""
+    """Run `config` on Ray (`address` from `--ray` overrides the config's `cluster.address`).
+
+    With `api` (`--api HOST:PORT`) the driver serves the cluster's control API and the run stays
+    open for sources added over HTTP until SIGINT/SIGTERM.
+    """
     cluster = config.cluster or ClusterConfig()
     if address is not None:
         cluster = cluster.model_copy(update={"address": address or LOCAL})
@@ -79,10 +96,17 @@ def run_on_cluster(
         err.print("[bold red]error:[/] a cluster run spreads sources: give the config a sources: list or --source")
         return 2
     try:
-        runner = ClusterRunner(config, cluster=cluster, sources=sources)
+        runner = ClusterRunner(config, cluster=cluster, sources=sources, stay_open=api is not None)
+        server = _control_server(runner, api) if api is not None else None
     except ConfigError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
+    if server is not None:
+        try:
+            server.serve_in_thread()
+        except OSError as error:
+            err.print(f"[bold red]error:[/] --api {api}: {error}", highlight=False, soft_wrap=True)
+            return 2
     stopped_by: list[int] = []
 
     def on_signal(number: int, _frame: object) -> None:
@@ -99,6 +123,8 @@ def run_on_cluster(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.close()
     if stats_json is not None:
         stats_json.parent.mkdir(parents=True, exist_ok=True)
         stats_json.write_text(json.dumps(_summary(result), indent=2, default=str))

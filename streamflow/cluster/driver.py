@@ -145,8 +145,10 @@ class ClusterRunner:
         self.moves: list[Move] = []
         self._actors: dict[str, _Actor] = {}
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified after every round of reports
         self._stop = threading.Event()
         self._started_ray = False
+        self._released = False
         self._remote_host: Any = None
         self._ray: Any = None
 
@@ -190,6 +192,74 @@ class ClusterRunner:
         """Process id of each live actor (for operators, and for tests that kill one)."""
         with self._lock:
             return {name: actor.info["pid"] for name, actor in self._actors.items() if actor.alive}
+
+    @property
+    def running(self) -> bool:
+        """True once the actors are up and until the run stops."""
+        return self._remote_host is not None and not self._stop.is_set() and not self._released
+
+    def actor_names(self) -> list[str]:
+        """Every actor started in this run, dead ones included."""
+        with self._lock:
+            return list(self._actors)
+
+    def running_source_ids(self) -> list[str]:
+        with self._lock:
+            return [source_id for source_id, o in self.sources.items() if o.state in ("running", "removing")]
+
+    def describe_source(self, source_id: str) -> dict[str, Any]:
+        """One source as operators see it (KeyError for an unknown id)."""
+        with self._lock:
+            outcome = self.sources[source_id]
+            current = outcome.parts[-1] if outcome.parts else None
+            return {
+                "id": source_id,
+                "uri": outcome.spec.display_uri,
+                "state": outcome.state,
+                "error": outcome.error,
+                "actor": current.actor if current is not None else None,
+                "parts": [{"id": p.part_id, "actor": p.actor, "start_frame": p.start_frame} for p in outcome.parts],
+                "frames": outcome.frames,
+                "fps": round(current.progress.fps, 2) if current is not None else 0.0,
+            }
+
+    def wait_ended(self, source_id: str, timeout_s: float) -> bool:
+        """Block until the source has ended and its outputs are final; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self.sources[source_id].state not in ("running", "removing"), timeout_s
+            )
+
+    def describe_sources(self) -> list[dict[str, Any]]:
+        with self._lock:
+            ids = list(self.sources)
+        return [self.describe_source(source_id) for source_id in ids]
+
+    def actor_metric_families(self) -> list[Any]:
+        """Every live actor's Prometheus families, merged by name, each sample labelled with its
+        actor and node (an actor that does not answer within `dead_after_s` is left out)."""
+        from prometheus_client.core import Metric
+        from prometheus_client.samples import Sample
+
+        with self._lock:
+            live = [actor for actor in self._actors.values() if actor.alive]
+        refs = [actor.handle.metric_families.remote() for actor in live]
+        merged: dict[str, Any] = {}
+        for actor, ref in zip(live, refs, strict=True):
+            try:
+                families = self._ray.get(ref, timeout=self.cluster.dead_after_s)
+            except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+                continue
+            extra = {"actor": actor.name, "node": str(actor.info.get("node", ""))}
+            for family in families:
+                target = merged.get(family.name)
+                if target is None:
+                    target = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                target.samples.extend(
+                    Sample(sample.name, {**sample.labels, **extra}, sample.value, sample.timestamp, sample.exemplar)
+                    for sample in family.samples
+                )
+        return list(merged.values())
 
     def placement(self) -> dict[str, list[str]]:
         """Running sources by actor."""
@@ -342,6 +412,7 @@ class ClusterRunner:
                 self._update(actor.name, report["sources"])
             for actor in dead:
                 self._fail_over(actor)
+            self._changed.notify_all()
 
     def _update(self, actor_name: str, reports: Mapping[str, Mapping[str, Any]]) -> None:
         for outcome in self.sources.values():
@@ -396,6 +467,7 @@ class ClusterRunner:
         return ClusterResult(dict(self.sources), list(self.moves), figures)
 
     def _release(self) -> None:
+        self._released = True
         if self._ray is None:
             return
         for actor in self._actors.values():

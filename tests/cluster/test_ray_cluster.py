@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ from streamflow.config import PipelineConfig, load_config
 from streamflow.video.synth import write_clip
 
 ray = pytest.importorskip("ray")
-from streamflow.cluster.driver import ClusterRunner  # noqa: E402 (after the skip: needs ray)
+from streamflow.cluster.api import ClusterControlServer  # noqa: E402 (after the skip: needs ray)
+from streamflow.cluster.driver import ClusterRunner  # noqa: E402
 
 FRAMES = 30
 FPS = 10  # paced (realtime): each source lasts 3 s, long enough to kill an actor mid-run
@@ -134,29 +137,70 @@ def test_sources_spread_evenly_and_move_off_a_killed_actor(
     print(f"\nfailover: kill -> moved {placed_s:.2f} s, kill -> resumed frames delivered {delivered_s:.2f} s")
 
 
-def test_add_and_remove_sources_while_actors_run(local_ray: Any, clips: Path, tmp_path: Path) -> None:
+def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        raw, status = error.read(), error.code
+    text = raw.decode()
+    return status, json.loads(text) if text.startswith("{") else text
+
+
+def test_add_and_remove_sources_while_actors_run_from_python_and_http(
+    local_ray: Any, clips: Path, tmp_path: Path
+) -> None:
     config = write_config(tmp_path, clips, ["first"], loop=True)
-    runner = ClusterRunner(config, cluster=ClusterConfig(actors=2, cpus_per_actor=1, poll_interval_s=0.2))
+    cluster = ClusterConfig(actors=2, cpus_per_actor=1, poll_interval_s=0.2)
+    runner = ClusterRunner(config, cluster=cluster, stay_open=True)
+    server = ClusterControlServer(runner, port=0)
+    server.serve_in_thread()
+    base = f"http://127.0.0.1:{server.port}"
+    assert http("GET", f"{base}/readyz")[0] == 503, "not ready before the actors are up"
     result_box: dict[str, Any] = {}
     runner.start()
     thread = threading.Thread(target=lambda: result_box.setdefault("result", runner.run()))
     thread.start()
     try:
+        assert http("GET", f"{base}/readyz") == (200, {"ready": True, "actors_alive": 2})
         runner.add_source({"id": "second", "uri": str(clips), "loop": False})
         placed = runner.placement()
         assert sorted(len(s) for s in placed.values()) == [1, 1], "the new source goes to the idle actor"
-        wait_for(lambda: runner.sources["first"].current.progress.delivered >= 5, timeout=120, what="frames of first")
-        runner.remove_source("first")  # it loops forever: only removal ends it
-        thread.join(timeout=120)
+        status, body = http("POST", f"{base}/sources", {"id": "third", "uri": str(clips), "loop": True})
+        assert status == 201 and body["state"] == "running" and body["actor"] in placed, body
+        assert http("POST", f"{base}/sources", {"id": "third", "uri": str(clips)})[0] == 409
+        status, body = http("POST", f"{base}/sources", {"id": "no spaces", "uri": str(clips)})
+        assert status == 422 and body["field"] == "id"
+        wait_for(
+            lambda: min(runner.sources[s].current.progress.delivered for s in ("first", "third")) >= 5,
+            timeout=120,
+            what="frames of the looping sources",
+        )
+        runner.remove_source("first")  # they loop forever: only removal ends them
+        status, body = http("DELETE", f"{base}/sources/third?wait=60")
+        assert status == 200 and body["state"] == "removed", body
+        assert http("DELETE", f"{base}/sources/nobody")[0] == 404
+        assert runner.wait_ended("second", 120) and runner.wait_ended("first", 120)
+        status, metrics = http("GET", f"{base}/metrics")
+        assert status == 200
+        assert re.search(r'streamflow_source_frames_done_total\{.*actor="actor-[01]".*\} [1-9]', metrics)
+        assert 'streamflow_cluster_actors{alive="true"} 2.0' in metrics
+        status, listed = http("GET", f"{base}/sources")
+        states = {source["id"]: source["state"] for source in listed["sources"]}
+        assert states == {"first": "removed", "second": "finished", "third": "removed"}
     finally:
         runner.stop()
         thread.join(timeout=60)
+        server.close()
     result = result_box["result"]
-    assert result.sources["first"].state == "removed"
     assert result.sources["second"].state == "finished"
     written = indices_by_source(tmp_path / "out")
     assert sorted(written["second"]) == list(range(FRAMES))
-    assert len(written["first"]) >= 5 and written["first"] == sorted(written["first"])
+    for looping in ("first", "third"):
+        assert len(written[looping]) >= 5 and written[looping] == sorted(written[looping])
 
 
 def test_cli_run_on_the_cluster_survives_a_killed_actor_with_exit_code_0(
