@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -135,6 +136,34 @@ def test_sources_spread_evenly_and_move_off_a_killed_actor(
     # Reported, not asserted (no timing assertions under load); the README has measured figures.
     delivered_s = resumed_at - killed_at
     print(f"\nfailover: kill -> moved {placed_s:.2f} s, kill -> resumed frames delivered {delivered_s:.2f} s")
+
+
+def test_an_actor_that_stops_answering_is_treated_as_dead(local_ray: Any, clips: Path, tmp_path: Path) -> None:
+    """A frozen process (SIGSTOP) stands in for a node cut off the network: Ray still sees it alive."""
+    ids = ["a", "b", "c", "d"]
+    config = write_config(tmp_path, clips, ids)
+    cluster = ClusterConfig(actors=2, cpus_per_actor=1, poll_interval_s=0.2, dead_after_s=2)
+    runner = ClusterRunner(config, cluster=cluster)
+    runner.start()
+    frozen = runner.placement()["actor-1"]
+    pid = runner.actor_pids()["actor-1"]
+    result_box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result_box.setdefault("result", runner.run()))
+    thread.start()
+    try:
+        wait_for(lambda: all(runner.sources[s].current.progress.delivered >= 3 for s in frozen), 120, "first frames")
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: len(runner.moves) == len(frozen), timeout=60, what="the moves off the frozen actor")
+        thread.join(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # ray.kill has usually done it already
+    result = result_box["result"]
+    assert sorted(m.source for m in result.moves) == sorted(frozen)
+    assert all(m.to_actor == "actor-0" for m in result.moves)
+    assert {outcome.state for outcome in result.sources.values()} == {"finished"}
+    written = indices_by_source(tmp_path / "out")
+    assert all(set(written[s]) == set(range(FRAMES)) for s in ids)
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
