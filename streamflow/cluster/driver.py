@@ -149,6 +149,9 @@ class ClusterRunner:
         self._stop = threading.Event()
         self._started_ray = False
         self._released = False
+        self._target_actors = 0
+        # Actors started to replace dead ones, not up yet: name -> the ref of their `ready()` call.
+        self._pending: dict[str, Any] = {}
         self._remote_host: Any = None
         self._ray: Any = None
 
@@ -292,6 +295,7 @@ class ClusterRunner:
             specs = [self.sources[source_id].spec for source_id in placed[name]]
             self._start_actor(name, specs)
         self._wait_ready(list(self._actors.values()))
+        self._target_actors = len(names)
         for name in names:
             for source_id in placed[name]:
                 outcome = self.sources[source_id]
@@ -352,20 +356,47 @@ class ClusterRunner:
     def _running(self) -> bool:
         return any(outcome.state in ("running", "removing") for outcome in self.sources.values())
 
-    def _pick(self, exclude: str | None = None) -> str:
-        loads: dict[str, list[float | None]] = {
-            name: [] for name, actor in self._actors.items() if actor.alive and name != exclude
-        }
+    def _pick(self) -> str:
+        loads: dict[str, list[float | None]] = {name: [] for name, actor in self._actors.items() if actor.alive}
         for outcome in self.sources.values():
             part = outcome.parts[-1] if outcome.parts else None
             if part is not None and outcome.state in ("running", "removing") and part.actor in loads:
                 loads[part.actor].append(part.progress.fps or None)
-        if not loads:
-            name = f"actor-{len(self._actors)}"
-            self._wait_ready([self._start_actor(name, [])])
-            log.warning("no actor left: started %s", name)
+        if not loads:  # nobody to move to: wait for a replacement (or start one)
+            name = next(iter(self._pending), None) or self._start_actor(f"actor-{len(self._actors)}", []).name
+            self._pending.pop(name, None)
+            self._wait_ready([self._actors[name]])
+            self._actors[name].alive = True
+            log.warning("no actor left: %s is up", name)
             return name
         return pick_actor(loads)
+
+    def _replace(self, dead: _Actor) -> None:
+        """Start an actor in place of a dead one (without waiting): the cluster may have room again,
+        e.g. Kubernetes replacing a pod. It takes new and moved sources once it is up."""
+        live = sum(actor.alive for actor in self._actors.values())
+        if live + len(self._pending) >= self._target_actors:
+            return
+        actor = self._start_actor(f"actor-{len(self._actors)}", [])
+        actor.alive = False  # not placeable until it answers
+        self._pending[actor.name] = actor.handle.ready.remote()
+        log.info("starting %s in place of %s", actor.name, dead.name)
+
+    def _adopt_replacements(self) -> None:
+        if not self._pending:
+            return
+        ready, _ = self._ray.wait(list(self._pending.values()), num_returns=len(self._pending), timeout=0)
+        for name, ref in list(self._pending.items()):
+            if ref not in ready:
+                continue
+            del self._pending[name]
+            try:
+                self._actors[name].info = self._ray.get(ref)
+            except self._ray.exceptions.RayActorError as error:
+                log.error("%s did not start: %s", name, str(error).splitlines()[0])
+                continue
+            self._actors[name].alive = True
+            log.info("%s up: pid %s on %s", name, self._actors[name].info["pid"], self._actors[name].info["host"])
 
     def _place(self, outcome: SourceOutcome, part_id: str, actor_name: str, *, start_frame: int | None) -> str:
         """Add `outcome`'s source to an actor as `part_id` (moving on if that actor is dead too)."""
@@ -391,6 +422,7 @@ class ClusterRunner:
 
     def _poll(self) -> None:
         with self._lock:
+            self._adopt_replacements()
             live = [actor for actor in self._actors.values() if actor.alive]
             refs = {actor.name: actor.handle.report.remote() for actor in live}
         ready, _ = self._ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.cluster.dead_after_s)
@@ -436,6 +468,7 @@ class ClusterRunner:
     def _fail_over(self, actor: _Actor) -> None:
         detected = time.monotonic()
         self._mark_dead(actor)
+        self._replace(actor)
         for source_id, outcome in self.sources.items():
             if outcome.state not in ("running", "removing") or outcome.current.actor != actor.name:
                 continue
@@ -471,9 +504,10 @@ class ClusterRunner:
         if self._ray is None:
             return
         for actor in self._actors.values():
-            if actor.alive:
+            if actor.alive or actor.name in self._pending:
                 actor.alive = False
                 self._ray.kill(actor.handle, no_restart=True)
+        self._pending.clear()
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False

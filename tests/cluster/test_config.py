@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ from typer.testing import CliRunner
 from streamflow.cli import _bare_ray_flag, app
 from streamflow.cluster import ClusterConfig
 from streamflow.config import ConfigError, load_config
+
+
+@pytest.fixture(autouse=True)
+def _keep_root_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI points the root logger at CliRunner's stderr, closed after each call: restore it after."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", list(logging.getLogger().handlers))
 
 
 def write(tmp_path: Path, cluster: str) -> Path:

@@ -125,6 +125,7 @@ def test_sources_spread_evenly_and_move_off_a_killed_actor(
         assert move.resume_frame is not None and 0 < move.resume_frame <= FRAMES
         assert f"source {move.source} moved from {victim} to {move.to_actor}" in caplog.text
     assert {outcome.state for outcome in result.sources.values()} == {"finished"}
+    assert "actor-3" in result.actors, "a replacement for the dead actor was started"
     written = indices_by_source(tmp_path / "out")
     assert sorted(written) == ids
     for source_id, indices in written.items():
