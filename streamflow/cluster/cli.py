@@ -114,8 +114,12 @@ def run_on_cluster(
         log.warning("%s: stopping the sources on every actor", signal.Signals(number).name)
         runner.stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNAL_EXIT}
+    previous: dict[signal.Signals, Any] = {}
     try:
+        runner.start()
+        # After start: the Ray core installs its own SIGTERM handler (abort with a stack dump) when
+        # it starts in this process; ours finalizes the outputs instead.
+        previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNAL_EXIT}
         result = runner.run()
     except ClusterError as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)

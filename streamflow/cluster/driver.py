@@ -275,7 +275,17 @@ class ClusterRunner:
 
     # -- the run ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect to (or start) Ray, start the actors, place the configured sources."""
+        """Connect to (or start) Ray, start the actors, place the configured sources.
+
+        On failure whatever was started is released (actors killed, a local Ray shut down).
+        """
+        try:
+            self._start()
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self) -> None:
         try:
             import ray
         except ImportError:
