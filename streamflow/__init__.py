@@ -8,8 +8,9 @@ Example:
 
 from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item, PixelFormat, StreamInfo
-from streamflow.observers import Observer, RunStats, StageStats
+from streamflow.observers import Observer, RunStats, SourceStats, StageStats
 from streamflow.pipeline import Pipeline, PipelineError
+from streamflow.sources import SourceSpec
 from streamflow.stage import Overflow, Source, Stage, StageConfig
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "PixelFormat",
     "RunStats",
     "Source",
+    "SourceSpec",
+    "SourceStats",
     "Stage",
     "StageConfig",
     "StageStats",

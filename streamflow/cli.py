@@ -162,7 +162,7 @@ def _run_failed(
     stats = getattr(error, "run_stats", None) or pipeline.snapshot()
     if stats_json:
         stats_json.write_text(json.dumps({**stats.to_dict(), "error": _describe_failure(error)}, indent=2))
-    if not quiet and stats.failed_sources:  # the others ran to the end: show what they did
+    if not quiet and stats.failed_sources and len(stats.sources) > 1:  # the others ran on: show them
         _print_summary(stats)
     return _fail(_describe_failure(error), EXIT_FAILURE)
 

@@ -63,10 +63,6 @@ class SourceMux:
         self._pending: collections.deque[EndOfStream] = collections.deque()
         self._ended = False
 
-    @property
-    def source_ids(self) -> list[str]:
-        return [source_id for source_id, _ in self._order]
-
     def add(self, source_id: str, edge: Edge) -> None:
         """Read `edge` from now on. An id may come back (removed, then added again) while its old
         edge still drains: each edge is its own input until its `SourceEnd`."""

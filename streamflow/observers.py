@@ -31,6 +31,8 @@ __all__ = ["Observer", "RunStats", "SourceStats", "StageStats", "StatsCollector"
 
 # Latency samples kept per stage: enough for stable p99 on long runs without unbounded memory.
 _MAX_LATENCY_SAMPLES = 100_000
+# Per source: fewer, since a run may have hundreds of sources (p95 stays stable at this count).
+_MAX_SOURCE_SAMPLES = 10_000
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -195,7 +197,9 @@ class StatsCollector(Observer):
         self._source_name = stages[0].name if stages else None
         self._sink_name = stages[-1].name if stages else None
         for stage in stages:
-            stats = StageStats(name=stage.name, type=type(stage).__name__, device=str(stage.device))
+            # A source template (many sources) is shown as the type its sources default to.
+            kind = getattr(stage, "type_name", None) or type(stage).__name__
+            stats = StageStats(name=stage.name, type=kind, device=str(stage.device))
             edge = edges.get(stage.name)
             if edge is not None:
                 stats.queue_capacity = edge.capacity
@@ -240,25 +244,31 @@ class StatsCollector(Observer):
         stats.last_out = now
         if self.start_time is None:
             self.start_time = now
-        if len(stats.latency_ms) >= _MAX_LATENCY_SAMPLES:
+        sample = len(stats.latency_ms) < _MAX_LATENCY_SAMPLES
+        at_end = stage.name == self._sink_name
+        if not sample and not at_end:
             return
         wall_now = time.time()
-        at_end = stage.name == self._sink_name
         for frame in done:
+            # Results per source are counted at the last stage for the whole run; samples are capped.
             per_source = self._sources.get(frame.source_id) if at_end else None
             if per_source is not None:
                 per_source.frames_done += 1
                 per_source.last_done = now
+                if len(per_source.latency_ms) >= _MAX_SOURCE_SAMPLES:
+                    per_source = None
             born = frame.timestamps.get(self._source_name) if self._source_name else None
             if born is not None:
                 latency = (now - born) * 1000
-                stats.latency_ms.append(latency)
-                if per_source is not None and len(per_source.latency_ms) < _MAX_LATENCY_SAMPLES:
+                if sample:
+                    stats.latency_ms.append(latency)
+                if per_source is not None:
                     per_source.latency_ms.append(latency)
             if frame.arrival_time is not None:
                 capture = (wall_now - frame.arrival_time) * 1000
-                stats.capture_latency_ms.append(capture)
-                if per_source is not None and len(per_source.capture_latency_ms) < _MAX_LATENCY_SAMPLES:
+                if sample:
+                    stats.capture_latency_ms.append(capture)
+                if per_source is not None:
                     per_source.capture_latency_ms.append(capture)
 
     def snapshot(self) -> RunStats:

@@ -50,14 +50,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from pydantic import ValidationError
 
 from streamflow.edge import Edge
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.handoff import accept_on_host, accept_on_stream, mark_ready
 from streamflow.mux import SourceEnd, SourceMux
 from streamflow.observers import Observer, RunStats, StatsCollector
-from streamflow.sources import SourceSpec, SourceTemplate, build_source, source_id_of
+from streamflow.sources import SourceSpec, SourceSpecError, SourceTemplate, build_source, source_id_of
 from streamflow.stage import DeviceSpec, Overflow, Source, Stage, StageOutput, resolve_device
 from streamflow.uri import redact_uri
 
@@ -297,6 +296,8 @@ class Pipeline:
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
         self._ended = False
+        # Built with a source list (or grown by add_source): failures are reported per source.
+        self._many = sources is not None
         for entry in [stages[0]] if sources is None else sources:
             self._register(self._new_run(entry))
 
@@ -310,6 +311,14 @@ class Pipeline:
         """Ids of the sources not yet ended (or all configured ones before the run)."""
         with self._lock:
             return list(self._runs)
+
+    def source_stage(self, source_id: str) -> Source | None:
+        """The stage of a source not yet ended (None for one whose uri was refused when it was built)."""
+        with self._lock:
+            run = self._runs.get(source_id)
+        if run is None:
+            raise KeyError(f"no source {source_id!r}")
+        return run.stage
 
     # -- control ------------------------------------------------------------------------------
     def stop(self, reason: str = "stop()") -> None:
@@ -339,6 +348,7 @@ class Pipeline:
         if self._stop_event.is_set() or self._ended:
             raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
+        self._many = True
         loop = self._loop
         if loop is not None:
             try:
@@ -435,14 +445,11 @@ class Pipeline:
         spec = entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
         try:
             return _SourceRun(spec.id, build_source(spec, self.template), display_uri=spec.display_uri)
-        except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            message = str(first["msg"]).removeprefix("Value error, ")
-            if field == "uri":
+        except SourceSpecError as error:
+            if error.field == "uri":
                 # The uri is wrong (a missing file): a fault of this source alone, reported when it starts.
-                return _SourceRun(spec.id, None, build_error=message, display_uri=spec.display_uri)
-            raise PipelineError(f"source {spec.id!r}: field {field!r}: {message}", field=field) from None
+                return _SourceRun(spec.id, None, build_error=error.reason, display_uri=spec.display_uri)
+            raise PipelineError(str(error), field=error.field) from None
         except (LookupError, TypeError, ValueError) as error:
             raise PipelineError(f"source {spec.id!r}: {error}") from None
 
@@ -708,8 +715,8 @@ class Pipeline:
                 error.stage_name = f"{self.template.name}[{run.source_id}]"  # type: ignore[attr-defined]
             run.error = _annotate(error, run.stage or self.template)
             reason = f"failed: {_one_line(error)}"
-            # One line per failed source, naming it; the other sources go on.
-            log.error("source %r failed: %s", run.source_id, _one_line(error))
+            if self._many:  # one line per failed source, naming it; the other sources go on
+                log.error("source %r failed: %s", run.source_id, _one_line(error))
         finally:
             if not cancelled:
                 await self._finish_source(run, reason)
@@ -717,27 +724,27 @@ class Pipeline:
     async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
         generator = await worker.call(stage.generate)
         produced = 0
-        try:
-            while not stage.stopping.is_set():
-                item, busy = await worker.call(worker.next_from, generator)
-                if item is None:
-                    break
-                if isinstance(item, EndOfStream):
-                    await self._emit(stage, [item], output)
-                    continue
-                if self.max_frames is not None and isinstance(item, Batch):
-                    item.frames = item.frames[: self.max_frames - produced]
-                    if item.data is not None:
-                        item.data = item.data[: len(item.frames)]
-                produced += len(item.frames)
-                self._notify(stage, [], [item], busy)
+        # Closed here only after a normal end: a generator that raised is already closed, and after a
+        # cancellation its thread may still be inside it (teardown then releases what it holds).
+        while not stage.stopping.is_set():
+            item, busy = await worker.call(worker.next_from, generator)
+            if item is None:
+                break
+            if isinstance(item, EndOfStream):
                 await self._emit(stage, [item], output)
-                if self.max_frames is not None and produced >= self.max_frames:
-                    break
-        finally:
-            close = getattr(generator, "close", None)
-            if close is not None:
-                await worker.call(close)
+                continue
+            if self.max_frames is not None and isinstance(item, Batch):
+                item.frames = item.frames[: self.max_frames - produced]
+                if item.data is not None:
+                    item.data = item.data[: len(item.frames)]
+            produced += len(item.frames)
+            self._notify(stage, [], [item], busy)
+            await self._emit(stage, [item], output)
+            if self.max_frames is not None and produced >= self.max_frames:
+                break
+        close = getattr(generator, "close", None)
+        if close is not None:
+            await worker.call(close)
 
     async def _finish_source(self, run: _SourceRun, reason: str) -> None:
         worker = run.worker

@@ -86,6 +86,10 @@ def _live_line(stats: RunStats) -> str:
         queue = f" q{stage.queue_depth}/{stage.queue_capacity}" if stage.queue_capacity else ""
         drops = f" drop {stage.dropped}" if stage.dropped else ""
         parts.append(f"{stage.name} {stage.fps(stats.wall_s):.0f}fps{queue}{drops}")
+    if len(stats.sources) > 1:
+        running = sum(1 for source in stats.sources if source.ended is None)
+        failed = len(stats.failed_sources)
+        parts.append(f"sources {running} running of {len(stats.sources)}" + (f", {failed} failed" if failed else ""))
     return " | ".join(parts)
 
 

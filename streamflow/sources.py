@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from streamflow.uri import redact_uri
 __all__ = [
     "SOURCE_ID_PATTERN",
     "SourceSpec",
+    "SourceSpecError",
     "SourceTemplate",
     "build_source",
     "parse_source_arg",
@@ -102,7 +104,8 @@ class SourceTemplate(Source):
 def _template_options(template: Stage) -> dict[str, Any]:
     if isinstance(template, SourceTemplate):
         return dict(template.options)
-    return template.config.model_dump(exclude_unset=True)
+    # JSON mode: plain values, so an option of one type's enum (decode's format) validates as another's.
+    return template.config.model_dump(mode="json", exclude_unset=True)
 
 
 def build_source(spec: SourceSpec, template: Stage) -> Source:
@@ -122,13 +125,30 @@ def build_source(spec: SourceSpec, template: Stage) -> Source:
     if "source_id" in fields:
         options["source_id"] = spec.id
     # Runner settings of the template (queue bound, overflow, device) apply to every source.
-    return cls(
-        name=f"{template.name}[{spec.id}]",
-        queue_size=template.queue_size,
-        overflow=template.overflow,
-        device=template.device_spec,
-        **options,
-    )
+    try:
+        return cls(
+            name=f"{template.name}[{spec.id}]",
+            queue_size=template.queue_size,
+            overflow=template.overflow,
+            device=template.device_spec,
+            **options,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(first["loc"][-1]), list(fields), n=1)
+            message = "unknown option" + (f"; did you mean {close[0]!r}?" if close else "")
+        raise SourceSpecError(spec.id, field, message) from None
+
+
+class SourceSpecError(ValueError):
+    """A spec the source's type refuses: `field` names the option (`uri` for an input that is missing)."""
+
+    def __init__(self, source_id: str, field: str, message: str) -> None:
+        self.source_id, self.field, self.reason = source_id, field, message
+        super().__init__(f"source {source_id!r}: field {field!r}: {message}")
 
 
 def parse_source_arg(text: str, *, default_id: str | None = None) -> SourceSpec:
@@ -159,11 +179,6 @@ def read_sources_file(path: str | os.PathLike[str]) -> list[SourceSpec]:
         except (ValueError, ValidationError) as error:
             raise ValueError(f"{file}: line {number}: {_one_line(error)}") from None
     return specs
-
-
-def specs_from(entries: Iterable[SourceSpec | Mapping[str, Any]]) -> list[SourceSpec]:
-    """Specs from specs or plain mappings (YAML, JSON bodies)."""
-    return [entry if isinstance(entry, SourceSpec) else SourceSpec(**entry) for entry in entries]
 
 
 def _one_line(error: Exception) -> str:

@@ -50,7 +50,7 @@ def test_yaml_sources_run_through_a_feeder_pool(tmp_path: Path) -> None:
         ("  - {id: 'a b', uri: x.mp4}\n", "", "field 'sources.0.id'"),
         ("  - {id: a}\n", "", "field 'sources.0.uri'"),
         ("  - {id: a, uri: CLIP, emit_batch: 0}\n", "", "source 'a': field 'emit_batch'"),
-        ("  - {id: a, uri: CLIP, lop: true}\n", "", "source 'a': field 'lop'"),
+        ("  - {id: a, uri: CLIP, lop: true}\n", "", "source 'a': field 'lop': unknown option; did you mean 'loop'"),
         ("  - {id: a, uri: CLIP}\n  - {id: a, uri: CLIP}\n", "", "source id 'a' is already in use"),
         ("  - {id: a, uri: CLIP}\n  - {id: b, uri: CLIP}\n", "max_sources: 1\n", "max_sources (1) reached"),
     ],
@@ -74,3 +74,18 @@ def test_source_arguments_and_files(tmp_path: Path) -> None:
     listing.write_text("bad id=a.mp4\n")
     with pytest.raises(ValueError, match="line 1: field 'id'"):
         read_sources_file(listing)
+
+
+def test_a_camera_among_files_gets_the_live_source_with_the_template_options(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "c.mp4", width=32, height=32, frames=1)
+    config = write_config(
+        tmp_path,
+        f"  - {{id: cam, uri: 'rtsp://u:secret@127.0.0.1:9/live', transport: udp}}\n  - {{id: f, uri: {clip}}}\n",
+    )
+    pipeline = build_pipeline(config)
+    camera, file = pipeline.source_stage("cam"), pipeline.source_stage("f")
+    assert camera is not None and file is not None
+    assert type(camera).__name__ == "RtspSource" and camera.live and not file.live
+    assert camera.config.format == "nv12" and camera.config.transport == "udp" and camera.config.source_id == "cam"
+    assert file.config.emit_batch == 2 and file.config.source_id == "f"
+    assert "secret" not in repr(camera)

@@ -267,3 +267,40 @@ def test_one_source_pipelines_work_as_before() -> None:
     stats = Pipeline([ListSource(make_frames(3)), _Stamp(name="stamp"), sink], device="cpu").run_sync()
     assert [f.index for f in sink.frames] == [0, 1, 2] and len(stats.sources) == 1
     assert stats.stage("stamp").queue_capacity == 4
+
+
+def test_paced_files_act_as_cameras(tmp_path: Path) -> None:
+    from stages.decode import Decode
+    from streamflow.video.synth import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4", width=32, height=32, frames=4, fps=60)
+    specs = [{"id": f"cam{i}", "uri": str(clip), "realtime": True} for i in range(3)]
+    sink = ListSink(name="sink")
+    stats = Pipeline([Decode(uri=str(clip), name="source"), sink], sources=specs, device="cpu").run_sync()
+    assert stats.stage("sink").queue_overflow == "drop_oldest", "a paced file is live: old frames go, not latency"
+    for source in stats.sources:
+        assert source.frames == 4 and len(source.capture_latency_ms) == source.frames_done > 0
+    assert all(frame.arrival_time is not None for frame in sink.frames)
+
+
+def test_add_remove_cycles_release_their_threads() -> None:
+    sink = EndRecorder(name="sink")
+    pipeline = Pipeline([ListSource(name="source"), sink], sources=[], device="cpu", stay_open=True)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(pipeline.run())
+        await asyncio.sleep(0)
+        steady = threading.active_count()
+        for cycle in range(20):
+            name = f"cam{cycle % 3}"  # ids come back once their previous source ended
+            pipeline.add_source(CountingSource(name=name, count=0, interval=0.001))
+            await until(lambda name=name: any(e.startswith(f"{name}:") for e in sink.events[-3:]))
+            pipeline.remove_source(name)
+            await until(lambda name=name: sink.events[-1] == f"end:{name}")
+        await until(lambda: threading.active_count() <= steady + 1)  # the sink's thread may start late
+        assert pipeline.source_ids == []
+        pipeline.stop()
+        await asyncio.wait_for(run, 30)
+
+    asyncio.run(scenario())
+    assert sink.events.count("end:cam0") == 7 and sink.flushed

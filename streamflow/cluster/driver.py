@@ -37,7 +37,7 @@ from streamflow.cluster.progress import SourceProgress
 from streamflow.config import ConfigError, PipelineConfig
 from streamflow.per_source import is_per_source
 from streamflow.registry import resolve_stage_type
-from streamflow.sources import SourceSpec, source_type_for, specs_from
+from streamflow.sources import SourceSpec, source_type_for
 
 __all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome"]
 
@@ -114,6 +114,10 @@ class _Actor:
     alive: bool = True
 
 
+def _as_spec(entry: SourceSpec | Mapping[str, Any]) -> SourceSpec:
+    return entry if isinstance(entry, SourceSpec) else SourceSpec(**entry)
+
+
 def _resumes_by_frame(spec: SourceSpec) -> bool:
     cls = resolve_stage_type(spec.type or source_type_for(spec.uri))
     return "start_frame" in cls.Config.model_fields
@@ -133,7 +137,7 @@ class ClusterRunner:
     ) -> None:
         self.config = config
         self.cluster = cluster or config.cluster or ClusterConfig()
-        specs = specs_from(sources) if sources is not None else list(config.sources or [])
+        specs = [_as_spec(entry) for entry in sources] if sources is not None else list(config.sources or [])
         if len(config.stages) < 2:
             raise ConfigError("a cluster run needs a sink after the source: results are delivered there")
         _check_per_source_paths(config)
@@ -158,7 +162,7 @@ class ClusterRunner:
     # -- public control -----------------------------------------------------------------------
     def add_source(self, spec: SourceSpec | Mapping[str, Any]) -> str:
         """Place a new source on the least loaded actor (safe from any thread while `run()` runs)."""
-        (spec,) = specs_from([spec])
+        spec = _as_spec(spec)
         with self._lock:
             if spec.id in self.sources and self.sources[spec.id].state in ("running", "removing"):
                 raise ValueError(f"source id {spec.id!r} is already in use")
