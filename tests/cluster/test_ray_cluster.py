@@ -274,3 +274,24 @@ def test_cli_run_on_the_cluster_survives_a_killed_actor_with_exit_code_0(
     summary = json.loads(stats.read_text())
     assert {s["ended"] for s in summary["sources"].values()} == {"finished"}
     assert sorted(m["source"] for m in summary["moves"]) == sorted(placed["actor-1"])
+
+
+@pytest.mark.gpu
+def test_two_actors_share_one_gpu_with_nvdec(local_ray: Any, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "hd.mp4", width=640, height=360, frames=60, fps=30)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = tmp_path / "gpu.yaml"
+    path.write_text(
+        "device: auto\nstages:\n  - {name: cam, type: decode, backend: nvdec, format: nv12, emit_batch: 8}\n"
+        f'  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}\n'
+        "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(4))
+    )
+    cluster = ClusterConfig(actors=2, gpus_per_actor=0.5, cpus_per_actor=1)
+    result = ClusterRunner(load_config(path), cluster=cluster).run()
+    assert {outcome.state for outcome in result.sources.values()} == {"finished"}
+    for actor in result.actors.values():
+        devices = {stage["device"] for stage in actor["run"]["stages"]}
+        assert devices == {"cuda:0"}, devices
+    written = indices_by_source(out)
+    assert all(sorted(written[f"g{i}"]) == list(range(60)) for i in range(4))
