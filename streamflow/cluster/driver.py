@@ -322,7 +322,11 @@ class ClusterRunner:
             if self._remote_host is None:
                 self.start()
             while not self._stop.is_set():
-                self._poll()
+                try:
+                    self._poll()
+                except ClusterError:
+                    self._finish()  # the other actors finalize what they wrote before the run fails
+                    raise
                 if not self.stay_open and not self._running():
                     break
                 self._stop.wait(self.cluster.poll_interval_s)

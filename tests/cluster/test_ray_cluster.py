@@ -26,7 +26,7 @@ from streamflow.video.synth import write_clip
 
 ray = pytest.importorskip("ray")
 from streamflow.cluster.api import ClusterControlServer  # noqa: E402 (after the skip: needs ray)
-from streamflow.cluster.driver import ClusterRunner  # noqa: E402
+from streamflow.cluster.driver import ClusterError, ClusterRunner  # noqa: E402
 
 FRAMES = 30
 FPS = 10  # paced (realtime): each source lasts 3 s, long enough to kill an actor mid-run
@@ -165,6 +165,16 @@ def test_an_actor_that_stops_answering_is_treated_as_dead(local_ray: Any, clips:
     assert {outcome.state for outcome in result.sources.values()} == {"finished"}
     written = indices_by_source(tmp_path / "out")
     assert all(set(written[s]) == set(range(FRAMES)) for s in ids)
+
+
+def test_a_stage_that_fails_on_an_actor_fails_the_run_in_one_line(local_ray: Any, clips: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, clips, ["a"])
+    (tmp_path / "out").rmdir()  # the sink cannot open out/a.jsonl: a stage error, not a source's
+    runner = ClusterRunner(config, cluster=ClusterConfig(actors=1, cpus_per_actor=1, poll_interval_s=0.2))
+    with pytest.raises(ClusterError, match=r"actor-0: pipeline failed: .*out/a\.jsonl.*does not exist") as caught:
+        runner.run()
+    assert "\n" not in str(caught.value)
+    assert not runner.actor_pids(), "the actors are released"
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
