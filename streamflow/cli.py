@@ -25,7 +25,7 @@ from streamflow.inference.engine_cli import register as register_build_engine
 from streamflow.observers import RunStats
 from streamflow.pipeline import Pipeline
 from streamflow.registry import registered_types, resolve_stage_type
-from streamflow.report import LiveDisplay, sources_table, summary_table
+from streamflow.report import LiveDisplay, sources_bench_table, sources_table, summary_table
 from streamflow.sources import SourceSpec, parse_source_arg, read_sources_file
 
 app = typer.Typer(
@@ -362,7 +362,7 @@ def _bench_sources(
         if verbose:
             err.print_exception()
         raise _fail(_describe_failure(error), EXIT_FAILURE) from None
-    out.print(result.table())
+    out.print(sources_bench_table(result))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result.to_dict(), indent=2))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 
 from streamflow.config import PipelineConfig, build_pipeline, load_config
 from streamflow.frame import Frame
@@ -98,31 +97,6 @@ class SourcesBenchResult:
             "raw_decode_ceiling_fps": None if self.ceiling is None else round(self.ceiling, 1),
             "runs": [run.to_dict() for run in self.runs],
         }
-
-    def table(self) -> Table:
-        table = Table(title=f"{self.config}: {'paced' if self.realtime else 'unpaced'} sources of {self.uri}")
-        columns = ["sources", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
-        for column in [*columns, "GPU MiB", "host MiB", "failed"]:
-            table.add_column(column, justify="right")
-        ceiling = self.ceiling
-        for run in self.runs:
-            low, mid, high = run.per_source_fps
-            lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
-            table.add_row(
-                str(run.sources),
-                f"{run.fps:.0f}",
-                f"{run.fps / ceiling:.2f}" if ceiling else "-",
-                f"{low:.1f}/{mid:.1f}/{high:.1f}",
-                lat,
-                str(run.drops),
-                "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
-                "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",
-                f"{run.host_mib_added:.0f}",
-                str(run.failed),
-            )
-        raw = ", ".join(f"{k} threads {v:.0f}" for k, v in sorted(self.raw_fps.items()))
-        table.caption = f"raw decode (same input, nothing else): {raw or 'not measured'}"
-        return table
 
 
 def _rss_mib() -> float:

@@ -12,9 +12,10 @@ from rich.table import Table
 from streamflow.observers import RunStats, percentile
 
 if TYPE_CHECKING:
+    from streamflow.multibench import SourcesBenchResult
     from streamflow.pipeline import Pipeline
 
-__all__ = ["LiveDisplay", "sources_table", "summary_table"]
+__all__ = ["LiveDisplay", "sources_bench_table", "sources_table", "summary_table"]
 
 
 def _ms(value: float | None) -> str:
@@ -77,6 +78,33 @@ def sources_table(stats: RunStats) -> Table:
             str(source.reconnects),
             source.error or source.ended or "running",
         )
+    return table
+
+
+def sources_bench_table(result: SourcesBenchResult) -> Table:
+    """`bench --sources`: one row per source count, against the raw decode ceiling of the same run."""
+    table = Table(title=f"{result.config}: {'paced' if result.realtime else 'unpaced'} sources of {result.uri}")
+    columns = ["sources", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
+    for column in [*columns, "GPU MiB", "host MiB", "failed"]:
+        table.add_column(column, justify="right")
+    ceiling = result.ceiling
+    for run in result.runs:
+        low, mid, high = run.per_source_fps
+        lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
+        table.add_row(
+            str(run.sources),
+            f"{run.fps:.0f}",
+            f"{run.fps / ceiling:.2f}" if ceiling else "-",
+            f"{low:.1f}/{mid:.1f}/{high:.1f}",
+            lat,
+            str(run.drops),
+            "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
+            "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",
+            f"{run.host_mib_added:.0f}",
+            str(run.failed),
+        )
+    raw = ", ".join(f"{k} threads {v:.0f}" for k, v in sorted(result.raw_fps.items()))
+    table.caption = f"raw decode (same input, nothing else): {raw or 'not measured'}"
     return table
 
 
