@@ -185,10 +185,8 @@ class Decode(Source):
     def generate(self) -> Iterator[Item]:
         group: list[Frame] = []
         size = self.config.emit_batch
-        produced = 0
         self._decoded = 0
         for frame in self._frames():
-            produced += 1
             if size == 1:
                 yield frame
                 continue
