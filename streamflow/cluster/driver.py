@@ -39,7 +39,7 @@ from streamflow.per_source import is_per_source
 from streamflow.registry import resolve_stage_type
 from streamflow.sources import SourceSpec, source_type_for
 
-__all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome"]
+__all__ = ["ClusterError", "ClusterResult", "ClusterRunner", "Move", "SourceOutcome", "part_options"]
 
 log = logging.getLogger("streamflow.cluster")
 
@@ -112,6 +112,33 @@ class _Actor:
     handle: Any
     info: dict[str, Any] = field(default_factory=dict)
     alive: bool = True
+
+
+def part_options(
+    spec: SourceSpec,
+    part_id: str,
+    start_frame: int | None,
+    *,
+    max_frames: int | None = None,
+    template_max_frames: int | None = None,
+) -> dict[str, Any]:
+    """The spec of one part of a source: its own id, its first frame, and the same last frame.
+
+    A resumed part stops where the whole source would have: the pipeline's `max_frames` counts the
+    frames a source produces (from its first), so it becomes the decoder's own frame cap, which
+    counts frame indices in the file.
+    """
+    options = spec.model_dump(exclude_none=True)
+    options["id"] = part_id
+    if start_frame is None:
+        return options
+    first = spec.options.get("start_frame") or 0
+    if start_frame > first:
+        options["start_frame"] = start_frame
+        if max_frames is not None:
+            cap = first + max_frames
+            options["max_frames"] = min(options.get("max_frames") or template_max_frames or cap, cap)
+    return options
 
 
 def _as_spec(entry: SourceSpec | Mapping[str, Any]) -> SourceSpec:
@@ -418,11 +445,14 @@ class ClusterRunner:
 
     def _place(self, outcome: SourceOutcome, part_id: str, actor_name: str, *, start_frame: int | None) -> str:
         """Add `outcome`'s source to an actor as `part_id` (moving on if that actor is dead too)."""
+        options = part_options(
+            outcome.spec,
+            part_id,
+            start_frame,
+            max_frames=self.config.max_frames,
+            template_max_frames=self.config.stages[0].options.get("max_frames"),
+        )
         while True:
-            options = outcome.spec.model_dump(exclude_none=True)
-            options["id"] = part_id
-            if start_frame is not None:
-                options["start_frame"] = start_frame
             actor = self._actors[actor_name]
             try:
                 self._ray.get(actor.handle.add_source.remote(options), timeout=self.cluster.dead_after_s)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from streamflow import Pipeline
+from streamflow.cluster.driver import part_options
 from streamflow.cluster.placement import pick_actor, spread
 from streamflow.cluster.progress import ProgressObserver
+from streamflow.sources import SourceSpec
 from streamflow.testing import ListSink, ListSource, make_frames
 
 
@@ -32,3 +34,15 @@ def test_progress_records_last_delivered_frame_and_drain_per_source() -> None:
         "a": (4, 5, "finished", True),
         "b": (2, 3, "finished", True),
     }
+
+
+def test_a_resumed_part_starts_after_the_delivered_frames_and_ends_where_the_source_would() -> None:
+    spec = SourceSpec(id="cam", uri="cam.mp4", loop=True)
+    assert part_options(spec, "cam", None) == {"id": "cam", "uri": "cam.mp4", "loop": True}
+    resumed = part_options(spec, "cam.part1", 42, max_frames=100)
+    assert resumed == {"id": "cam.part1", "uri": "cam.mp4", "loop": True, "start_frame": 42, "max_frames": 100}
+    # The pipeline's max_frames counts from the source's own first frame; a smaller own cap stays.
+    late = SourceSpec(id="cam", uri="cam.mp4", start_frame=10, max_frames=50)
+    assert part_options(late, "cam.part1", 20, max_frames=100)["max_frames"] == 50
+    assert part_options(late, "cam.part1", 20, max_frames=30)["max_frames"] == 40
+    assert part_options(spec, "cam.part1", 20, max_frames=100, template_max_frames=60)["max_frames"] == 60
