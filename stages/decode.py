@@ -22,6 +22,7 @@ Example (YAML):
       loop: true         # replay, for benchmarks
       realtime: true     # pace at the file's frame rate: N paced files emulate N cameras
       max_frames: 3000
+      start_frame: 120   # skip frames 0..119; the rest keep their index (resume after a failover)
 
 Example (Python):
     >>> import tempfile, pathlib
@@ -97,6 +98,10 @@ class Decode(Source):
         loop: bool = False
         max_frames: int | None = Field(default=None, ge=1)
         start: float | None = Field(default=None, ge=0, description="seconds")
+        # Resuming a source elsewhere (cluster failover) needs exact frame numbers: frames before
+        # `start_frame` are decoded and skipped, and the rest keep their index in the file (a seek
+        # by time would be approximate for variable frame rates and would renumber from 0).
+        start_frame: int | None = Field(default=None, ge=0, description="first frame index to emit")
         end: float | None = Field(default=None, gt=0, description="seconds")
         emit_batch: int = Field(default=1, ge=1, description="frames per emitted Batch; 1 emits Frames")
         source_id: str | None = Field(default=None, description="default: the stage name")
@@ -137,6 +142,7 @@ class Decode(Source):
                 "(a live source with reconnects)"
             )
         self.probe: Probe | None = None
+        self._decoded = 0  # frames decoded in this run, emitted or skipped (`start_frame`)
         self.path: _Path = _Path.CPU
         self._packets_read: int | None = None  # by the last CPU pass, to explain lost frames
         # A paced file stands in for a camera: the runner treats it as live (drop_oldest after it).
@@ -181,9 +187,8 @@ class Decode(Source):
     def generate(self) -> Iterator[Item]:
         group: list[Frame] = []
         size = self.config.emit_batch
-        produced = 0
+        self._decoded = 0
         for frame in self._frames():
-            produced += 1
             if size == 1:
                 yield frame
                 continue
@@ -193,7 +198,7 @@ class Decode(Source):
                 group = []
         if group:
             yield Batch(group)
-        if produced == 0 and not self.stopping.is_set():
+        if self._decoded == 0 and not self.stopping.is_set():
             bad = int(self.counters.get("bad_packets", 0))
             raise VideoInputError(f"cannot read video {self.display_uri!r}: no decodable frame ({bad} bad packets)")
 
@@ -248,6 +253,7 @@ class Decode(Source):
         ticks = max(1, round(1 / ((info.fps or Fraction(30)) * info.time_base)))
         index = 0
         pts_offset = 0
+        skip = config.start_frame or 0
         while True:
             first_pts: int | None = None
             last_pts: int | None = None
@@ -260,7 +266,9 @@ class Decode(Source):
                 frame.index = index
                 frame.source_id = self.source_id
                 index += 1
-                yield frame
+                self._decoded += 1
+                if index > skip:
+                    yield frame
                 if config.max_frames is not None and index >= config.max_frames:
                     return
                 if self.stopping.is_set():

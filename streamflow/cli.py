@@ -45,6 +45,14 @@ SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an option: STAGE.FIELD=VALUE (repeatable).")
 ]
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Spread the sources over Ray actors: a bare --ray starts a local cluster; "
+        "or ADDRESS (auto, HOST:PORT, ray://HOST:PORT) of a running one.",
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
 SourceOption = Annotated[
     list[str] | None,
@@ -102,6 +110,7 @@ def run(
     source: SourceOption = None,
     sources_file: SourcesFileOption = None,
     api: ApiOption = None,
+    ray: RayOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
@@ -109,14 +118,15 @@ def run(
     With several sources, one that fails is reported and ends alone; the exit code is then 1.
     With --api the pipeline stays open for sources added over HTTP until SIGINT/SIGTERM.
     """
-    from streamflow.config import ConfigError, build_pipeline
+    from streamflow.config import ConfigError, build_pipeline, load_config
     from streamflow.preflight import PreflightError
     from streamflow.report import LiveDisplay
 
     _configure_logging(verbose)
     try:
         specs = command_line_sources(source or [], sources_file)
-        pipeline = build_pipeline(config, overrides=set_ or [], max_frames=max_frames, sources=specs)
+        loaded = load_config(config, set_ or [])
+        pipeline = build_pipeline(loaded, max_frames=max_frames, sources=specs)
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
             pipeline.output_files.append(("--stats-json", str(stats_json)))
@@ -126,6 +136,13 @@ def run(
         raise _fail(str(error), EXIT_CONFIG) from None
     except KeyboardInterrupt:
         raise _fail("interrupted while starting; nothing was written", SIGNAL_EXIT["SIGINT"]) from None
+    if ray is not None or loaded.cluster is not None:
+        from streamflow.cluster.cli import run_on_cluster  # Ray is imported only on this route
+
+        code = run_on_cluster(
+            loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet, api=api
+        )
+        raise typer.Exit(code)
     try:
         if err.is_terminal and not quiet:
             with LiveDisplay(pipeline, err):
@@ -485,11 +502,25 @@ register_build_engine(app)
 
 
 def main() -> None:
+    sys.argv[1:] = _bare_ray_flag(sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C before a command could install its own handling
         err.print("[bold red]error:[/] interrupted", highlight=False)
         sys.exit(SIGNAL_EXIT["SIGINT"])
+
+
+def _bare_ray_flag(args: list[str]) -> list[str]:
+    """`--ray` without an address (last, or before an option or the config file) means `--ray local`."""
+    result = list(args)
+    for at, arg in enumerate(result):
+        if arg != "--ray":
+            continue
+        following = result[at + 1] if at + 1 < len(result) else None
+        if following is None or following.startswith("-") or following.endswith((".yaml", ".yml")):
+            result.insert(at + 1, "local")
+        break
+    return result
 
 
 if __name__ == "__main__":

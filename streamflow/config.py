@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streamflow.cluster.config import ClusterConfig
 from streamflow.observers import Observer
 from streamflow.pipeline import DEFAULT_STOP_TIMEOUT_S, Pipeline
 from streamflow.registry import UnknownStageType, resolve_stage_type
@@ -192,6 +193,8 @@ class PipelineConfig(BaseModel):
     sources: list[SourceSpec] | None = None
     max_sources: int | None = Field(default=None, ge=1)
     feeder_threads: int | None = Field(default=None, ge=1)
+    # Sources spread over Ray actors (`streamflow run --ray` also turns it on); see streamflow.cluster.
+    cluster: ClusterConfig | None = None
     source_file: str | None = Field(default=None, exclude=True)
 
 

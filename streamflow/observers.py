@@ -63,6 +63,9 @@ class Observer:
     def on_source_ended(self, source_id: str, reason: str, error: str | None) -> None:
         """A source ended: `reason` is finished, removed, a stop reason or `failed: ...`."""
 
+    def on_source_drained(self, source_id: str) -> None:
+        """A source's end of stream passed the last stage: every frame it produced was handled there."""
+
     def on_end(self, stats: RunStats) -> None:
         """The run finished (successfully or not); `stats` is final."""
 

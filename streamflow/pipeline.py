@@ -1008,6 +1008,8 @@ class Pipeline:
                     await self._emit(stage, [*outputs, got], output)
                     if output is None:  # the last stage finalized this source's outputs
                         self._source_drained(got.source_id)
+                        for observer in self._all_observers():
+                            observer.on_source_drained(got.source_id)
                     continue
                 outputs, busy = await worker.call(worker.flush)
                 if output is not None and not stage.is_sink and worker.items_out == 0 and worker.none_returns:

@@ -28,7 +28,7 @@ def snippets(language: str) -> list[str]:
 
 
 def test_the_readme_shows_the_snippets_tested_here() -> None:
-    assert len(snippets("yaml")) == 5 and len(snippets("python")) == 3, "update this test with the README"
+    assert len(snippets("yaml")) == 6 and len(snippets("python")) == 3, "update this test with the README"
 
 
 def test_pipeline_in_yaml_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,3 +173,12 @@ def test_result_sinks_and_consumer_snippets_run(tmp_path: Path, monkeypatch: pyt
         f"streamflow/source/detections {i} 3 faces" for i in range(4)
     ]
     assert all(len(m["results"]["boxes"]) == 3 for m in from_redis)
+
+
+def test_cluster_section_validates() -> None:
+    """The `cluster:` section of "Many GPUs and machines (Ray)" is a valid ClusterConfig."""
+    from streamflow.cluster.config import ClusterConfig
+
+    section = yaml.safe_load(snippets("yaml")[5])["cluster"]
+    cluster = ClusterConfig(**section)
+    assert (cluster.address, cluster.actors, cluster.gpus_per_actor) == ("auto", 8, 1)

@@ -61,6 +61,19 @@ def test_loop_max_frames_start_end(clip: Path) -> None:
     assert [round(f.time * 30) for f in sink.frames] == [6, 7, 8, 9, 10, 11]  # type: ignore[operator]
 
 
+def test_start_frame_skips_earlier_frames_and_keeps_indices(clip: Path) -> None:
+    whole, _ = run(Decode(uri=str(clip)))
+    sink, _ = run(Decode(uri=str(clip), start_frame=13, emit_batch=4))
+    assert [f.index for f in sink.frames] == list(range(13, 20)), "resumed frames keep their index in the file"
+    assert [f.pts for f in sink.frames] == [f.pts for f in whole.frames[13:]]
+    # Past the end (every frame was already delivered before a failover): no frame, and no error.
+    sink, _ = run(Decode(uri=str(clip), start_frame=20))
+    assert sink.frames == []
+    # Across loop passes the index runs on, and so does start_frame.
+    sink, _ = run(Decode(uri=str(clip), loop=True, max_frames=30, start_frame=25))
+    assert [f.index for f in sink.frames] == list(range(25, 30))
+
+
 def test_config_uses_enums_and_validates(clip: Path) -> None:
     uri = str(clip)
     stage = Decode(uri=uri, backend="cpu", format="nv12")

@@ -1,0 +1,106 @@
+"""One pipeline inside a Ray actor: the config's stages, its share of the sources, the same runner.
+
+`PipelineHost` is plain Python; the driver wraps it with `ray.remote` (so nothing here imports
+Ray at module level). The pipeline is built from the whole config exactly as `streamflow run`
+builds it, stays open (`stay_open`) and runs in a thread of the actor, so the actor's own calls
+(`add_source`, `remove_source`, `report`) are answered while frames flow. A source that fails is
+reported and ends alone, as in one process; a stage that fails ends the pipeline, and `report()`
+says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from streamflow.api.metrics import PipelineMetrics
+from streamflow.cluster.progress import ProgressObserver
+from streamflow.config import PipelineConfig, build_pipeline
+from streamflow.observers import RunStats
+from streamflow.pipeline import Pipeline
+from streamflow.sources import SourceSpec
+
+__all__ = ["PipelineHost"]
+
+log = logging.getLogger("streamflow.cluster")
+# build_pipeline needs a spec to build the source template from; this one only validates the
+# template and is removed before the run (its uri is never opened).
+_TEMPLATE_CHECK = SourceSpec(id="template-check", uri="template-check")
+
+
+class PipelineHost:
+    """The pipeline an actor runs; its methods are the actor's remote calls."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        sources: Sequence[SourceSpec],
+        *,
+        name: str,
+        workdir: str | None = None,
+        log_level: int = logging.WARNING,
+    ) -> None:
+        logging.basicConfig(level=log_level, format=f"%(levelname)s {name}: %(message)s")
+        # Relative paths in the config mean what they meant to the driver where its directory is
+        # shared (one machine, or the same mount on every node).
+        if workdir is not None and os.path.isdir(workdir):
+            os.chdir(workdir)
+        self.name = name
+        self.progress = ProgressObserver()
+        specs = list(sources)
+        self.pipeline: Pipeline = build_pipeline(config, observers=[self.progress], sources=specs or [_TEMPLATE_CHECK])
+        if not specs:
+            self.pipeline.remove_source(_TEMPLATE_CHECK.id)
+        # Sources come and go as the driver places them; the run ends on `finish()`.
+        self.pipeline.stay_open = True
+        self.metrics = PipelineMetrics(self.pipeline)  # before the run: its histograms observe every frame
+        self.stats: RunStats | None = None
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"streamflow-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.stats = self.pipeline.run_sync()
+        except Exception as error:
+            stats = getattr(error, "run_stats", None)
+            if stats is not None:  # a source failed: reported per source, the run itself went on
+                self.stats = stats
+                return
+            self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
+            log.error("pipeline failed: %s", self.failure)
+
+    def ready(self) -> dict[str, Any]:
+        """Where this actor runs: pid, host and Ray node (answered once the pipeline is built)."""
+        import ray
+
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id()}
+
+    def add_source(self, spec: Mapping[str, Any]) -> str:
+        return self.pipeline.add_source(SourceSpec(**spec))
+
+    def remove_source(self, source_id: str) -> None:
+        self.pipeline.remove_source(source_id)
+
+    def report(self) -> dict[str, Any]:
+        """Per-source progress, and whether the pipeline itself failed."""
+        return {
+            "sources": {source_id: asdict(p) for source_id, p in self.progress.report().items()},
+            "failure": self.failure,
+            "running": self._thread.is_alive(),
+        }
+
+    def metric_families(self) -> list[Any]:
+        """This pipeline's Prometheus families, read now (the driver labels and merges them)."""
+        return list(self.metrics.registry.collect())
+
+    def finish(self, timeout_s: float) -> dict[str, Any] | None:
+        """End the run (sources left are stopped, outputs finalized); the run's figures."""
+        self.pipeline.stop("finished")
+        self._thread.join(timeout_s)
+        return None if self.stats is None else self.stats.to_dict()
