@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import pytest
 
-from streamflow.bench import BenchError, run_bench
+from streamflow.cli.bench import BenchError, run_bench
 from streamflow.video.synth import write_clip
 
 TESTS = Path(__file__).parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamflow.multibench import run_sources_bench
+from streamflow.cli.multibench import run_sources_bench
 from streamflow.video.synth import write_clip
 
 

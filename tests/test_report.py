@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from streamflow.cli.report import counter_text, summary_table
 from streamflow.observers import RunStats, StageStats
-from streamflow.report import counter_text, summary_table
 
 
 def render(stats: RunStats) -> str:

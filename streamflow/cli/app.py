@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from streamflow.inference.engine_cli import register as register_build_engine
+from streamflow.cli.build_engine import register as register_build_engine
 
 if TYPE_CHECKING:
     from streamflow.observers import RunStats
@@ -118,9 +118,9 @@ def run(
     With several sources, one that fails is reported and ends alone; the exit code is then 1.
     With --api the pipeline stays open for sources added over HTTP until SIGINT/SIGTERM.
     """
+    from streamflow.cli.report import LiveDisplay
     from streamflow.config import ConfigError, build_pipeline, load_config
     from streamflow.preflight import PreflightError
-    from streamflow.report import LiveDisplay
 
     _configure_logging(verbose)
     try:
@@ -137,7 +137,7 @@ def run(
     except KeyboardInterrupt:
         raise _fail("interrupted while starting; nothing was written", SIGNAL_EXIT["SIGINT"]) from None
     if ray is not None or loaded.cluster is not None:
-        from streamflow.cluster.cli import run_on_cluster  # Ray is imported only on this route
+        from streamflow.cli.cluster import run_on_cluster  # Ray is imported only on this route
 
         code = run_on_cluster(
             loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet, api=api
@@ -215,7 +215,7 @@ def _control_server(pipeline: Pipeline, bind: str) -> Callable[[], AbstractAsync
 
 
 def _print_summary(stats: RunStats) -> None:
-    from streamflow.report import sources_table, summary_table
+    from streamflow.cli.report import sources_table, summary_table
 
     err.print(summary_table(stats))
     if len(stats.sources) > 1 or stats.failed_sources:
@@ -404,7 +404,7 @@ def bench(
 
     With --sources N: the pipeline over N copies of its input against the raw decode ceiling.
     """
-    from streamflow.bench import BenchError, run_bench
+    from streamflow.cli.bench import BenchError, run_bench
     from streamflow.config import ConfigError
     from streamflow.preflight import PreflightError, ensure_output_folder
 
@@ -464,10 +464,10 @@ def _bench_sources(
     json_path: Path | None,
     verbose: bool,
 ) -> None:
+    from streamflow.cli.multibench import run_sources_bench
+    from streamflow.cli.report import sources_bench_table
     from streamflow.config import ConfigError
-    from streamflow.multibench import run_sources_bench
     from streamflow.preflight import PreflightError, ensure_output_folder
-    from streamflow.report import sources_bench_table
 
     try:
         threads = [int(t) for t in raw_threads.split(",") if t.strip()]

@@ -23,11 +23,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from streamflow.cli.report import summary_table
 from streamflow.config import PipelineConfig, build_pipeline, load_config
 from streamflow.frame import Batch, EndOfStream, Frame, Item
 from streamflow.observers import Observer, RunStats, percentile
 from streamflow.pipeline import Pipeline, _as_items
-from streamflow.report import summary_table
 from streamflow.stage import Source, Stage, resolve_device
 
 __all__ = ["BenchError", "BenchResult", "run_bench"]

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamflow.api.server import parse_bind
-from streamflow.cli import API_TOKEN_ENV
+from streamflow.cli.app import API_TOKEN_ENV
 from streamflow.cluster.api import ClusterControlServer
 from streamflow.cluster.config import LOCAL, ClusterConfig
 from streamflow.cluster.driver import ClusterError, ClusterResult, ClusterRunner

@@ -12,7 +12,7 @@ from rich.table import Table
 from streamflow.observers import RunStats, percentile
 
 if TYPE_CHECKING:
-    from streamflow.multibench import SourcesBenchResult
+    from streamflow.cli.multibench import SourcesBenchResult
     from streamflow.pipeline import Pipeline
 
 __all__ = ["LiveDisplay", "sources_bench_table", "sources_table", "summary_table"]

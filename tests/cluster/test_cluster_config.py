@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from streamflow.cli import _bare_ray_flag, app
+from streamflow.cli.app import _bare_ray_flag, app
 from streamflow.cluster import ClusterConfig
 from streamflow.config import ConfigError, load_config
 

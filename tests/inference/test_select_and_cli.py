@@ -10,8 +10,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from streamflow.cli.build_engine import parse_shape_option, parse_trtexec_shapes, register, shape_specs
 from streamflow.inference.base import BackendKind, BackendUnavailableError, InputSpec, ModelError, ShapeError
-from streamflow.inference.engine_cli import parse_shape_option, parse_trtexec_shapes, register, shape_specs
 from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
 from streamflow.inference.select import choose_backend, create_backend
 
