@@ -1,6 +1,6 @@
 """Result-sink throughput: messages per second from the `redis` and `mqtt` sinks into local servers.
 
-Measures the sink alone, no video: a real redis-server and mosquitto (tests/message_servers.py, on
+Measures the sink alone, no video: a real redis-server and mosquitto (tests/support/message_servers.py, on
 127.0.0.1, started and stopped here) and the sink stage's own hooks called in a loop, as the runner
 calls them in the stage's thread: `setup()`, `process(batch)` for every batch of frames, `flush()`
 (which returns once the server has accepted every message), `teardown()`. The clock covers the
@@ -42,7 +42,7 @@ from streamflow.testing import make_frames  # noqa: E402
 
 
 def _servers() -> Any:
-    spec = importlib.util.spec_from_file_location("message_servers", ROOT / "tests" / "message_servers.py")
+    spec = importlib.util.spec_from_file_location("message_servers", ROOT / "tests" / "support" / "message_servers.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
