@@ -104,9 +104,13 @@ class ControlServer:
         max_body_bytes: int = _MAX_BODY_BYTES,
     ) -> None:
         self.pipeline = pipeline
+        self.metrics = PipelineMetrics(pipeline)
+        self._set_up_http(host=host, port=port, token=token, max_body_bytes=max_body_bytes)
+
+    def _set_up_http(self, *, host: str, port: int, token: str | None, max_body_bytes: int) -> None:
+        """The address, token, body limit and routes: the same for every server of this API."""
         self.host = host
         self.port = port
-        self.metrics = PipelineMetrics(pipeline)
         self.max_body_bytes = max_body_bytes
         self._token = token.encode() if token else None
         self._runner: web.AppRunner | None = None

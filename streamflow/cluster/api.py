@@ -81,23 +81,11 @@ class ClusterControlServer(ControlServer):
         token: str | None = None,
         max_body_bytes: int = _MAX_BODY_BYTES,
     ) -> None:
-        # Not ControlServer.__init__: that one attaches to a Pipeline. The attributes its plumbing
-        # (start/stop, token check, error middleware) reads are set here.
+        # Not ControlServer.__init__: that one attaches to a Pipeline. Its HTTP set-up (address,
+        # token, body limit, routes to the handlers overridden here) is shared.
         self.runner = runner
-        self.host = host
-        self.port = port
-        self.max_body_bytes = max_body_bytes
-        self._token = token.encode() if token else None
-        self._runner = None
         self.collector = ClusterMetrics(runner)
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors_as_json])
-        self.app.router.add_get("/sources", self.list_sources)
-        self.app.router.add_get("/sources/{id}", self.get_source)
-        self.app.router.add_post("/sources", self._protected(self.add_source))
-        self.app.router.add_delete("/sources/{id}", self._protected(self.remove_source))
-        self.app.router.add_get("/healthz", self.healthz)
-        self.app.router.add_get("/readyz", self.readyz)
-        self.app.router.add_get("/metrics", self.metrics_text)
+        self._set_up_http(host=host, port=port, token=token, max_body_bytes=max_body_bytes)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
