@@ -40,9 +40,9 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
+from streamflow.detection import attach_detections, frame_letterboxes
 from streamflow.frame import Batch, Frame
 from streamflow.models.centerface import OUTPUT_NAMES, check_outputs, decode
-from streamflow.ops.resize import Letterbox
 from streamflow.stage import Stage, StageConfig
 
 __all__ = ["CenterFace"]
@@ -76,10 +76,7 @@ class CenterFace(Stage):
         heatmap, scale, offset, landmarks = check_outputs(item.results, cfg.outputs)
         if heatmap.shape[0] != len(frames):
             raise ValueError(f"centerface: outputs have {heatmap.shape[0]} rows but the batch has {len(frames)} frames")
-        transforms = [self._letterbox(f) for f in frames]
-        have = [t is not None for t in transforms]
-        if any(have) and not all(have):
-            raise ValueError(f"centerface: some frames lack results[{cfg.letterbox_key!r}] (set by preprocess)")
+        transforms = frame_letterboxes(frames, cfg.letterbox_key, "centerface")
         detections = decode(
             heatmap,
             scale,
@@ -87,29 +84,14 @@ class CenterFace(Stage):
             landmarks,
             threshold=cfg.threshold,
             nms_iou=cfg.nms_iou,
-            transforms=transforms if all(have) else None,  # type: ignore[arg-type]
+            transforms=transforms,
             max_candidates=cfg.max_candidates,
         )
-        found = 0
-        for frame, det in zip(frames, detections, strict=True):
-            frame.results["boxes"] = det.boxes
-            frame.results["scores"] = det.scores
-            frame.results["landmarks"] = det.landmarks
-            found += len(det)
+        found = attach_detections(
+            item, detections, outputs=cfg.outputs, letterbox_key=cfg.letterbox_key, keep_outputs=cfg.keep_outputs
+        )
         self.count("faces", found)
-        if not cfg.keep_outputs:
-            # Boxes are in frame pixels now: the rest is large (outputs) or noise in every JSON line.
-            for name in cfg.outputs:
-                del item.results[name]
-            if isinstance(item, Batch):
-                item.data = None
-            for frame in frames:
-                frame.results.pop(cfg.letterbox_key, None)
         return item
-
-    def _letterbox(self, frame: Frame) -> Letterbox | None:
-        value = frame.results.get(self.config.letterbox_key)
-        return value if isinstance(value, Letterbox) else None
 
     @staticmethod
     def detections(frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,9 +39,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from streamflow.detection import attach_detections, frame_letterboxes
 from streamflow.frame import Batch, Frame
 from streamflow.models.ultraface import INPUT_HW, OUTPUT_NAMES, BoxEncoding, check_outputs, decode
-from streamflow.ops.resize import Letterbox
 from streamflow.stage import Stage, StageConfig
 
 __all__ = ["UltraFace"]
@@ -74,32 +74,19 @@ class UltraFace(Stage):
         scores, boxes = check_outputs(item.results, cfg.outputs)
         if scores.shape[0] != len(frames):
             raise ValueError(f"ultraface: outputs have {scores.shape[0]} rows but the batch has {len(frames)} frames")
-        transforms = [f.results.get(cfg.letterbox_key) for f in frames]
-        have = [isinstance(t, Letterbox) for t in transforms]
-        if any(have) and not all(have):
-            raise ValueError(f"ultraface: some frames lack results[{cfg.letterbox_key!r}] (set by preprocess)")
+        transforms = frame_letterboxes(frames, cfg.letterbox_key, "ultraface")
         detections = decode(
             scores,
             boxes,
             input_hw=(cfg.input_height, cfg.input_width),
             threshold=cfg.threshold,
             nms_iou=cfg.nms_iou,
-            transforms=transforms if all(have) else None,  # type: ignore[arg-type]
+            transforms=transforms,
             encoding=cfg.boxes,
             max_candidates=cfg.max_candidates,
         )
-        found = 0
-        for frame, det in zip(frames, detections, strict=True):
-            frame.results["boxes"] = det.boxes
-            frame.results["scores"] = det.scores
-            frame.results["landmarks"] = det.landmarks
-            found += len(det)
+        found = attach_detections(
+            item, detections, outputs=cfg.outputs, letterbox_key=cfg.letterbox_key, keep_outputs=cfg.keep_outputs
+        )
         self.count("faces", found)
-        if not cfg.keep_outputs:
-            for name in cfg.outputs:
-                del item.results[name]
-            if isinstance(item, Batch):
-                item.data = None
-            for frame in frames:
-                frame.results.pop(cfg.letterbox_key, None)
         return item

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from streamflow.frame import Batch, Frame
 from streamflow.ops.resize import Letterbox
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "Match",
     "PrecisionRecall",
     "agreement",
+    "attach_detections",
     "box_iou",
+    "frame_letterboxes",
     "match_boxes",
     "nms_per_frame",
     "precision_recall",
@@ -261,3 +265,41 @@ def nms_per_frame(
     counts = torch.bincount(frame[keep], minlength=n).tolist()
     parts = [t[keep].split(counts) for t in (boxes, scores, *extra)]
     return list(zip(*parts, strict=True))
+
+
+def frame_letterboxes(frames: Sequence[Frame], key: str, stage: str) -> list[Letterbox] | None:
+    """Each frame's `Letterbox` (set by preprocess under `key`), or None when no frame has one.
+
+    Some frames with one and some without is an error naming `stage`: their boxes would land in
+    two coordinate systems.
+    """
+    found = [f.results.get(key) for f in frames]
+    have = [isinstance(t, Letterbox) for t in found]
+    if any(have) and not all(have):
+        raise ValueError(f"{stage}: some frames lack results[{key!r}] (set by preprocess)")
+    return found if all(have) else None  # type: ignore[return-value]
+
+
+def attach_detections(
+    item: Frame | Batch, detections: Sequence[Any], *, outputs: Sequence[str], letterbox_key: str, keep_outputs: bool
+) -> int:
+    """Put each frame's boxes, scores and landmarks in its results; return how many were found.
+
+    Unless `keep_outputs`, the raw model outputs, the batch's model input and the frames' letterbox
+    mapping are dropped: boxes are in frame pixels now, and the rest is large or noise in every
+    JSON line.
+    """
+    found = 0
+    for frame, det in zip(item.frames, detections, strict=True):
+        frame.results["boxes"] = det.boxes
+        frame.results["scores"] = det.scores
+        frame.results["landmarks"] = det.landmarks
+        found += len(det)
+    if not keep_outputs:
+        for name in outputs:
+            del item.results[name]
+        if isinstance(item, Batch):
+            item.data = None
+        for frame in item.frames:
+            frame.results.pop(letterbox_key, None)
+    return found
