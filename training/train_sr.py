@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -238,24 +239,24 @@ def degrade(
     return lr.clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
 
 
-def make_batch(
-    photos: Sequence[torch.Tensor], batch: int, window: int, patch: int, gen: torch.Generator
+def render_clips(
+    photos: Sequence[torch.Tensor], batch: int, frames: int, hr_size: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random training batch: input `(B, 3 * window, patch, patch)`, target `(B, 3, 2 patch, 2 patch)`.
+    """Random camera sequences `(B, frames, 3, hr_size, hr_size)` over the photographs, and the
+    uniform numbers `(B, 12)` that chose them (columns 9-11 are left for the caller's degradation).
 
-    All random numbers come from the CPU generator `gen`, so the batch is the same on any device.
-    The work is batched (one crop per sample, then one resampling and one degradation call for
-    the whole batch): per-sample kernel launches would make the GPU wait on Python.
+    All random numbers come from the CPU generator `gen`, so the clips are the same on any device.
+    The work is batched (one crop per sample, then one resampling call for the whole batch):
+    per-sample kernel launches would make the GPU wait on Python.
     """
     device = photos[0].device
-    hr_size = patch * SCALE
-    centre_idx = (window - 1) // 2
-    rel = torch.arange(window, dtype=torch.float32) - centre_idx
+    centre_idx = (frames - 1) // 2
+    rel = torch.arange(frames, dtype=torch.float32) - centre_idx
     # sqrt of the area: big photographs get more crops, but do not drown the small ones
     areas = torch.tensor([float(p.shape[1] * p.shape[2]) ** 0.5 for p in photos])
     picks = torch.multinomial(areas, batch, replacement=True, generator=gen)
     u = torch.rand(batch, 12, generator=gen)
-    jitter = torch.randn(batch, window, 2, generator=gen) * 0.35
+    jitter = torch.randn(batch, frames, 2, generator=gen) * 0.35
     zoom = 0.75 + 0.5 * u[:, 0]  # content seen at 0.75x..1.25x the photo's resolution
     velocity = (u[:, 1:3] * 2 - 1) * 2.5  # HR pixels per frame
     shifts = rel.view(1, -1, 1) * velocity.view(-1, 1, 2) + jitter
@@ -277,17 +278,223 @@ def make_batch(
     stacked = torch.stack(crops)  # (B, 3, crop, crop)
     centre = ((crop - 1) / 2, (crop - 1) / 2)
     seq = render_sequence(stacked, centre, (hr_size, hr_size), shifts.view(-1, 2), zooms.view(-1))
-    seq = seq.view(batch, window, 3, hr_size, hr_size)
+    seq = seq.view(batch, frames, 3, hr_size, hr_size)
     flips = (u[:, 6:9] < 0.5).to(device).view(-1, 3, 1, 1, 1, 1)
     seq = torch.where(flips[:, 0], seq.flip(-1), seq)
     seq = torch.where(flips[:, 1], seq.flip(-2), seq)
     seq = torch.where(flips[:, 2], seq.transpose(-1, -2), seq)
-    # One camera per sequence: the same kernel and noise level for all its frames.
-    sigma = (u[:, 9] * 1.1).repeat_interleave(window)
-    use_area = (u[:, 10] < 0.5).repeat_interleave(window)
-    noise = (u[:, 11] * 2.0 / 255.0).repeat_interleave(window)
-    lr = degrade(seq.reshape(-1, 3, hr_size, hr_size), sigma, use_area, noise, gen)
-    return lr.view(batch, 3 * window, patch, patch), seq[:, centre_idx].contiguous()
+    return seq, u
+
+
+def degrade_clips(seq: torch.Tensor, u: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Low-resolution frames `(B, T, 3, h, w)` of `render_clips`' sequences, one camera per
+    sequence (the same kernel and noise level for all its frames), drawn from `u`'s columns 9-11."""
+    batch, frames, _, hr_h, hr_w = seq.shape
+    sigma = (u[:, 9] * 1.1).repeat_interleave(frames)
+    use_area = (u[:, 10] < 0.5).repeat_interleave(frames)
+    noise = (u[:, 11] * 2.0 / 255.0).repeat_interleave(frames)
+    lr = degrade(seq.reshape(-1, 3, hr_h, hr_w), sigma, use_area, noise, gen)
+    return lr.view(batch, frames, 3, hr_h // SCALE, hr_w // SCALE)
+
+
+def make_batch(
+    photos: Sequence[torch.Tensor], batch: int, window: int, patch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random training batch of uncompressed 8-bit input: input `(B, 3 * window, patch, patch)`,
+    target `(B, 3, 2 patch, 2 patch)` (the centre HR frame)."""
+    seq, u = render_clips(photos, batch, window, patch * SCALE, gen)
+    lr = degrade_clips(seq, u, gen)
+    return lr.reshape(batch, 3 * window, patch, patch), seq[:, (window - 1) // 2].contiguous()
+
+
+# ------------------------------------------------------------------------- codec degradations
+#: x264/x265 presets a training clip may be encoded with: cameras and transcoders use all of them.
+H264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
+HEVC_PRESETS = ("ultrafast", "superfast", "veryfast", "fast", "medium")
+#: libx265 (as PyAV's wheels build it) corrupts the heap on frames smaller than its 64-pixel CTU.
+HEVC_MIN_SIDE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """How a low-resolution clip is encoded: `codec` h264 (libx264) or hevc (libx265), 4:2:0,
+    at `crf` with `preset`; `crf` None with h264 is lossless 4:4:4 (`qp 0`), the reference case."""
+
+    codec: str
+    crf: int | None
+    preset: str = "medium"
+
+    def label(self) -> str:
+        if self.crf is None:
+            return f"{self.codec} lossless 4:4:4"
+        return f"{self.codec} CRF {self.crf}"
+
+
+def _encoder_settings(compression: Compression) -> tuple[str, str, dict[str, str]]:
+    if compression.codec == "h264":
+        if compression.crf is None:
+            return "libx264", "yuv444p", {"qp": "0", "preset": compression.preset}
+        return "libx264", "yuv420p", {"crf": str(compression.crf), "preset": compression.preset}
+    if compression.codec == "hevc" and compression.crf is not None:
+        options = {"crf": str(compression.crf), "preset": compression.preset, "x265-params": "log-level=error"}
+        return "libx265", "yuv420p", options
+    raise ValueError(f"unsupported compression {compression}")
+
+
+def encode_clip(frames: np.ndarray, compression: Compression, out: Any, *, fps: int = 30, threads: int = 1) -> None:
+    """Encode uint8 RGB frames `(T, H, W, 3)` into `out` (a path or a writable binary file object).
+
+    BT.709 limited range, tagged in the stream, the way `streamflow.video.synth.write_clip` tags
+    its clips, so every decoder converts back with the same matrix. A path's suffix picks the
+    container; a file object gets a raw elementary stream.
+    """
+    import av
+
+    encoder, pix_fmt, options = _encoder_settings(compression)
+    if encoder == "libx265" and min(frames.shape[1:3]) < HEVC_MIN_SIDE:
+        raise ValueError(f"libx265 needs frames of at least {HEVC_MIN_SIDE}x{HEVC_MIN_SIDE}, got {frames.shape[1:3]}")
+    fmt = None if isinstance(out, str | Path) else compression.codec
+    with av.open(str(out) if isinstance(out, Path) else out, "w", format=fmt) as container:
+        stream = container.add_stream(encoder, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = int(frames.shape[2]), int(frames.shape[1]), pix_fmt
+        stream.options = options
+        cc = stream.codec_context
+        cc.thread_count = threads
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = frame.reformat(format=pix_fmt, dst_colorspace="ITU709", src_colorspace="ITU709")
+            frame.colorspace, frame.color_range = 1, 1
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def decode_clip(source: Any) -> np.ndarray:
+    """Every frame of a clip as uint8 RGB `(T, H, W, 3)`, converted with the BT.709 limited matrix
+    `encode_clip` tags (the matrix the pipeline's decoders read off the stream)."""
+    import av
+
+    with av.open(source) as container:
+        frames = [
+            f.reformat(format="rgb24", src_colorspace="ITU709", dst_colorspace="ITU709").to_ndarray()
+            for f in container.decode(video=0)
+        ]
+    return np.stack(frames)
+
+
+def compress_clip(frames: np.ndarray, compression: Compression | None) -> np.ndarray:
+    """`frames` `(T, H, W, 3)` uint8 RGB as a decoder returns them after `compression` (None: unchanged).
+
+    In memory: the encoder writes a raw H.264/HEVC stream, the decoder reads it back.
+    """
+    if compression is None:
+        return frames
+    import io
+
+    buffer = io.BytesIO()
+    encode_clip(frames, compression, buffer)
+    buffer.seek(0)
+    decoded = decode_clip(buffer)
+    if decoded.shape != frames.shape:
+        raise RuntimeError(f"{compression.label()}: decoded {decoded.shape}, expected {frames.shape}")
+    return decoded
+
+
+def sample_compression(u: torch.Tensor) -> Compression:
+    """A codec, CRF and preset from 3 uniform numbers: 70 % H.264 at CRF 14-36, 30 % HEVC at CRF 16-38
+    (HEVC spends fewer bits at the same CRF, so its range sits higher)."""
+    a, b, c = (float(v) for v in u)
+    if a < 0.7:
+        return Compression("h264", 14 + int(b * 23), H264_PRESETS[min(int(c * len(H264_PRESETS)), 5)])
+    return Compression("hevc", 16 + int(b * 23), HEVC_PRESETS[min(int(c * len(HEVC_PRESETS)), 4)])
+
+
+def _compress_one(job: tuple[np.ndarray, Compression | None]) -> np.ndarray:
+    return compress_clip(*job)
+
+
+class ClipPool:
+    """Training clips with codec damage, made once and sampled every step.
+
+    Encoding runs on the CPU (libx264/libx265 through PyAV), far slower per sample than a GPU
+    training step, so the clips are made up front in a process pool and kept on the device as
+    uint8: `lr` `(N, T, 3, side, side)` as the decoder returned it, `hr` `(N, C, 3, 2 side, 2 side)`
+    the ground truth of the C frames that can be a window's centre. Clips are `frames` long so
+    that the centre frames are mostly P/B frames, as in a running stream, not the first I frame.
+    """
+
+    def __init__(self, lr: torch.Tensor, hr: torch.Tensor, window: int) -> None:
+        self.lr, self.hr, self.window = lr, hr, window
+        self.first_centre = (window - 1) // 2
+
+    @classmethod
+    def build(
+        cls,
+        photos: Sequence[torch.Tensor],
+        *,
+        clips: int,
+        frames: int,
+        side: int,
+        window: int,
+        gen: torch.Generator,
+        workers: int = 0,
+        chunk: int = 256,
+    ) -> ClipPool:
+        import concurrent.futures
+        import multiprocessing
+
+        centres = frames - window + 1
+        if centres < 1:
+            raise ValueError(f"clips of {frames} frames cannot hold a window of {window}")
+        first = (window - 1) // 2
+        device = photos[0].device
+        lr_parts, hr_parts = [], []
+        executor = (
+            concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 0
+            else None
+        )
+        try:
+            for start in range(0, clips, chunk):
+                n = min(chunk, clips - start)
+                seq, u = render_clips(photos, n, frames, side * SCALE, gen)
+                lr = degrade_clips(seq, u, gen).mul(255).round_().to(torch.uint8)
+                draws = torch.rand(n, 3, generator=gen)
+                rgb = lr.permute(0, 1, 3, 4, 2).cpu().numpy()
+                jobs = [(rgb[k], sample_compression(draws[k])) for k in range(n)]
+                done = executor.map(_compress_one, jobs, chunksize=8) if executor else map(_compress_one, jobs)
+                lr_parts.append(torch.from_numpy(np.stack(list(done))).permute(0, 1, 4, 2, 3).to(device))
+                hr_parts.append(seq[:, first : first + centres].mul(255).round_().to(torch.uint8))
+                log.info("clip pool: %d/%d clips", start + n, clips)
+        finally:
+            if executor:
+                executor.shutdown()
+        return cls(torch.cat(lr_parts), torch.cat(hr_parts), window)
+
+    def sample(self, batch: int, patch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input `(B, 3 * window, patch, patch)` and target `(B, 3, 2 patch, 2 patch)` in [0, 1],
+        a random clip, centre frame, position and flip/transpose each."""
+        n, _, _, side, _ = self.lr.shape
+        centres = self.hr.shape[1]
+        idx = torch.randint(n, (batch,), generator=gen)
+        centre = torch.randint(centres, (batch,), generator=gen)
+        pos = torch.randint(side - patch + 1, (batch, 2), generator=gen)
+        flips = (torch.rand(batch, 3, generator=gen) < 0.5).to(self.lr.device).view(-1, 3, 1, 1, 1, 1)
+        xs, ys = [], []
+        for b in range(batch):
+            i, c, y0, x0 = int(idx[b]), int(centre[b]), int(pos[b, 0]), int(pos[b, 1])
+            xs.append(self.lr[i, c : c + self.window, :, y0 : y0 + patch, x0 : x0 + patch])
+            hy, hx = y0 * SCALE, x0 * SCALE
+            ys.append(self.hr[i, c, :, hy : hy + patch * SCALE, hx : hx + patch * SCALE].unsqueeze(0))
+        seq_lr = torch.stack(xs).float().div_(255.0)  # (B, window, 3, p, p)
+        seq_hr = torch.stack(ys).float().div_(255.0)  # (B, 1, 3, 2p, 2p)
+        out = []
+        for seq in (seq_lr, seq_hr):
+            seq = torch.where(flips[:, 0], seq.flip(-1), seq)
+            seq = torch.where(flips[:, 1], seq.flip(-2), seq)
+            out.append(torch.where(flips[:, 2], seq.transpose(-1, -2), seq))
+        return out[0].reshape(batch, 3 * self.window, patch, patch), out[1][:, 0].contiguous()
 
 
 @dataclass(slots=True)
@@ -297,11 +504,24 @@ class EvalSequence:
     lr: torch.Tensor  # (T, 3, H/2, W/2)
 
 
-def make_eval_sequence(photo: Photo, frames: int, seed: int, device: torch.device) -> EvalSequence:
+#: The blur of the first evaluation (models/VSR.md's first table): the training kernel, fixed.
+EVAL_BLUR_SIGMA = 0.8
+
+
+def make_eval_sequence(
+    photo: Photo,
+    frames: int,
+    seed: int,
+    device: torch.device,
+    *,
+    blur: float = EVAL_BLUR_SIGMA,
+    compression: Compression | None = None,
+) -> EvalSequence:
     """A fixed sequence from a held-out photograph: a slow diagonal pan with sub-pixel jitter.
 
-    The degradation is fixed (Gaussian sigma 0.8 HR pixels, area x2, no noise, 8-bit) so every
-    model and the bicubic baseline see the same input.
+    The degradation is fixed so every model and the bicubic baseline see the same input: Gaussian
+    blur `blur` HR pixels (0: none), area x2, no noise, 8-bit, then `compression` if given (the
+    input as a decoder returns it).
     """
     gen = torch.Generator().manual_seed(seed)
     img = _to_tensor(photo.image, device)
@@ -315,7 +535,10 @@ def make_eval_sequence(photo: Photo, frames: int, seed: int, device: torch.devic
     hr = render_sequence(img, ((width - 1) / 2, (height - 1) / 2), (h, w), shifts, zooms)
     hr = hr.mul(255).round_().div_(255)  # a real HR video is 8-bit as well
     n = len(hr)
-    lr = degrade(hr, torch.full((n,), 0.8), torch.ones(n, dtype=torch.bool), torch.zeros(n), gen)
+    lr = degrade(hr, torch.full((n,), blur), torch.ones(n, dtype=torch.bool), torch.zeros(n), gen)
+    if compression is not None:
+        rgb = lr.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        lr = torch.from_numpy(compress_clip(rgb, compression)).permute(0, 3, 1, 2).to(device).float().div_(255)
     return EvalSequence(photo.name, hr, lr)
 
 
@@ -431,9 +654,13 @@ def init_from(model: VSRNet, path: Path) -> None:
 
     Its head weights go to the frames aligned on the centre and the new neighbours get zero
     weights, so the inflated network computes exactly what the checkpoint did and training only
-    has to learn how to use the extra frames.
+    has to learn how to use the extra frames. An `.onnx` from `export` gives its weights the same way.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".onnx":
+        net = from_onnx_weights(path)
+        ckpt = {"config": net.config(), "state_dict": net.state_dict()}
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     old = dict(ckpt["config"])
     if {k: v for k, v in old.items() if k != "window"} != {k: v for k, v in model.config().items() if k != "window"}:
         raise SystemExit(f"--init {path}: architecture {old} does not match {model.config()}")
@@ -465,8 +692,15 @@ def train(
     seed: int = 0,
     max_seconds: float = 0.0,
     log_every: int = 100,
+    pool: ClipPool | None = None,
+    compressed_fraction: float = 0.0,
+    bf16: bool = False,
 ) -> list[float]:
     """Train in place with Adam and a cosine schedule; returns the loss of every step.
+
+    With a `pool`, `compressed_fraction` of every batch comes from its codec-damaged clips and
+    the rest is rendered fresh, uncompressed, so the model keeps what it does on clean input.
+    `bf16` runs the forward pass under bfloat16 autocast (weights, optimiser and loss stay fp32).
 
     The schedule follows progress = max(step / steps, elapsed / max_seconds) so a time-capped
     run still anneals to the end; `max_seconds=0` disables the cap (fully deterministic).
@@ -485,9 +719,15 @@ def train(
             break
         for group in opt.param_groups:
             group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-        x, y = make_batch(photos, batch, model.window, patch, gen)
+        from_pool = round(batch * compressed_fraction) if pool is not None else 0
+        x, y = make_batch(photos, batch - from_pool, model.window, patch, gen)
+        if pool is not None and from_pool:
+            px, py = pool.sample(from_pool, patch, gen)
+            x, y = torch.cat((x, px)), torch.cat((y, py))
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = charbonnier(model(x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = charbonnier(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -507,16 +747,55 @@ def _held_out(photos: Sequence[Photo]) -> list[Photo]:
     return held
 
 
+@dataclass(frozen=True, slots=True)
+class EvalCondition:
+    """One way the held-out sequences' input is made: blur before the area x2, then a codec or none."""
+
+    key: str
+    title: str
+    blur: float
+    compression: Compression | None
+
+
+#: The model-alone evaluations, in the order the tables print. `blur08` is models/VSR.md's first
+#: table (the training kernel); the others are issue 21's inputs: area x2 without blur, then
+#: libx264 at its default preset (`medium`) at three CRFs, as a user's decoded stream.
+EVAL_CONDITIONS: dict[str, EvalCondition] = {
+    c.key: c
+    for c in (
+        EvalCondition("blur08", "Gaussian blur 0.8 + area x2, 8-bit", EVAL_BLUR_SIGMA, None),
+        EvalCondition("area", "area x2, 8-bit (no codec)", 0.0, None),
+        *(
+            EvalCondition(f"h264_crf{crf}", f"area x2, H.264 CRF {crf}", 0.0, Compression("h264", crf))
+            for crf in (18, 23, 28)
+        ),
+    )
+}
+
+
 def _eval_and_write(
-    model: VSRNet | OnnxModel, photos: Sequence[Photo], args: argparse.Namespace, device: torch.device
+    model: VSRNet | OnnxModel | StackedOnnxModel,
+    photos: Sequence[Photo],
+    args: argparse.Namespace,
+    device: torch.device,
 ) -> None:
-    seqs = [make_eval_sequence(p, args.eval_frames, 1000 + i, device) for i, p in enumerate(_held_out(photos))]
-    rows = evaluate(model, seqs, device)
-    table = eval_markdown(rows)
+    results: dict[str, list[dict[str, Any]]] = {}
+    text = []
+    for key in args.eval_conditions.split(","):
+        if key not in EVAL_CONDITIONS:
+            raise SystemExit(f"--eval-conditions: unknown {key!r}; choose from {', '.join(EVAL_CONDITIONS)}")
+        cond = EVAL_CONDITIONS[key]
+        seqs = [
+            make_eval_sequence(p, args.eval_frames, 1000 + i, device, blur=cond.blur, compression=cond.compression)
+            for i, p in enumerate(_held_out(photos))
+        ]
+        results[key] = evaluate(model, seqs, device)
+        text.append(f"### {cond.title}\n\n{eval_markdown(results[key])}")
+    table = "\n".join(text)
     print(table)
     if args.eval_json:
         Path(args.eval_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.eval_json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.eval_json).write_text(json.dumps(results, indent=1) + "\n")
     if args.eval_md:
         Path(args.eval_md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.eval_md).write_text(table)
@@ -544,6 +823,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         init_from(model, Path(args.init))
     model = model.to(device)
     log.info("parameters: %d", sum(p.numel() for p in model.parameters()))
+    pool = None
+    if args.pool_clips:
+        t_pool = time.perf_counter()
+        pool = ClipPool.build(
+            train_set,
+            clips=args.pool_clips,
+            frames=args.pool_frames,
+            side=args.pool_side,
+            window=args.window,
+            gen=torch.Generator().manual_seed(args.seed + 1),
+            workers=args.pool_workers,
+        )
+        log.info("clip pool: %d clips in %.1f s", args.pool_clips, time.perf_counter() - t_pool)
     t0 = time.perf_counter()
     losses = train(
         model,
@@ -555,6 +847,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         max_seconds=args.max_seconds,
         log_every=args.log_every,
+        pool=pool,
+        compressed_fraction=args.compressed_fraction,
+        bf16=args.bf16,
     )
     log.info("trained %d steps in %.1f s", len(losses), time.perf_counter() - t0)
     ckpt = Path(args.checkpoint)
@@ -568,6 +863,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         "lr": args.lr,
         "device": str(device),
         "init": args.init,
+        "bf16": args.bf16,
+        "pool_clips": args.pool_clips,
+        "pool_frames": args.pool_frames,
+        "pool_side": args.pool_side,
+        "compressed_fraction": args.compressed_fraction if args.pool_clips else 0.0,
     }
     torch.save({"config": model.config(), "state_dict": state, "train": meta}, ckpt)
     _eval_and_write(model, photos, args, device)
@@ -636,6 +936,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eval-frames", type=int, default=9, help="frames per held-out sequence")
         p.add_argument("--eval-json", default=None)
         p.add_argument("--eval-md", default=None)
+        p.add_argument(
+            "--eval-conditions",
+            default=",".join(EVAL_CONDITIONS),
+            help=f"comma-separated inputs to evaluate on: {', '.join(EVAL_CONDITIONS)}",
+        )
 
     p = sub.add_parser("train", help="train, save a checkpoint, evaluate on the held-out sequences")
     add_eval(p)
@@ -650,7 +955,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--log-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's default")
-    p.add_argument("--init", default=None, help="start from this checkpoint (a smaller window is inflated)")
+    p.add_argument(
+        "--init", default=None, help="start from this checkpoint or `export`ed .onnx (a smaller window is inflated)"
+    )
+    p.add_argument("--pool-clips", type=int, default=0, help="codec-damaged training clips to make (0: none)")
+    p.add_argument("--pool-frames", type=int, default=7, help="frames per pool clip (centres are mostly P/B)")
+    p.add_argument("--pool-side", type=int, default=96, help="low-resolution side of a pool clip")
+    p.add_argument("--pool-workers", type=int, default=0, help="encoder processes making the pool (0: in-process)")
+    p.add_argument("--compressed-fraction", type=float, default=0.75, help="share of each batch from the pool")
+    p.add_argument("--bf16", action="store_true", help="forward pass under bfloat16 autocast (faster on a GPU)")
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
     p.set_defaults(func=cmd_train)
 
