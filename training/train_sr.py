@@ -240,10 +240,17 @@ def degrade(
 
 
 def render_clips(
-    photos: Sequence[torch.Tensor], batch: int, frames: int, hr_size: int, gen: torch.Generator
+    photos: Sequence[torch.Tensor],
+    batch: int,
+    frames: int,
+    hr_size: int,
+    gen: torch.Generator,
+    *,
+    colour: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random camera sequences `(B, frames, 3, hr_size, hr_size)` over the photographs, and the
     uniform numbers `(B, 12)` that chose them (columns 9-11 are left for the caller's degradation).
+    `colour` recolours each sequence at random (`_recolour`).
 
     All random numbers come from the CPU generator `gen`, so the clips are the same on any device.
     The work is batched (one crop per sample, then one resampling call for the whole batch):
@@ -283,7 +290,28 @@ def render_clips(
     seq = torch.where(flips[:, 0], seq.flip(-1), seq)
     seq = torch.where(flips[:, 1], seq.flip(-2), seq)
     seq = torch.where(flips[:, 2], seq.transpose(-1, -2), seq)
+    if colour:
+        seq = _recolour(seq, torch.rand(batch, 2, generator=gen).to(device))
     return seq, u
+
+
+#: The six orders of the RGB channels, for `_recolour`.
+_CHANNEL_ORDERS = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+
+
+def _recolour(seq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A random channel order and saturation (0.5-1.5x around the pixel's grey) per sequence.
+
+    The photographs are few and their hues narrow (no blue sky among the training ones); once
+    4:2:0 and the codec have damaged the input's colour, a network trained on them learns those
+    hues as a prior and paints them onto other pictures. Shuffling the channels leaves it none.
+    """
+    order = _CHANNEL_ORDERS.to(seq.device)[(u[:, 0] * 6).long().clamp_(max=5)]  # (B, 3)
+    index = order.view(-1, 1, 3, 1, 1).expand(-1, seq.shape[1], 3, seq.shape[3], seq.shape[4])
+    seq = torch.gather(seq, 2, index)
+    grey = seq.mean(dim=2, keepdim=True)
+    saturation = (0.5 + u[:, 1]).view(-1, 1, 1, 1, 1)
+    return (grey + saturation * (seq - grey)).clamp_(0.0, 1.0)
 
 
 def degrade_clips(seq: torch.Tensor, u: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -298,11 +326,11 @@ def degrade_clips(seq: torch.Tensor, u: torch.Tensor, gen: torch.Generator) -> t
 
 
 def make_batch(
-    photos: Sequence[torch.Tensor], batch: int, window: int, patch: int, gen: torch.Generator
+    photos: Sequence[torch.Tensor], batch: int, window: int, patch: int, gen: torch.Generator, *, colour: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A random training batch of uncompressed 8-bit input: input `(B, 3 * window, patch, patch)`,
     target `(B, 3, 2 patch, 2 patch)` (the centre HR frame)."""
-    seq, u = render_clips(photos, batch, window, patch * SCALE, gen)
+    seq, u = render_clips(photos, batch, window, patch * SCALE, gen, colour=colour)
     lr = degrade_clips(seq, u, gen)
     return lr.reshape(batch, 3 * window, patch, patch), seq[:, (window - 1) // 2].contiguous()
 
@@ -440,6 +468,7 @@ class ClipPool:
         gen: torch.Generator,
         workers: int = 0,
         chunk: int = 256,
+        colour: bool = False,
     ) -> ClipPool:
         import concurrent.futures
         import multiprocessing
@@ -458,7 +487,7 @@ class ClipPool:
         try:
             for start in range(0, clips, chunk):
                 n = min(chunk, clips - start)
-                seq, u = render_clips(photos, n, frames, side * SCALE, gen)
+                seq, u = render_clips(photos, n, frames, side * SCALE, gen, colour=colour)
                 lr = degrade_clips(seq, u, gen).mul(255).round_().to(torch.uint8)
                 draws = torch.rand(n, 3, generator=gen)
                 rgb = lr.permute(0, 1, 3, 4, 2).cpu().numpy()
@@ -677,6 +706,12 @@ def init_from(model: VSRNet, path: Path) -> None:
     log.info("initialised from %s (window %d -> %d)", path, old["window"], model.window)
 
 
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma `(N, 1, H, W)` of RGB `(N, 3, H, W)` in [0, 1] (the weights `psnr_y` scores with)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
 def charbonnier(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt((a - b) ** 2 + eps * eps).mean()
 
@@ -695,12 +730,16 @@ def train(
     pool: ClipPool | None = None,
     compressed_fraction: float = 0.0,
     bf16: bool = False,
+    colour: bool = False,
+    luma_weight: float = 0.0,
 ) -> list[float]:
     """Train in place with Adam and a cosine schedule; returns the loss of every step.
 
     With a `pool`, `compressed_fraction` of every batch comes from its codec-damaged clips and
     the rest is rendered fresh, uncompressed, so the model keeps what it does on clean input.
     `bf16` runs the forward pass under bfloat16 autocast (weights, optimiser and loss stay fp32).
+    `colour` recolours the fresh sequences (`_recolour`); `luma_weight` adds that much of the
+    loss on BT.601 luma, the channel PSNR-Y scores and the one a codec keeps at full resolution.
 
     The schedule follows progress = max(step / steps, elapsed / max_seconds) so a time-capped
     run still anneals to the end; `max_seconds=0` disables the cap (fully deterministic).
@@ -720,7 +759,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
         from_pool = round(batch * compressed_fraction) if pool is not None else 0
-        x, y = make_batch(photos, batch - from_pool, model.window, patch, gen)
+        x, y = make_batch(photos, batch - from_pool, model.window, patch, gen, colour=colour)
         if pool is not None and from_pool:
             px, py = pool.sample(from_pool, patch, gen)
             x, y = torch.cat((x, px)), torch.cat((y, py))
@@ -728,6 +767,8 @@ def train(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
         loss = charbonnier(out.float(), y)
+        if luma_weight:
+            loss = loss + luma_weight * charbonnier(_luma(out.float()), _luma(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -834,6 +875,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             window=args.window,
             gen=torch.Generator().manual_seed(args.seed + 1),
             workers=args.pool_workers,
+            colour=args.recolour,
         )
         log.info("clip pool: %d clips in %.1f s", args.pool_clips, time.perf_counter() - t_pool)
     t0 = time.perf_counter()
@@ -850,6 +892,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         pool=pool,
         compressed_fraction=args.compressed_fraction,
         bf16=args.bf16,
+        colour=args.recolour,
+        luma_weight=args.luma_weight,
     )
     log.info("trained %d steps in %.1f s", len(losses), time.perf_counter() - t0)
     ckpt = Path(args.checkpoint)
@@ -864,6 +908,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         "device": str(device),
         "init": args.init,
         "bf16": args.bf16,
+        "recolour": args.recolour,
+        "luma_weight": args.luma_weight,
         "pool_clips": args.pool_clips,
         "pool_frames": args.pool_frames,
         "pool_side": args.pool_side,
@@ -964,6 +1010,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-workers", type=int, default=0, help="encoder processes making the pool (0: in-process)")
     p.add_argument("--compressed-fraction", type=float, default=0.75, help="share of each batch from the pool")
     p.add_argument("--bf16", action="store_true", help="forward pass under bfloat16 autocast (faster on a GPU)")
+    p.add_argument("--recolour", action="store_true", help="random channel order and saturation per sequence")
+    p.add_argument("--luma-weight", type=float, default=0.0, help="extra loss on BT.601 luma, this much of it")
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
     p.set_defaults(func=cmd_train)
 
