@@ -39,23 +39,23 @@ gpu_tests() {
     echo "gpu tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR|Fatal" "$out/gpu_tests.txt" | tail -12
 }
 
-# The super-resolution benchmark as the README reports it: pipeline and serial loop alternate
+# The super-resolution benchmark as the README reports it: pipeline and serial baseline alternate
 # (REPEAT rounds, default 3: a shared host's CPU speed drifts between minutes), 240 frames
-# timed after 20, fp16, the model replayed from a CUDA graph at batch 4; the baseline is the
-# hand-written loop (batch 1, one libx264 called in the loop). Arguments go to `streamflow bench`.
+# timed after 20, fp16, the model replayed from a CUDA graph at batch 4; the baseline is the same
+# pipeline with concurrency off (batch-1 shapes set by the bench itself) and one libx264 in the video
+# stage's thread. Arguments go to `streamflow bench`.
 # SR_CLIP: the input (default the 300-frame clip); CONFIG: a variant of the config (its `video` stage
 # need not be an encoder); SWITCH_INTERVAL: the GIL switch interval in seconds (Python's default
 # 0.005); TAIL: lines shown.
 sr_bench() {
-    # The loop's libx264 in the loop's own thread, whatever --set asks of the pipeline's encoder.
+    # The baseline's libx264 in its stage's thread, whatever --set asks of the pipeline's encoder.
     local one_encoder=(--baseline-set video.encoders=1 --baseline-set video.cpu_encoder=thread)
     [ -n "${CONFIG:-}" ] && one_encoder=()
     SR_CLIP=${SR_CLIP:-.gpu/sr_bench.mp4} SR_OUT=$scratch/out timeout 200 python3 -c \
         "import sys; sys.setswitchinterval(${SWITCH_INTERVAL:-0.005}); from streamflow.cli import main; main()" \
         bench "${CONFIG:-configs/super_resolution.yaml}" --frames 240 --warmup 20 --repeat "${REPEAT:-3}" \
         --baseline serial --set upscale.precision=fp16 --set "upscale.input_shapes={frames: [4, 15, 360, 640]}" \
-        --baseline-set window.emit_batch=1 --baseline-set "upscale.input_shapes={frames: [1, 15, 360, 640]}" \
-        --baseline-set source.emit_batch=1 "${one_encoder[@]}" "$@" 2>&1 |
+        "${one_encoder[@]}" "$@" 2>&1 |
         grep -v "^streamflow: INFO" | tail -"${TAIL:-24}"
 }
 
@@ -63,9 +63,8 @@ sr_bench() {
 face_bench() {
     step "face detection: pipeline vs serial (1080p, fp16, detections written, no encode)"
     FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 240 python3 -m streamflow.cli bench configs/face_detect_bench.yaml \
-        --frames 1200 --warmup 100 --baseline serial --set source.loop=true \
-        --baseline-set source.emit_batch=1 --baseline-set "detect.input_shapes={input.1: [1, 3, 384, 640]}" \
-        --json "$out/face_bench.json" 2>&1 | grep -v "^streamflow: INFO" | tail -"${TAIL:-30}"
+        --frames 1200 --warmup 100 --baseline serial --json "$out/face_bench.json" 2>&1 |
+        grep -v "^streamflow: INFO" | tail -"${TAIL:-30}"
 }
 
 # CenterFace and UltraFace RFB-640 through the same benchmark pipeline (1080p, fp16, torch backend,

@@ -8,6 +8,7 @@ Shape::
     watchdog_s: 10        # optional: warn when one hook call takes longer (per stage too)
     stop_timeout_s: 60    # optional: after a stop (signal, error), abandon stages still busy this long
     strict_frames: false  # true: a source that delivers fewer frames than it states fails the run
+    serial: false         # true: one item at a time through every stage, no overlap (one source only)
     stages:
       - name: source      # unique
         type: decode      # a registered stage type, or "package.module:ClassName"
@@ -188,6 +189,8 @@ class PipelineConfig(BaseModel):
     watchdog_s: float | None = Field(default=None, gt=0)
     stop_timeout_s: float | None = Field(default=DEFAULT_STOP_TIMEOUT_S, gt=0)
     strict_frames: bool = False
+    # Concurrency off: the same runner, one item at a time through every stage (Pipeline(serial=True)).
+    serial: bool = False
     stages: list[StageSpec] = Field(min_length=1)
     # Many inputs: each entry instantiates the first stage (the template) for one source.
     sources: list[SourceSpec] | None = None
@@ -409,6 +412,7 @@ def build_pipeline(
             sources=specs,
             max_sources=config.max_sources,
             feeder_threads=config.feeder_threads,
+            serial=config.serial,
         )
     except ValueError as error:
         raise ConfigError(str(error), file=config.source_file) from None

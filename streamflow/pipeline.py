@@ -25,6 +25,11 @@ How a run works:
 - A second SIGINT/SIGTERM (or `stop_timeout_s` after a stop) abandons stages still inside a hook:
   the others tear down, `RunStats.unfinished` names the abandoned ones (their threads live on, so a
   process should then end with `os._exit`). `watchdog_s` warns once about a long hook call.
+- `serial=True` (a config's `serial: true`; `streamflow bench`'s baseline) switches concurrency
+  off and nothing else: the same workers, streams, hooks, observers and end of stream, but one
+  loop takes each item from the one source through every stage in order and waits for the device
+  before the next, with no queues in between (a stage's `batch_size` then gathers nothing: only
+  one item is ever waiting). One source only.
 - Before anything starts, `preflight()` checks devices and files (`streamflow.preflight`). After a
   source ran to its end, `Source.frame_shortfall()` says whether frames were lost: one warning in
   `RunStats.warnings`, or `FrameLossError` with `strict_frames`.
@@ -306,6 +311,9 @@ class Pipeline:
     `max_sources`; with `stay_open` the run waits for new sources when none is left, until
     `stop()`. `feeder_threads=N` runs the sources' hooks on a shared pool of N threads instead of
     a thread per source (many file decoders: fewer threads contending for the GIL).
+
+    `serial=True` runs the same stages with concurrency off: one loop takes each item of the one
+    source through every stage and waits for the device before the next (see the module docstring).
     """
 
     def __init__(
@@ -325,6 +333,7 @@ class Pipeline:
         max_sources: int | None = None,
         feeder_threads: int | None = None,
         stay_open: bool = False,
+        serial: bool = False,
     ) -> None:
         if not stages:
             raise PipelineError("a pipeline needs at least one stage")
@@ -336,6 +345,9 @@ class Pipeline:
             raise PipelineError(f"max_sources must be >= 1, got {max_sources}")
         if feeder_threads is not None and feeder_threads < 1:
             raise PipelineError(f"feeder_threads must be >= 1, got {feeder_threads}")
+        if serial and (stay_open or (sources is not None and len(sources) != 1)):
+            got = "stay_open" if stay_open else f"{len(sources or [])} sources"
+            raise PipelineError(f"serial runs exactly one source to its end; got {got}")
         names = [stage.name for stage in stages]
         duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
@@ -357,6 +369,8 @@ class Pipeline:
         self.max_sources = max_sources
         self.feeder_threads = feeder_threads
         self.stay_open = stay_open
+        #: One loop, one item at a time through every stage, no overlap (see the module docstring).
+        self.serial = serial
         self.collector = StatsCollector(name)
         self.edges: dict[str, Edge] = {}
         self._stop_reason: str | None = None
@@ -389,6 +403,8 @@ class Pipeline:
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
         self._ended = False
+        self._serial_error: BaseException | None = None  # the first stage failure of a serial run
+        self._serial_devices: set[torch.device] = set()  # the CUDA devices a serial run waits for per item
         # Built with a source list (or grown by add_source): failures are reported per source.
         self._many = sources is not None
         for entry in [stages[0]] if sources is None else sources:
@@ -440,6 +456,8 @@ class Pipeline:
         Raises `PipelineError` for a duplicate id, past `max_sources`, or once the run has ended.
         """
         run = self._new_run(spec)
+        if self.serial:
+            raise PipelineError(f"cannot add source {run.source_id!r}: a serial pipeline runs exactly one source")
         if self._stop_event.is_set() or self._ended:
             raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
         self._register(run)
@@ -681,8 +699,9 @@ class Pipeline:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._loop = asyncio.get_running_loop()
-                for index, worker in enumerate(workers, start=1):
-                    group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
+                if not self.serial:  # serially, the source's task drives every stage (`_run_serial`)
+                    for index, worker in enumerate(workers, start=1):
+                        group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
                 with self._lock:
                     runs = list(self._runs.values())
                 for run in runs:
@@ -772,7 +791,7 @@ class Pipeline:
         self._finished = []
         for index, stage in enumerate(self.stages):
             self._place(stage)
-            if index >= 2:
+            if index >= 2 and not self.serial:
                 previous = self.stages[index - 1]
                 self.edges[stage.name] = Edge(f"{previous.name}->{stage.name}", *self._edge_settings(previous, stage))
         after = self.stages[1] if len(self.stages) > 1 else None
@@ -820,12 +839,13 @@ class Pipeline:
             run.worker = _StageWorker(run.stage, executor=self._feeders, stamp_name=self.template.name)
         else:
             producer = self.template
-        if consumer is not None:
+        if consumer is not None and not self.serial:
             run.edge = Edge(f"{run.source_id}->{consumer.name}", *self._edge_settings(producer, consumer))
             mux.add(run.source_id, run.edge)
         for observer in self._all_observers():
             observer.on_source_added(run.source_id, run.stage, run.edge)
-        run.task = group.create_task(self._drive_source(run), name=f"source:{run.source_id}")
+        driver = self._run_serial(run) if self.serial else self._drive_source(run)
+        run.task = group.create_task(driver, name=f"source:{run.source_id}")
 
     def _end_when_empty(self) -> None:
         if self._mux is not None:
@@ -889,9 +909,9 @@ class Pipeline:
         try:
             if index == 1:
                 assert self._mux is not None
-                await self._drive_stage(stage, worker, self._mux.take, output)
+                await self._drive_stage(index, worker, self._mux.take, output)
             else:
-                await self._drive_stage(stage, worker, _GreedyInbox(self.edges[stage.name]).take, output)
+                await self._drive_stage(index, worker, _GreedyInbox(self.edges[stage.name]).take, output)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -923,7 +943,7 @@ class Pipeline:
             run.state = SourceState.RUNNING
             if run.opened is not None:
                 run.opened.set()
-            await self._generate(run.stage, worker, run.edge)
+            await self._generate(run, run.stage, worker)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
             cancelled = True
@@ -939,7 +959,7 @@ class Pipeline:
             if not cancelled:
                 await self._finish_source(run, reason)
 
-    async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
+    async def _generate(self, run: _SourceRun, stage: Source, worker: _StageWorker) -> None:
         generator = await worker.call(stage.generate)
         produced = 0
         # Closed here only after a normal end: a generator that raised is already closed, and after a
@@ -953,7 +973,7 @@ class Pipeline:
                     self._frame_losses.append(loss)
                 break
             if isinstance(item, EndOfStream):
-                await self._emit(stage, [item], output)
+                await self._deliver(run, item)
                 continue
             if self.max_frames is not None and isinstance(item, Batch):
                 item.frames = item.frames[: self.max_frames - produced]
@@ -961,7 +981,7 @@ class Pipeline:
                     item.data = item.data[: len(item.frames)]
             produced += len(item.frames)
             self._notify(stage, [], [item], busy)
-            await self._emit(stage, [item], output)
+            await self._deliver(run, item)
             if self.max_frames is not None and produced >= self.max_frames:
                 break
         close = getattr(generator, "close", None)
@@ -989,42 +1009,94 @@ class Pipeline:
             _mark_drained(run)
         for observer in self._all_observers():
             observer.on_source_ended(run.source_id, reason, None if run.error is None else _one_line(run.error))
-        if run.edge is not None:
-            await run.edge.put(SourceEnd(run.source_id, reason))
+        await self._deliver(run, SourceEnd(run.source_id, reason))
+
+    async def _deliver(self, run: _SourceRun, item: Item) -> None:
+        """A source's item goes on: onto its edge, or (serial) through every stage before the next is made."""
+        if not self.serial:
+            if run.edge is not None:
+                await run.edge.put(item)
+            return
+        if isinstance(item, SourceEnd):  # as the mux hands it on
+            item = EndOfStream(source_id=item.source_id, reason=item.reason)
+        await self._push_serial(item)
+
+    async def _run_serial(self, run: _SourceRun) -> None:
+        """The serial schedule, in the one source's task: its driver hands each item through every
+        stage (`_deliver`), its end follows, then the final end of stream flushes the stages in order."""
+        stages = [run.stage, *self.stages[1:]]
+        self._serial_devices = {s.device for s in stages if s is not None and s.device.type == "cuda"}
+        await self._drive_source(run)
+        await self._push_serial(EndOfStream(reason=self._stop_reason or "finished"))
+        if self._serial_error is not None:
+            raise self._serial_error
+
+    async def _push_serial(self, item: Item) -> None:
+        """One item through every stage after the source, in order, then wait for the device(s).
+
+        A stage that fails stops the source (its error leaves `run()` once the source has ended);
+        nothing more goes through, as the concurrent schedule cancels the stages after a failure.
+        """
+        if self._serial_error is not None:
+            return
+        items = [item]
+        for index, worker in enumerate(self._workers, start=1):
+            passed: list[Item] = []
+            try:
+                for got in items:
+                    passed.extend(await self._step(index, worker, got if isinstance(got, EndOfStream) else [got]))
+            except Exception as error:
+                self.stop(reason=self._stop_reason or "error")
+                self._serial_error = _annotate(error, worker.stage)
+                return
+            items = passed
+        if self._serial_devices:
+            # Off the loop: a device wait blocks its thread; each item is finished before the next starts.
+            await asyncio.to_thread(_synchronize, self._serial_devices)
 
     async def _drive_stage(
         self,
-        stage: Stage,
+        index: int,
         worker: _StageWorker,
         take: Callable[[int], Awaitable[list[Frame | Batch] | EndOfStream]],
         output: Edge | None,
     ) -> None:
         while True:
-            got = await take(stage.batch_size)
-            if isinstance(got, EndOfStream):
-                if got.source_id is not None:  # one source ended; others may go on
-                    outputs, busy = await worker.call(worker.end_source, got.source_id)
-                    self._notify(stage, [], outputs, busy)
-                    await self._emit(stage, [*outputs, got], output)
-                    if output is None:  # the last stage finalized this source's outputs
-                        self._source_drained(got.source_id)
-                        for observer in self._all_observers():
-                            observer.on_source_drained(got.source_id)
-                    continue
-                outputs, busy = await worker.call(worker.flush)
-                if output is not None and not stage.is_sink and worker.items_out == 0 and worker.none_returns:
-                    raise StageContractError(
-                        f"stage {stage.name!r} ({type(stage).__name__}): process() returned None for all "
-                        f"{worker.none_returns} items it got, so nothing reached the stages after it; return the "
-                        "item to pass it on, [] to drop it on purpose, or set is_sink = True on a sink"
-                    )
-                self._notify(stage, [], outputs, busy)
-                await self._emit(stage, [*outputs, got], output)
+            got = await take(worker.stage.batch_size)
+            await self._emit(worker.stage, await self._step(index, worker, got), output)
+            if isinstance(got, EndOfStream) and got.source_id is None:
                 return
-            item = _merge(got) if stage.batch_size > 1 else got[0]
-            outputs, busy = await worker.call(worker.process, item)
-            self._notify(stage, item.frames, outputs, busy)
-            await self._emit(stage, outputs, output)
+
+    async def _step(self, index: int, worker: _StageWorker, got: list[Frame | Batch] | EndOfStream) -> list[Item]:
+        """One input of stage `index` through its hook; what it passes on (an end of stream behind its outputs).
+
+        Both schedules run every stage hook through here: the concurrent one from each stage's
+        task, the serial one from its single loop.
+        """
+        stage = worker.stage
+        last = index == len(self.stages) - 1
+        if isinstance(got, EndOfStream):
+            if got.source_id is not None:  # one source ended; others may go on
+                outputs, busy = await worker.call(worker.end_source, got.source_id)
+                self._notify(stage, [], outputs, busy)
+                if last:  # the last stage finalized this source's outputs
+                    self._source_drained(got.source_id)
+                    for observer in self._all_observers():
+                        observer.on_source_drained(got.source_id)
+                return [*outputs, got]
+            outputs, busy = await worker.call(worker.flush)
+            if not last and not stage.is_sink and worker.items_out == 0 and worker.none_returns:
+                raise StageContractError(
+                    f"stage {stage.name!r} ({type(stage).__name__}): process() returned None for all "
+                    f"{worker.none_returns} items it got, so nothing reached the stages after it; return the "
+                    "item to pass it on, [] to drop it on purpose, or set is_sink = True on a sink"
+                )
+            self._notify(stage, [], outputs, busy)
+            return [*outputs, got]
+        item = _merge(got) if stage.batch_size > 1 else got[0]
+        outputs, busy = await worker.call(worker.process, item)
+        self._notify(stage, item.frames, outputs, busy)
+        return outputs
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
@@ -1087,6 +1159,11 @@ class _GreedyInbox:
             items.append(extra)
             count += len(extra.frames)
         return items
+
+
+def _synchronize(devices: set[torch.device]) -> None:
+    for device in devices:
+        torch.cuda.synchronize(device)
 
 
 def _mark_drained(run: _SourceRun) -> None:

@@ -13,8 +13,10 @@ import pytest
 
 from streamflow.cli.bench import BenchError, run_bench
 from streamflow.video.synth import write_clip
+from support.pictures import psnr
 
 TESTS = Path(__file__).parent
+ROOT = TESTS.parent
 
 
 def lines_config(tmp_path: Path, *, count: int, flush_delay: float = 0.0) -> Path:
@@ -31,6 +33,16 @@ stages:
     path: {tmp_path / "out.jsonl"}
     flush_delay: {flush_delay}
 """)
+    return path
+
+
+def decode_config(tmp_path: Path, frames: int, last_stage: str) -> Path:
+    """decode (a synthetic 64x48 clip of `frames` frames) -> `last_stage` (its YAML list entry)."""
+    clip = write_clip(tmp_path / "in.mp4", width=64, height=48, frames=frames)
+    path = tmp_path / "decode.yaml"
+    path.write_text(
+        f"name: decode-test\ndevice: cpu\nstages:\n  - {{name: source, type: decode, uri: {clip}}}{last_stage}"
+    )
     return path
 
 
@@ -55,15 +67,10 @@ def test_too_few_frames_for_the_warmup_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("encoders", [1, 2])
 def test_encode_bench_with_a_baseline_override(tmp_path: Path, encoders: int) -> None:
     """Decode -> encode, the pipeline's encoder(s) in child processes, the baseline's in its own thread."""
-    clip = write_clip(tmp_path / "in.mp4", width=64, height=48, frames=24)
-    config = tmp_path / "enc.yaml"
-    config.write_text(f"""
-name: enc
-device: cpu
-stages:
-  - name: source
-    type: decode
-    uri: {clip}
+    config = decode_config(
+        tmp_path,
+        24,
+        f"""
   - name: video
     type: encode
     path: {tmp_path / "out.mp4"}
@@ -72,7 +79,8 @@ stages:
     cpu_encoder: process
     encoders: {encoders}
     segment_seconds: 0.2
-""")
+""",
+    )
     overrides = ["video.cpu_encoder=thread", "video.encoders=1"]
     result = run_bench(config, frames=16, warmup=4, baseline="serial", baseline_overrides=overrides)
     assert result.pipeline_frames == 16 and result.baseline is not None and result.baseline.frames == 16
@@ -123,3 +131,96 @@ def test_rounds_alternate_and_report_medians(tmp_path: Path) -> None:
     assert len(result.to_dict()["rounds"]) == 3
     with pytest.raises(BenchError, match="repeat"):
         run_bench(lines_config(tmp_path, count=12), frames=8, warmup=2, baseline="serial", repeat=0)
+
+
+def _detections(path: Path) -> list[tuple[int, list[list[float]], list[float]]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(line["index"], line["results"]["boxes"], line["results"]["scores"]) for line in lines]
+
+
+def test_serial_baseline_is_the_same_pipeline_at_batch_1_with_the_same_detections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped face config (batches of 8, CenterFace fixed at batch 8) on CPU, a few frames."""
+    monkeypatch.setenv("FACES_OUT", str(tmp_path))
+    serial_out = [f"detections.path={tmp_path / 'serial.jsonl'}", f"video.path={tmp_path / 'serial.mp4'}"]
+    result = run_bench(
+        ROOT / "configs" / "face_detect.yaml", frames=4, warmup=2, baseline="serial", baseline_overrides=serial_out
+    )
+    # Batch-1 shapes without being asked, then the user's overrides; nothing else differs.
+    assert result.batch_one_overrides == ["source.emit_batch=1", "detect.input_shapes={input.1: [1, 3, 384, 640]}"]
+    data = result.to_dict()
+    assert data["baseline_serial"]["overrides"] == [*result.batch_one_overrides, *serial_out]
+    assert result.baseline is not None and result.pipeline_frames == result.baseline.frames == 4
+    serial = {stage["name"]: stage for stage in data["baseline_serial"]["stages"]}
+    pipeline = {stage["name"]: stage for stage in data["pipeline"]["stages"]}
+    # Hook calls: process() per item, then end_source() and flush().
+    assert serial["detect"]["calls"] == 6 + 2 and serial["detect"]["frames_in"] == 6, "one frame per model call"
+    assert pipeline["detect"]["calls"] == 1 + 2 and pipeline["detect"]["frames_in"] == 6, "the pipeline's batch of 8"
+    assert serial["detect"]["queue_capacity"] is None and pipeline["detect"]["queue_capacity"] == 4
+    # Every frame, in order, with the same faces (batch 1 and batch 8 differ only in float rounding).
+    ours, theirs = _detections(tmp_path / "face_detect.jsonl"), _detections(tmp_path / "serial.jsonl")
+    assert [index for index, _, _ in ours] == [index for index, _, _ in theirs] == list(range(6))
+    assert sum(len(boxes) for _, boxes, _ in ours) >= 6, "the sample has faces in every frame"
+    for (_, boxes, scores), (_, serial_boxes, serial_scores) in zip(ours, theirs, strict=True):
+        assert len(serial_boxes) == len(boxes) and serial_scores == pytest.approx(scores, abs=1e-3)
+        for box, serial_box in zip(boxes, serial_boxes, strict=True):
+            assert serial_box == pytest.approx(box, abs=0.05)
+    for name in ("face_detect_source.mp4", "serial.mp4"):
+        with av.open(str(tmp_path / name)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 6
+
+
+def test_frames_beyond_the_input_loop_it_so_every_frame_asked_for_is_timed(tmp_path: Path) -> None:
+    config = decode_config(
+        tmp_path,
+        10,
+        f"""
+  - name: sink
+    type: support.stages:LinesSink
+    path: {tmp_path / "out.jsonl"}
+""",
+    )
+    result = run_bench(config, frames=16, warmup=2, baseline="serial")
+    assert result.baseline is not None and result.pipeline_frames == result.baseline.frames == 16
+    assert result.input_overrides == ["source.loop=true"] and result.warnings == []
+    assert result.pipeline_stats.stage("source").counters["loops"] == 1
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in written[:-1]] == list(range(18)), "the baseline's pass, looped once"
+
+
+def test_an_input_that_cannot_loop_says_how_many_frames_were_timed(tmp_path: Path) -> None:
+    result = run_bench(lines_config(tmp_path, count=6), frames=8, warmup=1, baseline="serial")
+    assert result.baseline is not None and result.pipeline_frames == result.baseline.frames == 5
+    assert result.to_dict()["warnings"] == [
+        f"{run}: 5 frames timed, not the 8 asked for: the input ended after 6 frames and its source 'source' "
+        "cannot loop"
+        for run in ("pipeline", "serial baseline")
+    ]
+
+
+def test_super_resolution_bench_runs_serially_with_its_stateful_window_and_child_encoders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/super_resolution.yaml as shipped (window of 5, three libx264 child processes), a tiny clip."""
+    monkeypatch.setenv("SR_CLIP", str(write_clip(tmp_path / "in.mp4", width=48, height=32, frames=12)))
+    monkeypatch.setenv("SR_OUT", str(tmp_path))
+    serial_out = tmp_path / "serial.mp4"
+    result = run_bench(
+        ROOT / "configs" / "super_resolution.yaml",
+        frames=6,
+        warmup=2,
+        baseline="serial",
+        baseline_overrides=[f"video.path={serial_out}"],
+    )
+    assert result.batch_one_overrides == ["source.emit_batch=1", "window.emit_batch=1"]
+    assert result.baseline is not None and result.pipeline_frames == result.baseline.frames == 6
+    upscale = result.baseline.stats.stage("upscale")
+    assert upscale.frames_in == 8 and upscale.calls == 8 + 2, "one window per call (then end_source, flush)"
+    pictures = []
+    for path in (tmp_path / "super_resolution_source.mp4", serial_out):
+        with av.open(str(path)) as container:
+            pictures.append([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert [len(frames) for frames in pictures] == [8, 8] and pictures[1][0].shape == (64, 96, 3)
+    for ours, theirs in zip(*pictures, strict=True):
+        assert psnr(ours, theirs) > 40, "the same frames, whatever the schedule"

@@ -72,6 +72,18 @@ def test_gpu_stages_hand_over_complete_data_without_host_sync() -> None:
         assert bool((seen == frame.index + 1).all()), f"frame {frame.index} saw incomplete or reused memory"
 
 
+def test_serial_schedule_hands_over_complete_data_on_per_stage_streams() -> None:
+    """`serial=True` keeps each stage's stream and the event hand-off; it adds a device wait per frame."""
+    sink = GpuListSink(name="sink")
+    stages = [SlowProducer(name="producer", count=6), SlowConsumer(name="consumer"), sink]
+    stats = Pipeline(stages, device="cuda", serial=True).run_sync()
+    assert [f.index for f in sink.frames] == list(range(6))
+    assert stages[0].stream is not None and stages[1].stream is not None and stages[0].stream != stages[1].stream
+    for frame in sink.frames:
+        assert bool((frame.results["seen"] == frame.index + 1).all()), f"frame {frame.index} saw incomplete memory"
+    assert stats.stage("consumer").queue_capacity is None
+
+
 def test_two_gpu_stages_overlap() -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from overlap import measure_overlap

@@ -4,12 +4,15 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from streamflow import Batch, EndOfStream, Frame, Pipeline, PipelineError, Stage, StageConfig
+from streamflow.config import ConfigError, build_pipeline
+from streamflow.frame import Item
 from streamflow.stage import Overflow
 from streamflow.testing import ListSink, ListSource, RaiseError, make_frames, run_stage
 from support.stages import FailOn, LinesSink, Tracker
@@ -230,3 +233,89 @@ def test_per_source_end_of_stream_calls_end_source_before_passing_it_on() -> Non
     Pipeline([ListSource(items), PerSource(name="per_source"), Recorder(name="sink")], device="cpu").run_sync()
     assert order[:2] == ["a0", "a1"], "source a's frames come out when a ends, before b's"
     assert sorted(order[2:]) == ["b0", "b1"]
+
+
+class Recorded(Stage):
+    """Appends (stage, what) to a shared list on every hook: the order the runner called them in."""
+
+    def __init__(self, events: list[tuple[str, object]], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.events = events
+
+    def process(self, item: Frame | Batch) -> Frame | Batch:
+        self.events.extend((self.name, frame.index) for frame in item.frames)
+        return item
+
+    def end_source(self, source_id: str) -> None:
+        self.events.append((self.name, f"end {source_id}"))
+
+    def flush(self) -> None:
+        self.events.append((self.name, "flush"))
+
+
+class RecordedSource(ListSource):
+    def __init__(self, events: list[tuple[str, object]], frames: list[Frame], **kwargs: object) -> None:
+        super().__init__(frames, **kwargs)  # type: ignore[arg-type]
+        self.events = events
+
+    def generate(self) -> Iterator[Item]:
+        for item in super().generate():
+            self.events.extend((self.name, frame.index) for frame in _frames(item))
+            yield item
+
+
+def _frames(item: Item) -> list[Frame]:
+    return [] if isinstance(item, EndOfStream) else list(item.frames)
+
+
+def test_serial_takes_each_frame_through_every_stage_before_the_source_makes_the_next() -> None:
+    events: list[tuple[str, object]] = []
+    sink = ListSink(name="sink")
+    pipeline = Pipeline(
+        [
+            RecordedSource(events, make_frames(3), name="src"),
+            Recorded(events, name="a"),
+            Recorded(events, name="b"),
+            sink,
+        ],
+        device="cpu",
+        serial=True,
+    )
+    stats = pipeline.run_sync()
+    per_frame = [event for index in range(3) for event in (("src", index), ("a", index), ("b", index))]
+    ends = [("a", "end src"), ("b", "end src"), ("a", "flush"), ("b", "flush")]
+    assert events == [*per_frame, *ends], "one source end then the final end of stream, stage by stage"
+    assert [f.index for f in sink.frames] == [0, 1, 2] and sink.flushed and sink.torn_down
+    assert [stage.queue_capacity for stage in stats.stages] == [None] * 4, "no queues between stages"
+    assert stats.stage("b").frames_in == 3 and stats.stage("sink").latency_ms
+
+
+def test_serial_stage_error_stops_the_source_and_leaves_run_as_itself(tmp_path: Path) -> None:
+    out = tmp_path / "lines.jsonl"
+    stages = [ListSource(make_frames(20)), FailOn(name="checker", index=5), LinesSink(name="writer", path=out)]
+    with pytest.raises(KeyError) as caught:
+        Pipeline(stages, device="cpu", serial=True).run_sync()
+    assert caught.value.stage_name == "checker"  # type: ignore[attr-defined]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    # One frame at a time: exactly the frames before the bad one were written, and the file is closed.
+    assert lines == [*({"index": index} for index in range(5)), {"end": True}]
+
+
+def test_serial_runs_exactly_one_source(tmp_path: Path) -> None:
+    two = [ListSource(make_frames(1), name="a"), ListSource(make_frames(1), name="b")]
+    with pytest.raises(PipelineError) as caught:
+        Pipeline([ListSource(name="template"), ListSink()], serial=True, sources=two)
+    assert str(caught.value) == "serial runs exactly one source to its end; got 2 sources"
+    with pytest.raises(PipelineError, match="stay_open"):
+        Pipeline([ListSource(), ListSink()], serial=True, stay_open=True)
+    pipeline = Pipeline([ListSource(), ListSink()], serial=True)
+    with pytest.raises(PipelineError, match="serial pipeline runs exactly one source"):
+        pipeline.add_source(ListSource(name="extra"))
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "name: t\nserial: true\nstages:\n  - {name: src, type: decode}\n  - {name: sink, type: discard}\n"
+        "sources:\n  - {id: a, uri: a.mp4}\n  - {id: b, uri: b.mp4}\n"
+    )
+    with pytest.raises(ConfigError) as config_error:
+        build_pipeline(config)
+    assert str(config_error.value) == f"{config}: serial runs exactly one source to its end; got 2 sources"

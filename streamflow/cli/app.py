@@ -375,7 +375,10 @@ def bench(
     set_: SetOption = None,
     baseline_set: Annotated[
         list[str] | None,
-        typer.Option("--baseline-set", help="Override for the baseline run only: STAGE.FIELD=VALUE (repeatable)."),
+        typer.Option(
+            "--baseline-set",
+            help="Override for the baseline only, after its automatic batch-1 ones: STAGE.FIELD=VALUE (repeatable).",
+        ),
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     repeat: Annotated[
@@ -401,6 +404,8 @@ def bench(
     verbose: VerboseOption = False,
 ) -> None:
     """Run the pipeline and a baseline on the same input in one process; print fps and the ratio.
+
+    The serial baseline is the same pipeline with concurrency off (`serial: true`) and batch-1 shapes.
 
     With --sources N: the pipeline over N copies of its input against the raw decode ceiling.
     """

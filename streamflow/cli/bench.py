@@ -1,36 +1,45 @@
 """`streamflow bench`: the configured pipeline against a baseline, same input, same process.
 
-The `serial` baseline is what a user writes by hand with the same stages: one frame at a time, in a
-plain loop, every stage on one CUDA stream, each frame finished (device synchronised) before the next
-starts. Both runs exclude the first `warmup` frames from timing (model loads, CUDA graph capture,
-allocator growth) and time the next `frames` frames as they leave the last stage, up to the end of
-the last stage's flush: a sink that hands frames on (an encoder in a child process, an encoder's
-lookahead) is timed until its output is complete, not until it has accepted the last frame.
+The `serial` baseline is the same pipeline run by the same runner with concurrency switched off
+(`Pipeline(serial=True)`): one loop takes each frame through every stage in order, the device
+synchronised before the next frame starts, no queues in between. Stages, their threads, CUDA streams,
+observers and end of stream are the pipeline's own, so the ratio compares two schedules, not two
+drivers. The baseline gets batch-1 shapes by itself, as a per-frame loop has them
+(`batch_one_overrides`: a source's or window's `emit_batch`, a stage's `batch_size`, a fixed batch
+in `input_shapes`); `--baseline-set` adds overrides after those.
+
+Both runs exclude the first `warmup` frames from timing (model loads, CUDA graph capture, allocator
+growth) and time the next `frames` frames as they leave the last stage, up to the end of the last
+stage's flush: a sink that hands frames on (an encoder in a child process, an encoder's lookahead)
+is timed until its output is complete, not until it has accepted the last frame. A source that can
+loop (`decode`) loops, so that the frames asked for are timed whatever the input's length; one that
+can't says in a warning how many were timed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from streamflow.cli.report import summary_table
 from streamflow.config import PipelineConfig, build_pipeline, load_config
-from streamflow.frame import Batch, EndOfStream, Frame, Item
+from streamflow.frame import Frame
 from streamflow.observers import Observer, RunStats, percentile
-from streamflow.pipeline import Pipeline, _as_items
-from streamflow.stage import Source, Stage, resolve_device
+from streamflow.registry import UnknownStageType, resolve_stage_type
+from streamflow.stage import Stage, resolve_device
 
-__all__ = ["BenchError", "BenchResult", "run_bench"]
+__all__ = ["BenchError", "BenchResult", "TimedRun", "batch_one_overrides", "run_bench"]
 
 
 class BenchError(RuntimeError):
@@ -72,12 +81,31 @@ def _steady_fps(times: list[float], warmup: int, finished: float | None = None) 
 
 
 @dataclass
-class SerialStats:
+class TimedRun:
+    """One run as the bench times it: steady fps over the frames after warm-up, and the run's stats."""
+
     fps: float
     frames: int
     seconds: float
-    busy_s: dict[str, float] = field(default_factory=dict)
-    latency_ms: list[float] = field(default_factory=list)
+    stats: RunStats
+    warmup: int
+    # Process CPU time (all threads, ended child processes) over wall time: cores kept busy.
+    cores: float | None = None
+
+    @property
+    def busy_s(self) -> dict[str, float]:
+        """Host time each stage spent in its hooks, warm-up included."""
+        return {stage.name: stage.busy_s for stage in self.stats.stages}
+
+    @property
+    def latency_ms(self) -> list[float]:
+        """From leaving the source to leaving the last stage, per timed frame."""
+        return self.stats.stages[-1].latency_ms[self.warmup :]
+
+    @property
+    def loops(self) -> int:
+        """How often the source started its input again to deliver the frames asked for."""
+        return int(self.stats.stages[0].counters.get("loops", 0))
 
 
 @dataclass
@@ -87,7 +115,10 @@ class BenchResult:
     pipeline_fps: float
     pipeline_frames: int
     pipeline_stats: RunStats
-    baseline: SerialStats | None
+    baseline: TimedRun | None
+    # What the baseline's config got on top of the pipeline's: the automatic batch-1 overrides, then
+    # the user's (`--baseline-set`).
+    batch_one_overrides: list[str]
     baseline_overrides: list[str]
     peak_gpu_mib: float | None
     host: dict[str, str]
@@ -98,6 +129,10 @@ class BenchResult:
     rounds: list[tuple[float, float | None]] = field(default_factory=list)
     # Files written by the last round of each run, by stage name: {"pipeline": {...}, "baseline_serial": {...}}.
     output_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # One line each: fewer frames timed than asked for (an input that ended and could not loop).
+    warnings: list[str] = field(default_factory=list)
+    # Overrides both runs got from the bench itself (the source looped: `source.loop=true`).
+    input_overrides: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -120,6 +155,8 @@ class BenchResult:
             "peak_gpu_mib": self.peak_gpu_mib,
             "cpu_cores_busy": {"pipeline": self.pipeline_cores, "baseline_serial": self.baseline_cores},
             "output_bytes": self.output_bytes,
+            "input_overrides": self.input_overrides,
+            "warnings": self.warnings,
         }
         if self.baseline:
             lat = self.baseline.latency_ms
@@ -128,7 +165,9 @@ class BenchResult:
                 "frames": self.baseline.frames,
                 "busy_s": {k: round(v, 4) for k, v in self.baseline.busy_s.items()},
                 "latency_ms": {f"p{q}": round(percentile(lat, q) or 0.0, 3) for q in (50, 95, 99)},
-                "overrides": self.baseline_overrides,
+                "overrides": [*self.batch_one_overrides, *self.baseline_overrides],
+                "batch_one_overrides": self.batch_one_overrides,
+                "stages": self.baseline.stats.to_dict()["stages"],
             }
             data["ratio"] = round(self.ratio or 0.0, 3)
         if len(self.rounds) > 1:
@@ -168,8 +207,10 @@ class BenchResult:
                 f"{k} {1000 * v / max(self.baseline.frames, 1):.2f} ms/frame" for k, v in self.baseline.busy_s.items()
             )
             console.print(f"serial baseline host time per stage: {busy}")
+            overrides = [f"{' '.join(self.batch_one_overrides)} (batch 1)"] if self.batch_one_overrides else []
             if self.baseline_overrides:
-                console.print(f"serial baseline overrides: {' '.join(self.baseline_overrides)}")
+                overrides.append(f"{' '.join(self.baseline_overrides)} (--baseline-set)")
+            console.print(f"serial baseline overrides: {'; '.join(overrides) or 'none'}")
             console.print(f"[bold]ratio pipeline / serial: {self.ratio:.2f}x[/]")
         if self.pipeline_cores is not None:
             cores = f"pipeline {self.pipeline_cores:.2f}"
@@ -180,6 +221,10 @@ class BenchResult:
             if sizes:
                 files = ", ".join(f"{name} {size:,} bytes" for name, size in sizes.items())
                 console.print(f"output files ({run.replace('_', ' ')}): {files}")
+        if self.input_overrides:
+            console.print(f"input looped to deliver the frames asked for: {' '.join(self.input_overrides)} (both runs)")
+        for line in self.warnings:
+            console.print(f"[yellow]warning: {line}[/]")
         if self.peak_gpu_mib is not None:
             console.print(f"peak GPU memory allocated: {self.peak_gpu_mib:.0f} MiB")
         console.print(f"host: {', '.join(f'{k}={v}' for k, v in self.host.items())}")
@@ -229,80 +274,72 @@ def _output_bytes(config: PipelineConfig) -> dict[str, int]:
     return sizes
 
 
-def _split_frames(item: Item) -> list[Item]:
-    if isinstance(item, Batch):
-        return list(item.frames)
-    return [item]
+def _stage_fields(spec_type: str, config: PipelineConfig) -> dict[str, Any]:
+    """Option name -> pydantic field of a stage type ({} for a type that does not resolve: the
+    pipeline's build then says why)."""
+    search = [Path(config.source_file).parent] if config.source_file else []
+    try:
+        return dict(resolve_stage_type(spec_type, [*search, Path.cwd()]).Config.model_fields)
+    except UnknownStageType:
+        return {}
 
 
-def run_serial(pipeline: Pipeline, *, total_frames: int, warmup: int) -> SerialStats:
-    """The hand-written-loop baseline over the pipeline's own stages (see module docstring)."""
-    device = resolve_device(pipeline.device_spec)
-    stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
-    stages = pipeline.stages
-    source = stages[0]
-    assert isinstance(source, Source)  # guaranteed by Pipeline's validation
-    busy = {stage.name: 0.0 for stage in stages}
-    done_times: list[float] = []
-    latency: list[float] = []
-    for stage in stages:
-        stage.device = device
-        stage.stream = stream if stage.uses_gpu else None
-        stage.batch_size = 1  # one frame at a time, as a hand-written loop does
+def batch_one_overrides(config: PipelineConfig) -> list[str]:
+    """The overrides that give a pipeline the shapes of a per-frame loop, for the serial baseline.
 
-    def through(start: int, items: list[Item]) -> None:
-        for index in range(start, len(stages)):
-            stage, next_items = stages[index], []
-            began = time.perf_counter()
-            for item in items:
-                if not isinstance(item, EndOfStream):
-                    next_items.extend(_as_items(stage.process(item), stage, "process"))
-            busy[stage.name] += time.perf_counter() - began
-            items = next_items
+    A source's or window's `emit_batch` 1, every stage's `batch_size` 1 and a fixed batch dimension
+    of 1 in `input_shapes`: without them the baseline would pad each frame to the pipeline's batch
+    (a model fixed at batch 8 runs 8 rows for every frame). Only settings that differ are listed.
 
-    def synchronize() -> None:
-        if stream is not None:
-            stream.synchronize()
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "p.yaml"
+        >>> _ = path.write_text("name: t\\nstages:\\n  - {name: src, type: 'streamflow.testing:ListSource'}\\n"
+        ...                     "  - {name: sink, type: 'streamflow.testing:ListSink', batch_size: 4}\\n")
+        >>> batch_one_overrides(load_config(path))
+        ['sink.batch_size=1']
+    """
+    found: list[str] = []
+    for spec in config.stages:
+        options, fields = spec.options, _stage_fields(spec.type, config)
+        if spec.batch_size != 1:
+            found.append(f"{spec.name}.batch_size=1")
+        emit = fields.get("emit_batch")
+        if emit is not None and options.get("emit_batch", emit.default) != 1:
+            found.append(f"{spec.name}.emit_batch=1")
+        shapes = options.get("input_shapes") if "input_shapes" in fields else None
+        if isinstance(shapes, dict):
+            # A list is a fixed shape, batch first; a {min, opt, max} range already admits smaller batches.
+            one = {
+                name: [1, *shape[1:]] if isinstance(shape, list) and shape else shape for name, shape in shapes.items()
+            }
+            if one != shapes:
+                flow = yaml.safe_dump(one, default_flow_style=True, width=1 << 16).strip()
+                found.append(f"{spec.name}.input_shapes={flow}")
+    return found
 
-    context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-    with context:
-        for stage in stages:
-            stage.setup()
-        try:
-            generator = source.generate()
-            produced = 0
-            while produced < total_frames:
-                began = time.perf_counter()
-                item = next(generator, None)
-                busy[source.name] += time.perf_counter() - began
-                if item is None:
-                    break
-                for frame_item in _split_frames(item):
-                    if produced >= total_frames or isinstance(frame_item, EndOfStream):
-                        continue
-                    born = time.perf_counter()
-                    through(1, [frame_item])
-                    synchronize()  # each frame finished before the next starts
-                    now = time.perf_counter()
-                    done_times.append(now)
-                    latency.append((now - born) * 1000)
-                    produced += 1
-            close = getattr(generator, "close", None)
-            if close is not None:
-                close()
-            for index in range(1, len(stages)):
-                began = time.perf_counter()
-                flushed = _as_items(stages[index].flush(), stages[index], "flush")
-                busy[stages[index].name] += time.perf_counter() - began
-                if flushed:
-                    through(index + 1, flushed)
-            synchronize()
-            finished = time.perf_counter()
-        finally:
-            for stage in stages:
-                stage.teardown()
-    fps, count, seconds = _steady_fps(done_times, warmup, finished)
-    return SerialStats(fps=fps, frames=count, seconds=seconds, busy_s=busy, latency_ms=latency[warmup:])
+
+def _loop_overrides(config: PipelineConfig) -> list[str]:
+    """`source.loop=true` where the source can loop and the config leaves it unset."""
+    first = config.stages[0]
+    if config.sources is None and "loop" in _stage_fields(first.type, config) and "loop" not in first.options:
+        return [f"{first.name}.loop=true"]
+    return []
+
+
+def _timed_run(config: PipelineConfig, *, total: int, warmup: int) -> TimedRun:
+    """Run `config` for `total` frames (its `serial` setting chooses the schedule) and time it."""
+    done = _DoneTimes()
+    pipeline = build_pipeline(config, observers=[done], max_frames=total)
+    with _CpuMeter() as cpu:
+        stats = pipeline.run_sync()
+    fps, count, seconds = _steady_fps(done.times, warmup, done.finished)
+    return TimedRun(fps=fps, frames=count, seconds=seconds, stats=stats, warmup=warmup, cores=cpu.cores)
+
+
+def _median_run(runs: list[TimedRun]) -> TimedRun:
+    """The round whose fps is the median (it supplies the per-stage figures)."""
+    return sorted(runs, key=lambda run: run.fps)[(len(runs) - 1) // 2]
 
 
 def run_bench(
@@ -319,55 +356,59 @@ def run_bench(
 
     Rounds matter on shared machines: the same loop's rate drifts minutes apart (docs/MEASURED.md).
     Alternating the two runs exposes both to the same drift, and the median ratio
-    of paired rounds is what is reported.
+    of paired rounds is what is reported. The baseline is the same config with `serial: true`,
+    `batch_one_overrides` and then `baseline_overrides`.
     """
     if repeat < 1:
         raise BenchError(f"repeat must be >= 1, got {repeat}")
-    config = load_config(config_path, overrides)
-    serial_config = load_config(config_path, [*overrides, *baseline_overrides]) if baseline == "serial" else None
+    looping = _loop_overrides(load_config(config_path, overrides))
+    config = load_config(config_path, [*overrides, *looping])
+    batch_one = batch_one_overrides(config) if baseline == "serial" else []
+    serial_config = None
+    if baseline == "serial":
+        loaded = load_config(config_path, [*overrides, *looping, *batch_one, *baseline_overrides])
+        serial_config = loaded.model_copy(update={"serial": True})
     total = frames + warmup
     rounds: list[tuple[float, float | None]] = []
     pipeline_bytes: dict[str, int] = {}
     baseline_bytes: dict[str, int] = {}
-    serial_runs: list[SerialStats] = []
-    pipeline_runs: list[tuple[float, int, RunStats, float | None]] = []
-    baseline_cores: list[float] = []
+    pipeline_runs: list[TimedRun] = []
+    serial_runs: list[TimedRun] = []
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeat):
-        done = _DoneTimes()
-        pipeline = build_pipeline(config, observers=[done], max_frames=total)
-        with _CpuMeter() as pipeline_cpu:
-            stats = pipeline.run_sync()
-        fps, count, _ = _steady_fps(done.times, warmup, done.finished)
-        pipeline_runs.append((fps, count, stats, pipeline_cpu.cores))
+        pipeline_runs.append(_timed_run(config, total=total, warmup=warmup))
         pipeline_bytes = _output_bytes(config)
-        serial_fps: float | None = None
         if serial_config is not None:
-            with _CpuMeter() as baseline_cpu:
-                serial_runs.append(run_serial(build_pipeline(serial_config), total_frames=total, warmup=warmup))
-            serial_fps = serial_runs[-1].fps
+            serial_runs.append(_timed_run(serial_config, total=total, warmup=warmup))
             baseline_bytes = _output_bytes(serial_config)
-            if baseline_cpu.cores is not None:
-                baseline_cores.append(baseline_cpu.cores)
-        rounds.append((fps, serial_fps))
-    # The round whose pipeline fps is the median supplies the per-stage table.
-    fps, count, stats, cores = sorted(pipeline_runs, key=lambda run: run[0])[(len(pipeline_runs) - 1) // 2]
-    serial = sorted(serial_runs, key=lambda run: run.fps)[(len(serial_runs) - 1) // 2] if serial_runs else None
+        rounds.append((pipeline_runs[-1].fps, serial_runs[-1].fps if serial_config is not None else None))
+    pipeline = _median_run(pipeline_runs)
+    serial = _median_run(serial_runs) if serial_runs else None
+    warnings = [
+        f"{label}: {run.frames} frames timed, not the {frames} asked for: the input ended after "
+        f"{warmup + run.frames} frames and its source {config.stages[0].name!r} cannot loop"
+        for label, run in (("pipeline", pipeline), ("serial baseline", serial))
+        if run is not None and run.frames < frames
+    ]
+    serial_cores = [run.cores for run in serial_runs if run.cores is not None]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return BenchResult(
         config=str(config_path),
         device=str(device),
-        pipeline_fps=statistics.median(run[0] for run in pipeline_runs),
-        pipeline_frames=count,
-        pipeline_stats=stats,
+        pipeline_fps=statistics.median(run.fps for run in pipeline_runs),
+        pipeline_frames=pipeline.frames,
+        pipeline_stats=pipeline.stats,
         baseline=serial,
+        batch_one_overrides=batch_one,
         baseline_overrides=list(baseline_overrides),
         peak_gpu_mib=peak,
         host=_host_info(device),
-        pipeline_cores=cores,
-        baseline_cores=statistics.median(baseline_cores) if baseline_cores else None,
+        pipeline_cores=pipeline.cores,
+        baseline_cores=statistics.median(serial_cores) if serial_cores else None,
         rounds=rounds,
         output_bytes={"pipeline": pipeline_bytes, "baseline_serial": baseline_bytes},
+        warnings=warnings,
+        input_overrides=[override for override in looping if pipeline.loops or (serial and serial.loops)],
     )
