@@ -173,7 +173,7 @@ def load_photos(data: Path | None) -> list[Photo]:
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1).to(device, torch.float32).div_(255.0)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).to(device, torch.float32).div_(255.0)
 
 
 # ------------------------------------------------------------------------------ sequence synthesis
