@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from streamflow.models import centerface as cf  # noqa: E402  (after the sys.path fix-up above)
 from streamflow.ops.color import nv12_to_rgb  # noqa: E402
-from streamflow.ops.resize import letterbox_resize  # noqa: E402
+from streamflow.ops.resize import InputDtype, InputTransform, letterbox_resize  # noqa: E402
 
 
 def _nvc() -> Any:
@@ -89,6 +89,10 @@ def load_model(height: int, width: int) -> torch.nn.Module:
     return onnx2torch.convert(onnx.load(str(path))).eval().cuda().half()
 
 
+#: The benchmark config's preprocessing (letterbox, no normalisation), fp16 as the model runs.
+FP16_INPUT = InputTransform(dtype=InputDtype.FP16)
+
+
 def handwritten(
     clip: Path, count: int, model: torch.nn.Module, size: tuple[int, int], threshold: float
 ) -> tuple[int, float, list[dict[str, Any]]]:
@@ -98,7 +102,7 @@ def handwritten(
     with torch.inference_mode():
         for index, frame in enumerate(decoded_frames(clip, count)):
             rgb = nv12_to_rgb(_as_nv12(frame))
-            x, lb = letterbox_resize(rgb, size, dtype=torch.float16)
+            x, lb = letterbox_resize(rgb, size, FP16_INPUT)
             heatmap, scale, offset, landmarks = model(x)
             (faces,) = cf.decode(heatmap, scale, offset, landmarks, threshold=threshold, transforms=[lb])
             detections.append(
