@@ -7,8 +7,10 @@ CRF asked, and once losslessly (4:4:4, `qp 0`) as the uncompressed reference. Al
 ONE `streamflow run` of the shipped config (every clip a source of the same pipeline), whose output
 is encoded losslessly (`--set video.crf=0`, one libx264 in the stage's thread) so that it does not
 add damage of its own. The model's frames, decoded from those outputs, and bicubic x2 of the same
-decoded input are scored against the true high-resolution frames: PSNR-Y (BT.601 luma of 8-bit
-frames, 4-pixel border shaved, the models/VSR.md convention) and SSIM-Y (scikit-image).
+decoded input, written and decoded the same way as the pipeline's output (`through_output`), are
+scored against the true high-resolution frames: PSNR-Y (BT.601 luma of 8-bit frames, 4-pixel
+border shaved, the models/VSR.md convention) and SSIM-Y (scikit-image). The JSON also keeps
+bicubic scored straight, without the output's round trip (`bicubic_direct_psnr_y`).
 
 Where the evaluation and the training coincide: both downscale by area (training also blurs and
 uses bicubic), both use libx264 with CRFs in this range (training draws CRF 14-36 and six presets,
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -62,6 +65,25 @@ def decoded_frames(path: Path) -> list[torch.Tensor]:
     from streamflow.video.pyav_decode import PyAVDecoder
 
     return [frame.image.float().div(255.0) for frame in PyAVDecoder(path)]
+
+
+def through_output(frames: Sequence[torch.Tensor], path: Path) -> list[torch.Tensor]:
+    """`frames` as they come out of the config's output path: 8-bit, NV12 by `rgb_to_nv12` with the
+    `sr_output` stage's default matrix (BT.709 limited), libx264 at `LOSSLESS_OUTPUT`'s CRF 0, decoded.
+
+    The baseline goes through it too, so the model is not charged for the output's 4:2:0 chroma,
+    which moves the BT.601 luma computed from the decoded RGB (the two matrices differ).
+    """
+    from streamflow.ops.color import rgb_to_nv12
+    from streamflow.video.encode import VideoWriter
+
+    with VideoWriter(path, fps=30, codec="h264", crf=0, preset="veryfast", backend="cpu") as writer:
+        for index, frame in enumerate(frames):
+            rgb = frame.clamp(0, 1).mul(255).round().to(torch.uint8)
+            writer.write(
+                rgb_to_nv12(rgb, matrix="bt709", full_range=False), "nv12", pts=index, time_base=Fraction(1, 30)
+            )
+    return decoded_frames(path)
 
 
 def ssim_y(a: torch.Tensor, b: torch.Tensor, shave: int = 4) -> float:
@@ -119,6 +141,7 @@ def evaluate(
     conditions += [(f"crf{crf}", tsr.Compression("h264", crf)) for crf in crfs]
     clips_dir, outputs_dir = out / "clips", out / "outputs"
     clips_dir.mkdir(parents=True, exist_ok=True)
+    (out / "bicubic").mkdir(exist_ok=True)
     cpu = torch.device("cpu")
     truth: dict[str, torch.Tensor] = {}
     sources: dict[str, Path] = {}
@@ -142,18 +165,17 @@ def evaluate(
             raise SystemExit(f"{source_id}: {len(lr)} input and {len(sr)} output frames, expected {len(hr)}")
         if sr[0].shape != hr[0].shape:
             raise SystemExit(f"{source_id}: output {tuple(sr[0].shape)}, expected {tuple(hr[0].shape)}")
+        bicubic = [
+            F.interpolate(low.unsqueeze(0), scale_factor=2, mode="bicubic", align_corners=False)[0] for low in lr
+        ]
+        baseline = through_output(bicubic, out / "bicubic" / f"{source_id}.mp4")
         scores: dict[str, list[float]] = {
-            "bicubic_psnr_y": [],
-            "model_psnr_y": [],
-            "bicubic_ssim_y": [],
-            "model_ssim_y": [],
+            "bicubic_psnr_y": [tsr.psnr_y(b, t) for b, t in zip(baseline, hr, strict=True)],
+            "model_psnr_y": [tsr.psnr_y(m, t) for m, t in zip(sr, hr, strict=True)],
+            "bicubic_ssim_y": [ssim_y(b, t) for b, t in zip(baseline, hr, strict=True)],
+            "model_ssim_y": [ssim_y(m, t) for m, t in zip(sr, hr, strict=True)],
+            "bicubic_direct_psnr_y": [tsr.psnr_y(b, t) for b, t in zip(bicubic, hr, strict=True)],
         }
-        for low, upscaled, true in zip(lr, sr, hr, strict=True):
-            bicubic = F.interpolate(low.unsqueeze(0), scale_factor=2, mode="bicubic", align_corners=False)[0]
-            scores["bicubic_psnr_y"].append(tsr.psnr_y(bicubic, true))
-            scores["model_psnr_y"].append(tsr.psnr_y(upscaled, true))
-            scores["bicubic_ssim_y"].append(ssim_y(bicubic, true))
-            scores["model_ssim_y"].append(ssim_y(upscaled, true))
         row: dict[str, Any] = {
             "sequence": name,
             "input": key,
