@@ -60,6 +60,9 @@ class Observer:
         """A source starts (at the beginning or added at run time). `stage` is None for one that
         could not be built; `edge` is the queue it feeds."""
 
+    def on_source_opened(self, source_id: str) -> None:
+        """A source's input is open (its `setup` returned): it starts producing frames."""
+
     def on_source_ended(self, source_id: str, reason: str, error: str | None) -> None:
         """A source ended: `reason` is finished, removed, a stop reason or `failed: ...`."""
 

@@ -267,6 +267,8 @@ class SourceStatus:
     state: SourceState
     error: str | None = None
     ended: str | None = None  # why it ended: finished, removed, a stop reason, failed: ...
+    #: Given before the run started (config, CLI, `add_source` before `run()`); False: added while running.
+    configured: bool = True
 
 
 @dataclass(eq=False)
@@ -284,6 +286,7 @@ class _SourceRun:
     display_uri: str | None = None
     state: SourceState = SourceState.STARTING
     end_reason: str | None = None
+    configured: bool = True  # see `SourceStatus.configured`
     # Set on the loop when the input is open (or the source ended) and when its end left the last stage.
     opened: asyncio.Event | None = None
     drained: asyncio.Event | None = None
@@ -442,6 +445,7 @@ class Pipeline:
         run = self._new_run(spec)
         if self._stop_event.is_set() or self._ended:
             raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
+        run.configured = self._loop is None  # not started yet: it starts with the others
         self._register(run)
         self._many = True
         loop = self._loop
@@ -512,6 +516,7 @@ class Pipeline:
                 state=run.state,
                 error=None if run.error is None else _one_line(run.error),
                 ended=run.end_reason,
+                configured=run.configured,
             )
             for run in latest.values()
         ]
@@ -923,6 +928,8 @@ class Pipeline:
             run.state = SourceState.RUNNING
             if run.opened is not None:
                 run.opened.set()
+            for observer in self._all_observers():
+                observer.on_source_opened(run.source_id)
             await self._generate(run.stage, worker, run.edge)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
