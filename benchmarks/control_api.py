@@ -16,7 +16,8 @@ thread (with a scraper in its own process, as Prometheus would be) measures:
    thread, and ended (the decoder created and its first item decoded); that item on the loop;
    then, per stage after the sources, its first call holding a frame of the source begun and
    ended (the call after the sources shows the wait in the mux; the last one's end is the result
-   at the sink). Garbage collections in the window are counted too (`gc.callbacks`).
+   at the sink). Garbage collections in the window are counted too (`gc.callbacks`), and one full
+   collection is timed at the end (what a collection of generation 2 stalls every thread for).
 
 Prints both fps figures side by side with the scrape times, the add latency and its breakdown;
 `--json` writes them.
@@ -255,6 +256,11 @@ def client(
         collections.append(gc_pauses.within(sent, frames.first[source_id]))
         status, body = request(connection, "DELETE", f"/sources/{source_id}?wait=300")
         assert status == 200, body
+    # What a full collection would stall now (every thread waits for it), measured once at the end.
+    tracked = len(gc.get_objects())
+    before_full = time.perf_counter()
+    gc.collect()
+    full_collection_ms = 1000 * (time.perf_counter() - before_full)
     scrapes_ms = sorted(1000 * d for d in scrapes)
     return {
         "sources": args.sources,
@@ -273,6 +279,7 @@ def client(
         "post_to_first_frame_ms_p50": round(1000 * statistics.median(adds), 1) if adds else None,
         "post_to_first_frame_steps_ms": steps,
         "gc_over_the_measurement": gc_pauses.by_generation(),
+        "gc_full_collection_at_the_end": {"tracked_objects": tracked, "ms": round(full_collection_ms, 1)},
         "gc_during_add": [
             {"collections": n, "ms": round(1000 * seconds, 1), "max_generation": generation}
             for n, seconds, generation in collections
@@ -377,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_breakdown(result["post_to_first_frame_steps_ms"], result["gc_during_add"])
     print(f"garbage collections over the whole measurement: {result['gc_over_the_measurement']}")
+    print(f"a full collection at the end: {result['gc_full_collection_at_the_end']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -85,6 +85,8 @@ log = logging.getLogger("streamflow.pipeline")
 #: legitimately take long, and abandoning it would lose the output; a second signal always abandons.
 DEFAULT_STOP_TIMEOUT_S: float | None = None
 _MONITOR_PERIOD_S = 0.1
+# Stage hooks as a worker's own methods that call them are named (watchdog and abandon messages).
+_HOOK_NAMES = {"next_from": "generate", "open_source": "setup"}
 T = TypeVar("T")
 
 
@@ -230,6 +232,16 @@ class _StageWorker:
         self.items_out += len(outputs)
         self._finish(outputs)
         return outputs, busy
+
+    def open_source(self) -> Iterator[Item]:
+        """A source's `setup()`, then its `generate()`, in one call of its thread: one hand-off
+        fewer before its first frame (each is a wait for the GIL while many threads run)."""
+        stage = self.stage
+        if not isinstance(stage, Source):
+            raise TypeError(f"stage {stage.name!r} is not a source")
+        stage.setup()
+        self.set_up = True
+        return stage.generate()
 
     def next_from(self, generator: Iterator[Item]) -> tuple[Item | None, float]:
         started = time.perf_counter()
@@ -723,7 +735,7 @@ class Pipeline:
         lines = []
         for name in self.unfinished:
             worker = by_name[name]
-            hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook or "a hook")
+            hook = _HOOK_NAMES.get(worker.busy_hook or "", worker.busy_hook or "a hook")
             busy = time.perf_counter() - worker.busy_since if worker.busy_since is not None else 0.0
             lines.append(
                 f"stage {name!r} ({type(worker.stage).__name__}) did not return from {hook}() "
@@ -742,7 +754,7 @@ class Pipeline:
                 if limit is None or since is None or worker.watchdog_warned or now - since <= limit:
                     continue
                 worker.watchdog_warned = True
-                hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook)
+                hook = _HOOK_NAMES.get(worker.busy_hook or "", worker.busy_hook)
                 log.warning(
                     "watchdog: stage %r (%s) has been busy in one %s() call for more than %g s",
                     worker.stage.name,
@@ -923,14 +935,13 @@ class Pipeline:
                 raise SourceError(run.build_error or "cannot be built")
             worker = run.worker
             assert worker is not None
-            await worker.call(run.stage.setup)
-            worker.set_up = True
+            generator = await worker.call(worker.open_source)
             run.state = SourceState.RUNNING
             if run.opened is not None:
                 run.opened.set()
             for observer in self._all_observers():
                 observer.on_source_opened(run.source_id)
-            await self._generate(run.stage, worker, run.edge)
+            await self._generate(run.stage, worker, generator, run.edge)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
             cancelled = True
@@ -946,8 +957,9 @@ class Pipeline:
             if not cancelled:
                 await self._finish_source(run, reason)
 
-    async def _generate(self, stage: Source, worker: _StageWorker, output: Edge | None) -> None:
-        generator = await worker.call(stage.generate)
+    async def _generate(
+        self, stage: Source, worker: _StageWorker, generator: Iterator[Item], output: Edge | None
+    ) -> None:
         produced = 0
         # Closed here only after a normal end: a generator that raised is already closed, and after a
         # cancellation its thread may still be inside it (teardown then releases what it holds).
