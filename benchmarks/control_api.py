@@ -23,7 +23,9 @@ Prints both fps figures side by side with the scrape times, the add latency and 
 `--json` writes them.
 
 With `--config`, that config's stages run instead of `decode -> null` (models loaded once; an
-added source reuses them), every source reading the generated clip.
+added source reuses them), every source reading the generated clip. As `streamflow run` does, what
+setup leaves alive is frozen out of the garbage collector (`FreezeObjectsAfterSetup`;
+`--no-gc-freeze` to compare).
 
 Usage:
     python benchmarks/control_api.py --sources 64 --seconds 5
@@ -53,6 +55,7 @@ from stages.null import NullSink
 from streamflow import Frame, Observer, Pipeline, Stage
 from streamflow.api import ControlServer
 from streamflow.config import build_pipeline
+from streamflow.observers import FreezeObjectsAfterSetup
 from streamflow.sources import SourceSpec
 from streamflow.video.synth import write_clip
 
@@ -145,6 +148,9 @@ class GcPauses:
             self._started = time.perf_counter()
         else:
             self.pauses.append((self._started, time.perf_counter(), int(info["generation"])))
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
 
     def by_generation(self) -> dict[str, dict[str, float]]:
         """Per generation: collections, total and longest pause (ms)."""
@@ -256,6 +262,8 @@ def client(
         collections.append(gc_pauses.within(sent, frames.first[source_id]))
         status, body = request(connection, "DELETE", f"/sources/{source_id}?wait=300")
         assert status == 200, body
+    collected = gc_pauses.by_generation()
+    gc_pauses.close()
     # What a full collection would stall now (every thread waits for it), measured once at the end.
     tracked = len(gc.get_objects())
     before_full = time.perf_counter()
@@ -278,7 +286,7 @@ def client(
         "post_to_first_frame_ms": [round(1000 * a, 1) for a in adds],
         "post_to_first_frame_ms_p50": round(1000 * statistics.median(adds), 1) if adds else None,
         "post_to_first_frame_steps_ms": steps,
-        "gc_over_the_measurement": gc_pauses.by_generation(),
+        "gc_over_the_measurement": collected,
         "gc_full_collection_at_the_end": {"tracked_objects": tracked, "ms": round(full_collection_ms, 1)},
         "gc_during_add": [
             {"collections": n, "ms": round(1000 * seconds, 1), "max_generation": generation}
@@ -319,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--feeder-threads", type=int, default=None, help="sources share N threads")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave what setup left alive in the GC's generations (`streamflow run` freezes it)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -326,10 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     clip = write_clip(workdir / "clip.mp4", width=args.width, height=args.height, frames=args.clip_frames, fps=30)
     frames = FramesDone()
     timeline = AddTimeline()
+    observers: list[Observer] = [frames, timeline]
+    if not args.no_gc_freeze:
+        observers.append(FreezeObjectsAfterSetup())  # as `streamflow run` does
     sources = [SourceSpec(id=f"s{i}", uri=str(clip), loop=True) for i in range(args.sources)]
     if args.config is not None:
         # The config's stages (models loaded once) with the generated clip as every source.
-        pipeline = build_pipeline(args.config, sources=sources, observers=[frames, timeline])
+        pipeline = build_pipeline(args.config, sources=sources, observers=observers)
         pipeline.stay_open = True
         if args.feeder_threads is not None:
             pipeline.feeder_threads = args.feeder_threads
@@ -338,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
             sources=sources,
             device=args.device,
-            observers=[frames, timeline],
+            observers=observers,
             stay_open=True,
             feeder_threads=args.feeder_threads,
         )
