@@ -115,7 +115,7 @@ class SourceMux:
     def _sweep(self, items: list[Frame | Batch], count: int, limit: int) -> int:
         """First items of new sources, then round robin over the sources until `limit` frames, no
         more queued, or an end of stream."""
-        for entry in list(self._fresh):
+        for entry in list(self._fresh) if self._fresh else ():
             if count >= limit:
                 return count
             item = entry[1].get_nowait()

@@ -85,7 +85,7 @@ log = logging.getLogger("streamflow.pipeline")
 #: legitimately take long, and abandoning it would lose the output; a second signal always abandons.
 DEFAULT_STOP_TIMEOUT_S: float | None = None
 _MONITOR_PERIOD_S = 0.1
-# Stage hooks as a worker's own methods that call them are named (watchdog and abandon messages).
+# The stage hook behind each of a worker's own methods, as watchdog and abandon messages name it.
 _HOOK_NAMES = {"next_from": "generate", "open_source": "setup"}
 T = TypeVar("T")
 
