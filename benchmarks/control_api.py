@@ -9,12 +9,23 @@ thread (with a scraper in its own process, as Prometheus would be) measures:
    every 15 s or so) and every `--fast-interval` seconds (default 0.1, a stress case; 0 scrapes back
    to back, which keeps the loop busy with scrapes), with the scrape times;
 3. `--adds` times: `POST /sources` of one more looping source, and the time from sending the POST
-   to the first frame of that source leaving the last stage (then `DELETE` it).
+   to the first frame of that source leaving the last stage (then `DELETE` it), with where that
+   time went, from the runner's own events (observers, no stage code; times from sending the POST):
+   request received by the server; source started (validated, built, connected to the mux);
+   input opened (its `setup`, a probe, returned); first `generate` step begun in the source's
+   thread, and ended (the decoder created and its first item decoded); that item on the loop;
+   then, per stage after the sources, its first call holding a frame of the source begun and
+   ended (the call after the sources shows the wait in the mux; the last one's end is the result
+   at the sink). Garbage collections in the window are counted too (`gc.callbacks`), and one full
+   collection is timed at the end (what a collection of generation 2 stalls every thread for).
 
-Prints both fps figures side by side with the scrape times and the add latency; `--json` writes them.
+Prints both fps figures side by side with the scrape times, the add latency and its breakdown;
+`--json` writes them.
 
 With `--config`, that config's stages run instead of `decode -> null` (models loaded once; an
-added source reuses them), every source reading the generated clip.
+added source reuses them), every source reading the generated clip. As `streamflow run` does, what
+setup leaves alive is frozen out of the garbage collector (`FreezeObjectsAfterSetup`;
+`--no-gc-freeze` to compare).
 
 Usage:
     python benchmarks/control_api.py --sources 64 --seconds 5
@@ -24,6 +35,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import statistics
@@ -36,11 +48,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from stages.decode import Decode
 from stages.null import NullSink
 from streamflow import Frame, Observer, Pipeline, Stage
 from streamflow.api import ControlServer
 from streamflow.config import build_pipeline
+from streamflow.observers import FreezeObjectsAfterSetup
 from streamflow.sources import SourceSpec
 from streamflow.video.synth import write_clip
 
@@ -65,6 +80,100 @@ class FramesDone(Observer):
         self.count += len(frames_in)
         for frame in frames_in:
             self.first.setdefault(frame.source_id, now)
+
+
+class AddTimeline(Observer):
+    """Steps of newly added sources (perf_counter), from the runner's events; see the module docstring.
+
+    Sources are timed from `watch(id)` (just before the POST) until their first frame left the
+    last stage; every other frame costs one set lookup.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, dict[str, float]] = {}
+        self._pending: set[str] = set()
+        self._template = ""
+        self._sink = ""
+        #: When the server's handler last got a `POST /sources` (set by the benchmark's middleware).
+        self.post_received: float | None = None
+
+    def watch(self, source_id: str) -> None:
+        self.steps[source_id] = {}
+        self._pending.add(source_id)
+
+    def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
+        self._template, self._sink = stages[0].name, stages[-1].name
+
+    def on_source_added(self, source_id: str, stage: Stage | None, edge: Any) -> None:
+        if source_id in self._pending:
+            self.steps[source_id]["started"] = time.perf_counter()
+
+    def on_source_opened(self, source_id: str) -> None:
+        if source_id in self._pending:
+            self.steps[source_id]["opened"] = time.perf_counter()
+
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
+        if not self._pending:
+            return
+        now = time.perf_counter()
+        if not frames_in and frames_out and frames_out[0].source_id in self._pending:
+            steps = self.steps[frames_out[0].source_id]
+            if "decoded" not in steps:  # the source's first item: stamped in its thread when it came out
+                decoded = frames_out[0].timestamps.get(self._template, now)
+                steps["decode begun"], steps["decoded"], steps["on the loop"] = decoded - busy_s, decoded, now
+        for frame in frames_in:
+            if frame.source_id not in self._pending:
+                continue
+            steps = self.steps[frame.source_id]
+            if f"{stage.name} begun" not in steps:
+                # A stage stamps the frames it passes on in its thread; a sink passes none on.
+                ended = frame.timestamps.get(stage.name, now)
+                steps[f"{stage.name} begun"], steps[f"{stage.name} ended"] = ended - busy_s, ended
+            if stage.name == self._sink:
+                self._pending.discard(frame.source_id)
+
+
+class GcPauses:
+    """Garbage collections of this process: (start, end, generation), from `gc.callbacks`."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((self._started, time.perf_counter(), int(info["generation"])))
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def by_generation(self) -> dict[str, dict[str, float]]:
+        """Per generation: collections, total and longest pause (ms)."""
+        summary: dict[str, dict[str, float]] = {}
+        for start, end, generation in self.pauses:
+            row = summary.setdefault(f"gen{generation}", {"collections": 0, "total_ms": 0.0, "max_ms": 0.0})
+            row["collections"] += 1
+            row["total_ms"] = round(row["total_ms"] + 1000 * (end - start), 1)
+            row["max_ms"] = round(max(row["max_ms"], 1000 * (end - start)), 1)
+        return dict(sorted(summary.items()))
+
+    def within(self, start: float, end: float) -> tuple[int, float, int]:
+        """Collections that ended in [start, end]: count, total seconds, highest generation."""
+        inside = [p for p in self.pauses if start <= p[1] <= end]
+        return len(inside), sum(p[1] - p[0] for p in inside), max((p[2] for p in inside), default=-1)
+
+
+def breakdown(steps: dict[str, float], sent: float, stages: Sequence[str]) -> dict[str, float]:
+    """Each step's time (ms) from sending the POST, in the order a frame meets them."""
+    order = ["received", "started", "opened", "decode begun", "decoded", "on the loop"]
+    for name in stages:
+        order += [f"{name} begun", f"{name} ended"]
+    return {step: round(1000 * (steps[step] - sent), 1) for step in order if step in steps}
 
 
 def request(connection: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
@@ -108,7 +217,14 @@ def fps_over(frames: FramesDone, seconds: float, port: int, every: float | None 
     return (frames.count - start_count) / (time.perf_counter() - started), durations
 
 
-def client(port: int, pipeline: Pipeline, frames: FramesDone, args: argparse.Namespace, clip: Path) -> dict[str, Any]:
+def client(
+    port: int,
+    pipeline: Pipeline,
+    frames: FramesDone,
+    timeline: AddTimeline,
+    args: argparse.Namespace,
+    clip: Path,
+) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     while True:
         try:
@@ -121,22 +237,38 @@ def client(port: int, pipeline: Pipeline, frames: FramesDone, args: argparse.Nam
         time.sleep(0.05)
     time.sleep(args.seconds / 2)
 
+    gc_pauses = GcPauses()
     quiet_fps, _ = fps_over(frames, args.seconds, port)
     periodic_fps, periodic = fps_over(frames, args.seconds, port, every=args.interval)
     busy_fps, back_to_back = fps_over(frames, args.seconds, port, every=args.fast_interval)
     quiet_again_fps, _ = fps_over(frames, args.seconds, port)
     scrapes = periodic + back_to_back
     adds: list[float] = []
+    steps: list[dict[str, float]] = []
+    collections: list[tuple[int, float, int]] = []
+    stages = [stage.name for stage in pipeline.stages[1:]]
     for index in range(args.adds):
         source_id = f"added{index}"
+        timeline.watch(source_id)
         sent = time.perf_counter()
         status, body = request(connection, "POST", "/sources", {"id": source_id, "uri": str(clip), "loop": True})
         assert status == 201, body
+        if timeline.post_received is not None:
+            timeline.steps[source_id]["received"] = timeline.post_received
         while source_id not in frames.first:
             time.sleep(0.0005)
         adds.append(frames.first[source_id] - sent)
+        steps.append(breakdown(timeline.steps[source_id], sent, stages))
+        collections.append(gc_pauses.within(sent, frames.first[source_id]))
         status, body = request(connection, "DELETE", f"/sources/{source_id}?wait=300")
         assert status == 200, body
+    collected = gc_pauses.by_generation()
+    gc_pauses.close()
+    # What a full collection would stall now (every thread waits for it), measured once at the end.
+    tracked = len(gc.get_objects())
+    before_full = time.perf_counter()
+    gc.collect()
+    full_collection_ms = 1000 * (time.perf_counter() - before_full)
     scrapes_ms = sorted(1000 * d for d in scrapes)
     return {
         "sources": args.sources,
@@ -153,7 +285,31 @@ def client(port: int, pipeline: Pipeline, frames: FramesDone, args: argparse.Nam
         "scrape_ms_max": round(scrapes_ms[-1], 2),
         "post_to_first_frame_ms": [round(1000 * a, 1) for a in adds],
         "post_to_first_frame_ms_p50": round(1000 * statistics.median(adds), 1) if adds else None,
+        "post_to_first_frame_steps_ms": steps,
+        "gc_over_the_measurement": collected,
+        "gc_full_collection_at_the_end": {"tracked_objects": tracked, "ms": round(full_collection_ms, 1)},
+        "gc_during_add": [
+            {"collections": n, "ms": round(1000 * seconds, 1), "max_generation": generation}
+            for n, seconds, generation in collections
+        ],
     }
+
+
+def print_breakdown(adds: list[dict[str, float]], collections: list[dict[str, Any]]) -> None:
+    """One line per step: ms from sending the POST for every add, and the step's own share (p50, max)."""
+    if not adds:
+        return
+    print("where the time to the first frame went (ms from sending the POST; step: since the previous one)")
+    print(f"{'step':<24} {'each add':<44} {'step p50':>9} {'step max':>9}")
+    previous: list[float] = [0.0] * len(adds)
+    for step in adds[0]:
+        at = [add.get(step, float("nan")) for add in adds]
+        own = [a - b for a, b in zip(at, previous, strict=True)]
+        each = ", ".join(f"{a:.1f}" for a in at)
+        print(f"{step:<24} {each:<44} {statistics.median(own):>9.1f} {max(own):>9.1f}")
+        previous = at
+    summary = ", ".join(f"{c['collections']} ({c['ms']} ms, gen {c['max_generation']})" for c in collections)
+    print(f"garbage collections during each add: {summary}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,16 +327,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--feeder-threads", type=int, default=None, help="sources share N threads")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave what setup left alive in the GC's generations (`streamflow run` freezes it)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="control_api_bench_"))
     clip = write_clip(workdir / "clip.mp4", width=args.width, height=args.height, frames=args.clip_frames, fps=30)
     frames = FramesDone()
+    timeline = AddTimeline()
+    observers: list[Observer] = [frames, timeline]
+    if not args.no_gc_freeze:
+        observers.append(FreezeObjectsAfterSetup())  # as `streamflow run` does
     sources = [SourceSpec(id=f"s{i}", uri=str(clip), loop=True) for i in range(args.sources)]
     if args.config is not None:
         # The config's stages (models loaded once) with the generated clip as every source.
-        pipeline = build_pipeline(args.config, sources=sources, observers=[frames])
+        pipeline = build_pipeline(args.config, sources=sources, observers=observers)
         pipeline.stay_open = True
         if args.feeder_threads is not None:
             pipeline.feeder_threads = args.feeder_threads
@@ -189,18 +354,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
             sources=sources,
             device=args.device,
-            observers=[frames],
+            observers=observers,
             stay_open=True,
             feeder_threads=args.feeder_threads,
         )
     server = ControlServer(pipeline, port=0)
+
+    @web.middleware
+    async def stamp_posts(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/sources":
+            timeline.post_received = time.perf_counter()
+        return await handler(request)  # type: ignore[no-any-return]
+
+    server.app.middlewares.insert(0, stamp_posts)  # outermost: the moment the handler chain starts
     result: dict[str, Any] = {}
 
     def measure() -> None:
         try:
             while server.port == 0:  # bound once the run starts
                 time.sleep(0.05)
-            result.update(client(server.port, pipeline, frames, args, clip))
+            result.update(client(server.port, pipeline, frames, timeline, args, clip))
         finally:
             pipeline.stop()
 
@@ -225,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"POST -> first frame of the new source (ms): p50 {result['post_to_first_frame_ms_p50']}, "
         f"each {result['post_to_first_frame_ms']}"
     )
+    print_breakdown(result["post_to_first_frame_steps_ms"], result["gc_during_add"])
+    print(f"garbage collections over the whole measurement: {result['gc_over_the_measurement']}")
+    print(f"a full collection at the end: {result['gc_full_collection_at_the_end']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -3,7 +3,9 @@
 Each source feeds its own bounded `Edge`, so a fast or stalled source only fills its own queue.
 `SourceMux.take(limit)` gathers items for one call of the next stage, up to `limit` frames,
 taking one item from each source in turn (round robin, starting after the source served last),
-so no source can starve the others and each source's items keep their order. With a
+so no source can starve the others and each source's items keep their order. A source's first
+item goes ahead of the round: a source added to a busy pipeline would otherwise wait a whole
+round of the others (one call of the next stage each) before its first frames move. With a
 `timeout_s`, a batch that is not full waits at most that long after its first item for more
 (nvstreammux's push timeout); without one it takes what is queued and goes (lowest latency).
 
@@ -59,6 +61,7 @@ class SourceMux:
         self.final_reason = "finished"
         self._order: list[tuple[str, Edge]] = []  # (source id, its edge), in round-robin order
         self._cursor = 0
+        self._fresh: list[tuple[str, Edge]] = []  # sources none of whose items was taken yet, oldest first
         self._arrived = asyncio.Event()
         self._pending: collections.deque[EndOfStream] = collections.deque()
         self._ended = False
@@ -67,6 +70,9 @@ class SourceMux:
         """Read `edge` from now on. An id may come back (removed, then added again) while its old
         edge still drains: each edge is its own input until its `SourceEnd`."""
         edge.listener = self._arrived
+        if all(known != source_id for known, _ in self._order):
+            # (An id added again while its old edge drains waits for that edge to end, see `_sweep`.)
+            self._fresh.append((source_id, edge))
         self._order.append((source_id, edge))
         self._arrived.set()
 
@@ -107,7 +113,21 @@ class SourceMux:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
     def _sweep(self, items: list[Frame | Batch], count: int, limit: int) -> int:
-        """Round robin over the sources until `limit` frames, no more queued, or an end of stream."""
+        """First items of new sources, then round robin over the sources until `limit` frames, no
+        more queued, or an end of stream."""
+        for entry in list(self._fresh) if self._fresh else ():
+            if count >= limit:
+                return count
+            item = entry[1].get_nowait()
+            if item is None:
+                continue
+            self._fresh.remove(entry)
+            position = self._order.index(entry)
+            if isinstance(item, EndOfStream):
+                self._end(position, item)
+                return count
+            items.append(item)
+            count += len(item.frames)
         progress = True
         while progress and count < limit and not self._pending:
             progress = False

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Sequence
@@ -27,7 +28,15 @@ if TYPE_CHECKING:
     from streamflow.edge import Edge
     from streamflow.stage import Stage
 
-__all__ = ["Observer", "RunStats", "SourceStats", "StageStats", "StatsCollector", "percentile"]
+__all__ = [
+    "FreezeObjectsAfterSetup",
+    "Observer",
+    "RunStats",
+    "SourceStats",
+    "StageStats",
+    "StatsCollector",
+    "percentile",
+]
 
 # Latency samples kept per stage: enough for stable p99 on long runs without unbounded memory.
 _MAX_LATENCY_SAMPLES = 100_000
@@ -60,6 +69,9 @@ class Observer:
         """A source starts (at the beginning or added at run time). `stage` is None for one that
         could not be built; `edge` is the queue it feeds."""
 
+    def on_source_opened(self, source_id: str) -> None:
+        """A source's input is open (its `setup` returned): it starts producing frames."""
+
     def on_source_ended(self, source_id: str, reason: str, error: str | None) -> None:
         """A source ended: `reason` is finished, removed, a stop reason or `failed: ...`."""
 
@@ -68,6 +80,32 @@ class Observer:
 
     def on_end(self, stats: RunStats) -> None:
         """The run finished (successfully or not); `stats` is final."""
+
+
+class FreezeObjectsAfterSetup(Observer):
+    """Once every stage is set up: one full garbage collection, then `gc.freeze()`, so that what is
+    alive then (imported modules, loaded models, the configured stages) is never scanned again.
+
+    Why: a collection of the oldest generation scans every tracked object while holding the GIL,
+    so every thread of the pipeline (and the control API) stops for it, and imports and models are
+    nearly all of those objects and live as long as the process. Frozen objects are still freed
+    when their last reference goes, but a reference cycle among them is never collected. A choice
+    for the whole process, made by `streamflow run` (one pipeline per process); `gc.unfreeze()`
+    undoes it. The one collection runs on the loop before the sources start.
+
+    Example:
+        >>> from streamflow import Pipeline
+        >>> from streamflow.testing import ListSink, ListSource, make_frames
+        >>> _ = Pipeline([ListSource(make_frames(2)), ListSink()], observers=[FreezeObjectsAfterSetup()]).run_sync()
+        >>> gc.get_freeze_count() > 0
+        True
+        >>> gc.unfreeze()
+    """
+
+    def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
+        # Collected first: the garbage of setup (model conversion, parsing) would otherwise stay for good.
+        gc.collect()
+        gc.freeze()
 
 
 @dataclass(slots=True)

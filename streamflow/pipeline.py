@@ -90,6 +90,8 @@ log = logging.getLogger("streamflow.pipeline")
 #: legitimately take long, and abandoning it would lose the output; a second signal always abandons.
 DEFAULT_STOP_TIMEOUT_S: float | None = None
 _MONITOR_PERIOD_S = 0.1
+# The stage hook behind each of a worker's own methods, as watchdog and abandon messages name it.
+_HOOK_NAMES = {"next_from": "generate", "open_source": "setup"}
 T = TypeVar("T")
 
 
@@ -236,6 +238,16 @@ class _StageWorker:
         self._finish(outputs)
         return outputs, busy
 
+    def open_source(self) -> Iterator[Item]:
+        """A source's `setup()`, then its `generate()`, in one call of its thread: one hand-off
+        fewer before its first frame (each is a wait for the GIL while many threads run)."""
+        stage = self.stage
+        if not isinstance(stage, Source):
+            raise TypeError(f"stage {stage.name!r} is not a source")
+        stage.setup()
+        self.set_up = True
+        return stage.generate()
+
     def next_from(self, generator: Iterator[Item]) -> tuple[Item | None, float]:
         started = time.perf_counter()
         item = next(generator, None)
@@ -272,6 +284,8 @@ class SourceStatus:
     state: SourceState
     error: str | None = None
     ended: str | None = None  # why it ended: finished, removed, a stop reason, failed: ...
+    #: Given before the run started (config, CLI, `add_source` before `run()`); False: added while running.
+    configured: bool = True
 
 
 @dataclass(eq=False)
@@ -289,6 +303,7 @@ class _SourceRun:
     display_uri: str | None = None
     state: SourceState = SourceState.STARTING
     end_reason: str | None = None
+    configured: bool = True  # see `SourceStatus.configured`
     # Set on the loop when the input is open (or the source ended) and when its end left the last stage.
     opened: asyncio.Event | None = None
     drained: asyncio.Event | None = None
@@ -460,6 +475,7 @@ class Pipeline:
             raise PipelineError(f"cannot add source {run.source_id!r}: a serial pipeline runs exactly one source")
         if self._stop_event.is_set() or self._ended:
             raise PipelineError(f"cannot add source {run.source_id!r}: the pipeline is stopping or has ended")
+        run.configured = self._loop is None  # not started yet: it starts with the others
         self._register(run)
         self._many = True
         loop = self._loop
@@ -530,6 +546,7 @@ class Pipeline:
                 state=run.state,
                 error=None if run.error is None else _one_line(run.error),
                 ended=run.end_reason,
+                configured=run.configured,
             )
             for run in latest.values()
         ]
@@ -737,7 +754,7 @@ class Pipeline:
         lines = []
         for name in self.unfinished:
             worker = by_name[name]
-            hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook or "a hook")
+            hook = _HOOK_NAMES.get(worker.busy_hook or "", worker.busy_hook or "a hook")
             busy = time.perf_counter() - worker.busy_since if worker.busy_since is not None else 0.0
             lines.append(
                 f"stage {name!r} ({type(worker.stage).__name__}) did not return from {hook}() "
@@ -756,7 +773,7 @@ class Pipeline:
                 if limit is None or since is None or worker.watchdog_warned or now - since <= limit:
                     continue
                 worker.watchdog_warned = True
-                hook = {"next_from": "generate"}.get(worker.busy_hook or "", worker.busy_hook)
+                hook = _HOOK_NAMES.get(worker.busy_hook or "", worker.busy_hook)
                 log.warning(
                     "watchdog: stage %r (%s) has been busy in one %s() call for more than %g s",
                     worker.stage.name,
@@ -938,12 +955,13 @@ class Pipeline:
                 raise SourceError(run.build_error or "cannot be built")
             worker = run.worker
             assert worker is not None
-            await worker.call(run.stage.setup)
-            worker.set_up = True
+            generator = await worker.call(worker.open_source)
             run.state = SourceState.RUNNING
             if run.opened is not None:
                 run.opened.set()
-            await self._generate(run, run.stage, worker)
+            for observer in self._all_observers():
+                observer.on_source_opened(run.source_id)
+            await self._generate(run, run.stage, worker, generator)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
             cancelled = True
@@ -959,8 +977,7 @@ class Pipeline:
             if not cancelled:
                 await self._finish_source(run, reason)
 
-    async def _generate(self, run: _SourceRun, stage: Source, worker: _StageWorker) -> None:
-        generator = await worker.call(stage.generate)
+    async def _generate(self, run: _SourceRun, stage: Source, worker: _StageWorker, generator: Iterator[Item]) -> None:
         produced = 0
         # Closed here only after a normal end: a generator that raised is already closed, and after a
         # cancellation its thread may still be inside it (teardown then releases what it holds).

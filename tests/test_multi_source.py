@@ -125,6 +125,36 @@ def test_mux_reads_an_id_added_again_only_after_its_old_edge_ended() -> None:
     assert seen == ["0", "1", "end:a:removed", "10", "11", "end:a:finished", "end:None:finished"]
 
 
+def test_mux_takes_the_first_item_of_a_source_added_to_a_busy_mux_next() -> None:
+    async def scenario() -> list[str]:
+        mux = SourceMux()
+        for name in "abcd":
+            edge = Edge(name, capacity=8)
+            mux.add(name, edge)
+            for frame in make_frames(6, source_id=name):
+                await edge.put(frame)
+        taken: list[str] = []
+
+        async def take(times: int) -> None:
+            for _ in range(times):
+                got = await mux.take(1)
+                assert isinstance(got, list)
+                taken.extend(f"{f.source_id}{f.index}" for f in got)
+
+        await take(5)
+        late = Edge("new", capacity=8)
+        mux.add("new", late)
+        for frame in make_frames(3, source_id="new"):
+            await late.put(frame)
+        await take(6)
+        return taken
+
+    taken = asyncio.run(scenario())
+    assert taken[:5] == ["a0", "b0", "c0", "d0", "a1"]
+    # Its first item goes ahead of the round (not behind b, c and d), then it takes its turn like the others.
+    assert taken[5:] == ["new0", "b1", "c1", "d1", "new1", "a2"]
+
+
 # -- through the runner ---------------------------------------------------------------------------
 def test_sources_of_different_lengths_keep_order_and_end_alone() -> None:
     sink = EndRecorder(name="sink")

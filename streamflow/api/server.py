@@ -11,8 +11,16 @@ Endpoints (JSON unless said otherwise; every error is `{"error": "...", "field":
   422 invalid field, 429 `max_sources` reached, 503 pipeline not running.
 - `DELETE /sources/{id}` (token): the source stops, what it queued drains and its outputs are
   finalized; waits up to `?wait=` seconds (default 30): 200 ended, 202 still draining, 404 unknown.
-- `GET /healthz`: 200 while the event loop answers (with its lag); `GET /readyz`: 200 once every
-  stage is set up (models loaded) and while the pipeline runs, else 503; both list sources by state.
+- `GET /healthz`: 200 while the event loop answers (with its lag).
+- `GET /readyz`: 200 when every stage is set up (models loaded), the pipeline runs, and no
+  configured source (from the config or CLI, or added before the run) is still opening its input;
+  else 503 with the `reason` and the ids still `starting`. The body also lists the `failed` ones and
+  counts sources by state. Sources added while running don't make it unready (their POST answers
+  whether they opened). Sources that ended, normally or by failing, don't either: a failed source
+  won't recover by waiting, it shows in `failed` and in the metrics (`streamflow_sources{state=
+  "failed"}`, `streamflow_source_up`) for alerts, and a pod that is not ready leaves its Service,
+  which would cut off the very API that replaces the source. A `stay_open` pipeline with no source
+  left is ready: it accepts sources.
 - `GET /metrics`: Prometheus text (`streamflow.api.metrics`).
 
 Mutating endpoints need `Authorization: Bearer <token>` when a token is set (compared in constant
@@ -267,12 +275,6 @@ class ControlServer:
         return web.json_response(self._describe(status))
 
     # -- health and metrics ---------------------------------------------------------------------
-    def _counts(self) -> dict[str, int]:
-        counts = {state.value: 0 for state in SourceState}
-        for status in self.pipeline.source_status():
-            counts[status.state.value] += 1
-        return counts
-
     async def healthz(self, request: web.Request) -> web.Response:
         # Answering at all shows the loop is responsive; the lag of one turn shows how busy it is.
         loop = asyncio.get_running_loop()
@@ -281,12 +283,22 @@ class ControlServer:
         return web.json_response({"status": "ok", "loop_lag_ms": round(1000 * (loop.time() - started), 3)})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.pipeline.running
-        body = {"ready": ready, "sources": self._counts()}
-        return web.json_response(body, status=200 if ready else 503)
+        statuses = self.pipeline.source_status()
+        counts = {state.value: 0 for state in SourceState}
+        for status in statuses:
+            counts[status.state.value] += 1
+        starting = sorted(s.id for s in statuses if s.configured and s.state is SourceState.STARTING)
+        failed = sorted(s.id for s in statuses if s.state is SourceState.FAILED)
+        reason = None
+        if not self.pipeline.running:
+            reason = "the pipeline is not running (setting up its stages, or stopping)"
+        elif starting:
+            reason = f"configured sources still opening their input: {', '.join(starting)}"
+        body = {"ready": reason is None, "reason": reason, "starting": starting, "failed": failed, "sources": counts}
+        return web.json_response(body, status=503 if reason else 200)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        return web.Response(body=await self.metrics.render_async(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _wait_param(request: web.Request, *, default: float) -> float:

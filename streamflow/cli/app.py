@@ -120,13 +120,15 @@ def run(
     """
     from streamflow.cli.report import LiveDisplay
     from streamflow.config import ConfigError, build_pipeline, load_config
+    from streamflow.observers import FreezeObjectsAfterSetup
     from streamflow.preflight import PreflightError
 
     _configure_logging(verbose)
     try:
         specs = command_line_sources(source or [], sources_file)
         loaded = load_config(config, set_ or [])
-        pipeline = build_pipeline(loaded, max_frames=max_frames, sources=specs)
+        # This process runs one pipeline: what its setup leaves alive is kept out of GC pauses.
+        pipeline = build_pipeline(loaded, max_frames=max_frames, sources=specs, observers=[FreezeObjectsAfterSetup()])
         pipeline.strict_frames = pipeline.strict_frames or strict_frames
         if stats_json:
             pipeline.output_files.append(("--stats-json", str(stats_json)))

@@ -20,7 +20,9 @@ from stages.jsonl import JsonlSink
 from streamflow import Batch, Frame, Pipeline, Stage
 from streamflow.api import ControlServer, PipelineMetrics, parse_bind
 from streamflow.pipeline import SourceState
+from streamflow.testing import ListSink
 from streamflow.video.synth import write_clip
+from support.stages import CountingSource
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -291,3 +293,60 @@ async def test_readyz_waits_for_the_models_while_healthz_answers(clip: Path) -> 
         await run
         async with client.get("/readyz") as response:
             assert response.status == 503, "a stopped pipeline is not ready"
+
+
+class SlowToOpen(CountingSource):
+    """A source whose input opens (its setup returns) only when the test lets it."""
+
+    def __init__(self, gate: threading.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def setup(self) -> None:
+        self.gate.wait(60)
+
+
+async def readiness(client: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
+    async with client.get("/readyz") as response:
+        return response.status, await response.json()
+
+
+async def test_readyz_waits_for_configured_sources_to_open_but_not_for_added_or_failed_ones(clip: Path) -> None:
+    opened, added_opened = threading.Event(), threading.Event()
+    configured = SlowToOpen(opened, name="cam", count=0, interval=0.01)
+    broken = {"id": "broken", "uri": "/nonexistent/x.mp4"}  # fails for good when it starts
+    pipeline = Pipeline(
+        [Decode(name="source", uri=str(clip)), ListSink(name="sink")],
+        sources=[configured, broken],
+        device="cpu",
+        stay_open=True,
+    )
+    try:
+        async with serving(pipeline) as (_, client):
+            await wait_for_state(client, "broken", {"failed"})
+            status, body = await readiness(client)  # models loaded, but a configured source is still opening
+            assert status == 503 and body["ready"] is False, body
+            assert body["starting"] == ["cam"] and "cam" in body["reason"], body
+            assert body["failed"] == ["broken"] and body["sources"]["failed"] == 1, body
+
+            opened.set()
+            await wait_for_state(client, "cam", {"running"})
+            # A source added while running is still opening, another failed for good: ready all the same.
+            pipeline.add_source(SlowToOpen(added_opened, name="door", count=0))
+            async with client.get("/sources/door") as response:
+                door = await response.json()
+                assert door["state"] == "starting" and door["configured"] is False, door
+            status, body = await readiness(client)
+            assert status == 200 and body["ready"] is True and body["reason"] is None, body
+            assert body["starting"] == [] and body["failed"] == ["broken"], body
+            assert body["sources"]["starting"] == 1 and body["sources"]["running"] == 1, body
+
+            added_opened.set()
+            for source_id in ("cam", "door"):
+                async with client.delete(f"/sources/{source_id}") as response:
+                    assert response.status == 200, await response.json()
+            status, body = await readiness(client)
+            assert status == 200 and body["sources"]["ended"] == 2, "a stay-open pipeline with no source is ready"
+    finally:
+        opened.set()
+        added_opened.set()
