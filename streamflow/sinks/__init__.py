@@ -6,8 +6,18 @@ from streamflow.sinks.publisher import (
     Publisher,
     SinkConnectionError,
     SinkDeliveryError,
+    SinkRejectedError,
     Transport,
     scrub,
 )
 
-__all__ = ["Backoff", "Message", "Publisher", "SinkConnectionError", "SinkDeliveryError", "Transport", "scrub"]
+__all__ = [
+    "Backoff",
+    "Message",
+    "Publisher",
+    "SinkConnectionError",
+    "SinkDeliveryError",
+    "SinkRejectedError",
+    "Transport",
+    "scrub",
+]

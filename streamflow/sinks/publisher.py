@@ -59,6 +59,7 @@ __all__ = [
     "Publisher",
     "SinkConnectionError",
     "SinkDeliveryError",
+    "SinkRejectedError",
     "Transport",
     "scrub",
 ]
@@ -75,6 +76,11 @@ class SinkConnectionError(ConnectionError):
 
 class SinkDeliveryError(RuntimeError):
     """Buffered messages could not be delivered within the flush timeout."""
+
+
+class SinkRejectedError(SinkDeliveryError):
+    """The server refused messages it received (a key of the wrong type, out of memory): sending them
+    again would fail again, so the run fails instead of retrying."""
 
 
 class Backoff(BaseModel):
@@ -116,7 +122,8 @@ class Transport(abc.ABC):
     `connect()` and `send()` block, bounded by the transport's own timeouts, and raise `OSError`
     (`ConnectionError`, `TimeoutError`) when the connection is lost; `send()` delivers the whole
     batch or raises. `SinkConnectionError` from `connect()` means the server refused the client
-    (bad credentials): retried mid-run, fatal at start.
+    (bad credentials): retried mid-run, fatal at start. `SinkRejectedError` from `send()` means the
+    server refused messages: fatal.
     """
 
     #: What the sink is ("redis", "mqtt"), for messages.
@@ -315,6 +322,8 @@ class Publisher:
                 return
             except OSError as error:
                 self._reconnect(error)
+            except SinkRejectedError as error:
+                raise SinkRejectedError(f"{self.label}: {scrub(str(error), self.transport.secrets)}") from None
 
     def _reconnect(self, error: BaseException) -> None:
         """The connection is lost: reconnect with backoff, or raise after `give_up_after` seconds."""

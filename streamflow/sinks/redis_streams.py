@@ -1,9 +1,17 @@
-"""Append messages to Redis Streams (`XADD`) through redis-py's asyncio client, a batch per round trip.
+"""Append messages to Redis Streams (`XADD`), a batch per round trip, from the publisher's I/O thread.
 
-The transport owns a private asyncio event loop that only the publisher's I/O thread runs, so the
-pipeline's event loop never waits on Redis. A batch goes out as one `MULTI`/`EXEC` pipeline: the
-server applies all of its `XADD`s or none, and a batch resent after a lost connection can at worst
-arrive twice, never half.
+redis-py's connection (`redis.Connection`, hiredis parsing the replies) owns the socket: connecting,
+`AUTH`, `SELECT`, timeouts and reading replies. It runs in the publisher's I/O thread, so the pipeline's
+event loop never waits on Redis; a client-side event loop would only add a future, a timeout and a
+task switch per reply. What the sink adds is the packing of a batch: every entry of a stream starts
+with the same command words, packed once per stream (`XADD key [MAXLEN ~ n] * message`), so packing
+an entry is one length prefix and its payload, and the whole batch goes out in one write.
+
+A batch goes out as one `MULTI`/`EXEC` transaction: the server applies all of its `XADD`s or none, so
+a batch resent after a lost connection arrives whole once or twice, never half, and a consumer reads
+every stream in order once it skips repeats (same `source_id` and `index`). An error the server
+returns for a command (a key that is not a stream, out of memory, no permission) fails the run with
+the server's words: sending the same batch again would fail again.
 
 Each entry has one field, `message`, holding the JSON result message. `maxlen` caps every stream
 approximately (`MAXLEN ~`): Redis trims whole internal nodes, which is far cheaper than exact trimming.
@@ -12,21 +20,45 @@ Example:
     >>> transport = RedisStreamTransport(host="127.0.0.1", port=6379, password="s3cret", maxlen=1000)
     >>> transport.address  # what messages show: no credentials
     '127.0.0.1:6379/0'
+    >>> transport.pack([("s", b'{"index":0}')])
+    b'*1\\r\\n$5\\r\\nMULTI\\r\\n*8\\r\\n$4\\r\\nXADD\\r\\n$1\\r\\ns\\r\\n$6\\r\\nMAXLEN\\r\\n$1\\r\\n~\\r\\n$4\\r\\n1000\\r\\n$1\\r\\n*\\r\\n$7\\r\\nmessage\\r\\n$11\\r\\n{"index":0}\\r\\n*1\\r\\n$4\\r\\nEXEC\\r\\n'
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from streamflow.sinks.publisher import Message, SinkConnectionError, Transport
+from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Transport
 
-__all__ = ["RedisStreamTransport"]
+__all__ = ["RedisStreamTransport", "resp_command"]
 
 #: The stream entry's field that holds the message.
 FIELD = "message"
+
+
+def resp_command(*args: str | bytes) -> bytes:
+    """`args` as one command in the Redis protocol (RESP): an array of bulk strings.
+
+    Example:
+        >>> resp_command("PING")
+        b'*1\\r\\n$4\\r\\nPING\\r\\n'
+    """
+    return _array_head(len(args)) + b"".join(_bulk(arg) for arg in args)
+
+
+def _array_head(count: int) -> bytes:
+    return b"*%d\r\n" % count
+
+
+def _bulk(arg: str | bytes) -> bytes:
+    data = arg.encode() if isinstance(arg, str) else arg
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+_MULTI = resp_command("MULTI")
+_EXEC = resp_command("EXEC")
 
 
 class RedisStreamTransport(Transport):
@@ -52,18 +84,17 @@ class RedisStreamTransport(Transport):
         self.timeout = timeout
         self.address = f"{host}:{port}/{db}"
         self.secrets = (password,) if password else ()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: Any = None
+        self._connection: Any = None
+        # Per stream key: the packed command up to (not including) the payload.
+        self._heads: dict[str, bytes] = {}
 
     def connect(self) -> None:
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
+        import redis
         from redis.backoff import NoBackoff
-        from redis.exceptions import AuthenticationError, RedisError, ResponseError
+        from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+        from redis.retry import Retry
 
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        client = redis.asyncio.Redis(
+        connection = redis.Connection(
             host=self.host,
             port=self.port,
             db=self.db,
@@ -71,45 +102,68 @@ class RedisStreamTransport(Transport):
             password=self._password,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
-            # The publisher owns retries (with backoff and buffering); the client must fail fast.
+            # The publisher owns retries (with backoff and buffering); the connection must fail fast.
             retry=Retry(NoBackoff(), 0),
-            single_connection_client=True,
         )
         try:
-            self._loop.run_until_complete(client.ping())
-        except AuthenticationError as error:
-            self._loop.run_until_complete(client.aclose())
+            connection.connect()
+            # Without a password redis-py sends no AUTH: a server that wants one says so here.
+            connection.send_command("PING")
+            connection.read_response()
+        except (AuthenticationError, AuthorizationError) as error:  # WRONGPASS, NOAUTH: the server answered
+            connection.disconnect()
             raise SinkConnectionError(f"authentication failed: {error}") from None
-        except ResponseError as error:  # NOAUTH (a password is required) and similar refusals
-            self._loop.run_until_complete(client.aclose())
+        except ResponseError as error:  # another refusal (an ACL user without PING...)
+            connection.disconnect()
             raise SinkConnectionError(f"refused: {error}") from None
         except (RedisError, OSError) as error:  # redis' ConnectionError is a RedisError, not an OSError
-            self._loop.run_until_complete(client.aclose())
+            connection.disconnect()
             raise ConnectionError(str(error) or type(error).__name__) from None
-        self._client = client
+        self._connection = connection
+
+    def pack(self, batch: Sequence[Message]) -> bytes:
+        """The batch's commands as they go on the wire: `MULTI`, one `XADD` per message, `EXEC`."""
+        heads = self._heads
+        parts = [_MULTI]
+        for key, payload in batch:
+            head = heads.get(key)
+            if head is None:
+                head = heads[key] = self._head(key)
+            parts += (head, b"$%d\r\n" % len(payload), payload, b"\r\n")
+        parts.append(_EXEC)
+        return b"".join(parts)
+
+    def _head(self, key: str) -> bytes:
+        words: list[str | bytes] = ["XADD", key]
+        if self.maxlen is not None:
+            words += ["MAXLEN", "~", str(self.maxlen)]
+        words += ["*", FIELD]
+        # The payload, packed per message, is the command's last argument.
+        return _array_head(len(words) + 1) + b"".join(_bulk(word) for word in words)
 
     def send(self, batch: Sequence[Message]) -> None:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
-        if self._client is None or self._loop is None:
+        connection = self._connection
+        if connection is None:
             raise ConnectionError("not connected")
         try:
-            self._loop.run_until_complete(self._send(batch))
+            connection.send_packed_command([self.pack(batch)], check_health=False)
+            # MULTI's +OK and one +QUEUED per command; a command refused here makes EXEC fail (EXECABORT).
+            for _ in range(len(batch) + 1):
+                connection.read_response()
+            replies = connection.read_response()
+        except ResponseError as error:
+            raise SinkRejectedError(f"the server refused the batch: {error}") from None
         except (RedisError, OSError) as error:
             raise ConnectionError(str(error) or type(error).__name__) from None
-
-    async def _send(self, batch: Sequence[Message]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            for key, payload in batch:
-                pipe.xadd(key, {FIELD: payload}, maxlen=self.maxlen, approximate=True)
-            await pipe.execute()
+        # A transaction runs every command; one that failed (WRONGTYPE...) is an error in EXEC's reply.
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise SinkRejectedError(f"the server refused a message: {reply}")
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is not None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
             with contextlib.suppress(Exception):  # a broken connection may fail to close; nothing to save
-                self._loop.run_until_complete(client.aclose())
-
-    def __del__(self) -> None:
-        if self._loop is not None and not self._loop.is_running():
-            self._loop.close()
+                connection.disconnect()
