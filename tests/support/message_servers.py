@@ -41,6 +41,7 @@ __all__ = [
     "distinct",
     "free_port",
     "missing_binary",
+    "published_count",
     "redis_messages",
     "run_through_outage",
 ]
@@ -150,6 +151,7 @@ class MosquittoServer(_Server):
             f"persistence_location {self.dir}/",
             "user root",  # tests may run as root; keep its rights on the temporary folder
             "max_queued_messages 0",  # queue everything for a subscriber that is away (no silent loss)
+            "sys_interval 1",  # $SYS counters every second: what the broker received (published_count)
         ]
         if self.password:
             passwords = self.dir / "passwords"
@@ -182,6 +184,35 @@ def redis_messages(server: RedisServer, stream: str) -> list[dict[str, Any]]:
         if len(entries) < 1000:
             return messages
         start = "(" + entries[-1][0].decode()
+
+
+def published_count(server: MosquittoServer, at_least: int, timeout: float = 30.0) -> int:
+    """PUBLISH packets the broker has received since it started (its `$SYS` counter, updated every
+    second), once it reaches `at_least` or `timeout` passed."""
+    import paho.mqtt.client as mqtt
+
+    counts: list[int] = []
+    changed = threading.Condition()
+
+    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+        with changed:
+            counts.append(int(message.payload))
+            changed.notify_all()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"counter-{free_port()}")
+    if server.password:
+        client.username_pw_set(server.user, server.password)
+    client.on_connect = lambda c, *_: c.subscribe("$SYS/broker/publish/messages/received")
+    client.on_message = on_message
+    client.connect("127.0.0.1", server.port)
+    client.loop_start()
+    try:
+        with changed:
+            changed.wait_for(lambda: bool(counts) and counts[-1] >= at_least, timeout)
+            return counts[-1] if counts else 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class MqttCollector:
