@@ -135,7 +135,7 @@ def _convert_results(frames: Sequence[Frame]) -> list[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     """`to_jsonable(value)`, with a host tensor's `tolist()` taken as it is: the per-element NaN pass of
     `to_jsonable` costs more than the conversion, and the encoder writes NaN/inf as null anyway."""
-    if type(value) is torch.Tensor and value.dim() > 0 and value.device.type == "cpu":
+    if type(value) is torch.Tensor and value.is_cpu and value.ndim > 0:
         return value.tolist()
     return to_jsonable(value)
 
@@ -143,7 +143,7 @@ def _plain(value: Any) -> Any:
 def _tensor_rows(values: list[Any]) -> list[Any] | None:
     """Per-frame lists of tensors that concatenate along their first axis, converted at once; else None."""
     first = values[0]
-    if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.device.type == "cpu":
+    if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.is_cpu:
         return None
     for value in values:
         if (
