@@ -79,6 +79,7 @@ class MqttSink(PublishingSink):
             password=password,
             keepalive=config.keepalive,
             timeout=config.timeout,
+            tls=config.tls,
         )
 
     def destination(self, source_id: str) -> str:

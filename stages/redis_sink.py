@@ -68,6 +68,7 @@ class RedisSink(PublishingSink):
             password=password,
             maxlen=config.maxlen,
             timeout=config.timeout,
+            tls=config.tls,
         )
 
     def destination(self, source_id: str) -> str:

@@ -7,6 +7,7 @@ from streamflow.sinks.publisher import (
     SinkConnectionError,
     SinkDeliveryError,
     SinkRejectedError,
+    Tls,
     Transport,
     scrub,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "SinkConnectionError",
     "SinkDeliveryError",
     "SinkRejectedError",
+    "Tls",
     "Transport",
     "scrub",
 ]

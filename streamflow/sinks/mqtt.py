@@ -26,11 +26,12 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Sequence
 
-from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Transport, log
+from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Tls, Transport, log
 
 __all__ = ["MqttTransport", "remaining_length"]
 
@@ -95,6 +96,7 @@ class MqttTransport(Transport):
         password: str | None = None,
         keepalive: int = 30,
         timeout: float = 5.0,
+        tls: Tls | None = None,
     ) -> None:
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, got {qos}")
@@ -107,6 +109,8 @@ class MqttTransport(Transport):
         self.address = f"{host}:{port}"
         self.secrets = (password,) if password else ()
         self.idle_interval = keepalive / 3
+        self.tls = tls
+        self._tls_context = tls.context() if tls is not None else None
         self._sock: socket.socket | None = None
         self._inbox = bytearray()
         self._next_id = 1
@@ -121,6 +125,12 @@ class MqttTransport(Transport):
         except OSError as error:
             raise ConnectionError(f"{self.address}: {error.strerror or error}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls_context is not None:
+            try:  # the handshake, bounded by the socket's timeout; a certificate that fails is an OSError
+                sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+            except OSError as error:
+                sock.close()
+                raise ConnectionError(f"TLS handshake failed: {error}") from None
         self._sock, self._inbox = sock, bytearray()
         try:
             self._write(self._connect_packet())
@@ -246,7 +256,8 @@ class MqttTransport(Transport):
         """Raise if the broker closed the connection: better to know before writing a batch into it
         (at QoS 0 nothing else would tell that the batch was lost)."""
         assert self._sock is not None
-        readable, _, _ = select.select([self._sock], [], [], 0)
+        pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0  # decrypted, not yet read
+        readable = pending or select.select([self._sock], [], [], 0)[0]
         if readable:
             self._receive()  # raises when the broker closed the connection
             while (packet := self._parse_packet()) is not None:

@@ -44,12 +44,13 @@ from __future__ import annotations
 import abc
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
 from streamflow.stage import Overflow
 
@@ -60,6 +61,7 @@ __all__ = [
     "SinkConnectionError",
     "SinkDeliveryError",
     "SinkRejectedError",
+    "Tls",
     "Transport",
     "scrub",
 ]
@@ -101,6 +103,37 @@ class Backoff(BaseModel):
         if self.max < self.initial:
             raise ValueError(f"reconnect.max ({self.max}) must be >= reconnect.initial ({self.initial})")
         return self
+
+
+class Tls(BaseModel):
+    """TLS to the server. `ca_file`: the PEM certificate(s) the server's certificate must chain to (None:
+    the system's trusted CAs); `cert_file` and `key_file` (PEM, unencrypted key): the client's own
+    certificate, for servers that ask for one. The server's name (or IP address) must match its
+    certificate.
+
+    Example:
+        >>> Tls().context().verify_mode == ssl.CERT_REQUIRED
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Tls:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("tls.key_file needs tls.cert_file (the client certificate it belongs to)")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: the server verified by `ca_file` and its name, the client certificate loaded."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:

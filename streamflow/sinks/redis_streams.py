@@ -30,7 +30,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Transport
+from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Tls, Transport
 
 __all__ = ["RedisStreamTransport", "resp_command"]
 
@@ -76,8 +76,10 @@ class RedisStreamTransport(Transport):
         password: str | None = None,
         maxlen: int | None = None,
         timeout: float = 5.0,
+        tls: Tls | None = None,
     ) -> None:
         self.host, self.port, self.db = host, port, db
+        self.tls = tls
         self.username = username
         self._password = password
         self.maxlen = maxlen
@@ -94,7 +96,19 @@ class RedisStreamTransport(Transport):
         from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
         from redis.retry import Retry
 
-        connection = redis.Connection(
+        options: dict[str, Any] = {}
+        connection_class: type[redis.Connection] = redis.Connection
+        if self.tls is not None:
+            connection_class = redis.SSLConnection
+            tls = self.tls
+            options = {
+                "ssl_ca_certs": tls.ca_file and str(tls.ca_file),
+                "ssl_certfile": tls.cert_file and str(tls.cert_file),
+                "ssl_keyfile": tls.key_file and str(tls.key_file),
+                "ssl_cert_reqs": "required",
+                "ssl_check_hostname": True,
+            }
+        connection = connection_class(
             host=self.host,
             port=self.port,
             db=self.db,
@@ -104,6 +118,7 @@ class RedisStreamTransport(Transport):
             socket_connect_timeout=self.timeout,
             # The publisher owns retries (with backoff and buffering); the connection must fail fast.
             retry=Retry(NoBackoff(), 0),
+            **options,
         )
         try:
             connection.connect()
