@@ -52,6 +52,7 @@ def _servers() -> Any:
     spec = importlib.util.spec_from_file_location("message_servers", ROOT / "tests" / "support" / "message_servers.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
