@@ -5,8 +5,8 @@ PUBLISH/PUBACK, PINGREQ/PINGRESP, DISCONNECT; OASIS MQTT 3.1.1) itself, on a pla
 the publisher's I/O thread uses. A batch is packed into one buffer and written with one `sendall`;
 with QoS 1 the acknowledgements are read in bulk and checked against the packet ids sent (a broker
 acknowledges in the order it received, MQTT-4.6.0-2). General clients (paho-mqtt, and those built on
-it) make a message object, a lock and a callback per publish and parse each PUBACK with three reads:
-tens of microseconds a message, the sink's whole budget at the rates a GPU pipeline produces.
+it) make a message object, a lock and a callback per publish and parse each PUBACK with three reads,
+which costs more than everything else the sink does for a message.
 
 A batch is done when the broker has acknowledged every message (QoS 1), or when all of it was
 written to the socket (QoS 0: a broker that dies then loses what it had not yet routed). Each
@@ -52,8 +52,8 @@ _REFUSALS = {
     5: "not authorized",
 }
 # Linux: acknowledge the broker's packets at once. Brokers write each PUBACK on its own and Nagle's
-# algorithm holds the next ones back until the first is acknowledged, which a delayed ACK puts off by
-# up to 40 ms: a stall per batch.
+# algorithm holds the next ones back until the first is acknowledged, which a delayed ACK puts off
+# until the kernel's delayed-ACK timer fires: a stall per batch.
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -110,7 +110,7 @@ class MqttTransport(Transport):
         self.secrets = (password,) if password else ()
         self.idle_interval = keepalive / 3
         self.tls = tls
-        self._tls_context = tls.context() if tls is not None else None
+        self._tls_context: ssl.SSLContext | None = None  # made at the first connect, where errors name the sink
         self._sock: socket.socket | None = None
         self._inbox = bytearray()
         self._next_id = 1
@@ -125,12 +125,14 @@ class MqttTransport(Transport):
         except OSError as error:
             raise ConnectionError(f"{self.address}: {error.strerror or error}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls_context is not None:
+        if self.tls is not None:
             try:  # the handshake, bounded by the socket's timeout; a certificate that fails is an OSError
+                if self._tls_context is None:
+                    self._tls_context = self.tls.context()
                 sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
             except OSError as error:
                 sock.close()
-                raise ConnectionError(f"TLS handshake failed: {error}") from None
+                raise ConnectionError(f"TLS: {error}") from None
         self._sock, self._inbox = sock, bytearray()
         try:
             self._write(self._connect_packet())
@@ -258,22 +260,32 @@ class MqttTransport(Transport):
         assert self._sock is not None
         pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0  # decrypted, not yet read
         readable = pending or select.select([self._sock], [], [], 0)[0]
-        if readable:
-            self._receive()  # raises when the broker closed the connection
+        # Readable with TLS may also be a TLS record with no MQTT data in it (a session ticket): don't wait.
+        if readable and self._receive(wait=False):
             while (packet := self._parse_packet()) is not None:
                 if packet[0] != _PINGRESP:
                     raise ConnectionError(f"protocol error: unexpected packet type {packet[0] >> 4}")
 
-    def _receive(self) -> None:
-        """Append what the broker sent to the inbox; wait at most `timeout` for it."""
+    def _receive(self, *, wait: bool = True) -> bool:
+        """Append what the broker sent to the inbox, waiting at most `timeout` for it (not at all
+        without `wait`); say whether anything came."""
         sock = self._sock
         assert sock is not None
         if _QUICKACK is not None:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # the kernel leaves quick-ACK mode by itself
-        data = sock.recv(65_536)
+        if not wait:
+            sock.setblocking(False)
+        try:
+            data = sock.recv(65_536)
+        except (BlockingIOError, ssl.SSLWantReadError):  # only without `wait`
+            return False
+        finally:
+            if not wait:
+                sock.settimeout(self.timeout)
         if not data:
             raise ConnectionError("the broker closed the connection")
         self._inbox += data
+        return True
 
     def _read_packet(self) -> tuple[int, bytes]:
         """The next whole packet: (first byte with its flags cleared, body)."""
