@@ -1,83 +1,79 @@
-"""Publish messages to an MQTT broker (MQTT 3.1.1), a batch per write, from the publisher's I/O thread.
+"""Publish messages to an MQTT broker with paho-mqtt 2.x, driven from the publisher's I/O thread.
 
-The sink only publishes, so it speaks the few packets a publisher needs (CONNECT/CONNACK,
-PUBLISH/PUBACK, PINGREQ/PINGRESP, DISCONNECT; OASIS MQTT 3.1.1) itself, on a plain socket that only
-the publisher's I/O thread uses. A batch is packed into one buffer and written with one `sendall`;
-with QoS 1 the acknowledgements are read in bulk and checked against the packet ids sent (a broker
-acknowledges in the order it received, MQTT-4.6.0-2). General clients (paho-mqtt, and those built on
-it) make a message object, a lock and a callback per publish and parse each PUBACK with three reads,
-which costs more than everything else the sink does for a message.
+paho-mqtt (the maintained Eclipse client) speaks the protocol: CONNECT, PUBLISH, PUBACK, keep-alive
+pings, TLS (`tls_set_context`). The transport drives its `Client` by hand, through what paho offers
+an outside event loop (the socket hooks, and `loop_read`, `loop_write`, `loop_misc` around our own
+`select`), so the whole connection lives in the publisher's one I/O thread: no second network
+thread, and none of the wake-up writes that `loop()` makes paho do for every publish.
 
-A batch is done when the broker has acknowledged every message (QoS 1), or when all of it was
-written to the socket (QoS 0: a broker that dies then loses what it had not yet routed). Each
-connection has a clean session: messages of a lost connection are resent by the publisher, never by
-the broker, so nothing is sent twice by two mechanisms.
+`publish()` queues a message in paho; the transport has paho write what is queued, and read what the
+broker sent, after every `_STEP_EVERY` messages and at the end of the batch. Reading during the batch
+lets paho drop acknowledged messages early: it keeps several objects per unacknowledged message, and
+the fewer of them live through a garbage collection, the less often Python runs a full one (a pass
+over every object the process holds). A batch is done when the broker has acknowledged every message
+(QoS 1), or when all of it was written to the socket (QoS 0: a broker that dies then loses what it
+had not yet routed); before a batch, whatever the broker sent is read, so a connection the broker
+closed is noticed before a QoS 0 batch is written into it. Each connection is a fresh client
+with a clean session: messages of a lost connection are resent by the publisher, not by paho, so
+nothing is sent twice by two mechanisms.
+
+What the socket needs, on Linux: the batch's writes are corked (`TCP_CORK`), so the kernel packs the
+batch into full segments instead of one segment, and one broker wake-up, per message; and the
+broker's packets are acknowledged at once (`TCP_QUICKACK`). A broker writes each PUBACK on its own and
+its Nagle algorithm holds the next ones back until the first is acknowledged, which the delayed ACK
+puts off until the kernel's delayed-ACK timer fires: a stall per batch.
 
 Example:
     >>> transport = MqttTransport(host="127.0.0.1", port=1883, qos=1, password="s3cret")
     >>> transport.address
     '127.0.0.1:1883'
-    >>> transport.pack([("t/1", b"{}")])  # PUBLISH, QoS 1, 9 bytes: topic "t/1", packet id 1, payload
-    b'2\\t\\x00\\x03t/1\\x00\\x01{}'
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import select
 import socket
 import ssl
-import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from streamflow.sinks.publisher import Message, SinkConnectionError, SinkRejectedError, Tls, Transport, log
+from streamflow.sinks.publisher import Message, SinkConnectionError, Tls, Transport, log
 
-__all__ = ["MqttTransport", "remaining_length"]
+__all__ = ["MqttTransport"]
 
-# Control packet types (first byte of the fixed header).
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = 0x10, 0x20, 0x30, 0x40, 0xC0, 0xD0, 0xE0
-_PING = bytes((_PINGREQ, 0))
-_GOODBYE = bytes((_DISCONNECT, 0))
-_MAX_REMAINING = 268_435_455  # what four length bytes can say
-# Messages awaiting acknowledgement at once: far below the 65,535 packet ids, and few enough that the
-# acknowledgements (4 bytes each) fit the socket buffers while the batch is still being written.
-_WINDOW = 4096
-# Why the broker refused a connection (CONNACK return codes 1-5).
-_REFUSALS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
-}
-# Linux: acknowledge the broker's packets at once. Brokers write each PUBACK on its own and Nagle's
-# algorithm holds the next ones back until the first is acknowledged, which a delayed ACK puts off
-# until the kernel's delayed-ACK timer fires: a stall per batch.
+# The longest wait for the broker in one step; the timeout is checked between steps.
+_POLL_S = 0.05
+# Messages published between two rounds of paho's network work within a batch.
+_STEP_EVERY = 64
+# Linux only (elsewhere the options are skipped: batches then go out a message a segment).
+_CORK = getattr(socket, "TCP_CORK", None)
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
-def remaining_length(length: int) -> bytes:
-    """A packet's remaining length as MQTT writes it: 7 bits a byte, low bits first.
-
-    Example:
-        >>> remaining_length(127), remaining_length(128), remaining_length(16_383)
-        (b'\\x7f', b'\\x80\\x01', b'\\xff\\x7f')
-    """
-    if length < 128:
-        return bytes((length,))
-    if length > _MAX_REMAINING:
-        raise SinkRejectedError(f"a message of {length} bytes is over MQTT's limit of {_MAX_REMAINING}")
-    out = bytearray()
-    while length:
-        length, digit = divmod(length, 128)
-        out.append(digit | (0x80 if length else 0))
-    return bytes(out)
+def _nothing(*_args: Any) -> None:
+    """A socket hook with nothing to do: `_step` looks at paho's socket itself."""
 
 
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return struct.pack("!H", len(data)) + data
+def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """Small packets outside batches (CONNECT, PINGREQ, DISCONNECT) go out at once, not after an ACK."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@contextlib.contextmanager
+def _corked(sock: Any) -> Iterator[None]:
+    """Hold back partial TCP segments while inside (TCP_CORK), send them on exit."""
+    if _CORK is None or not isinstance(sock, socket.socket):
+        yield
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # a socket that broke meanwhile: the next step reports it
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
 
 class MqttTransport(Transport):
@@ -108,215 +104,145 @@ class MqttTransport(Transport):
         self.timeout = timeout
         self.address = f"{host}:{port}"
         self.secrets = (password,) if password else ()
-        self.idle_interval = keepalive / 3
+        # paho pings once `keepalive` seconds passed without a write, when its keep-alive check runs (idle()):
+        # run it every second, well inside the 1.5 keep-alives a broker waits before it drops a client.
+        self.idle_interval = 1.0
         self.tls = tls
         self._tls_context: ssl.SSLContext | None = None  # made at the first connect, where errors name the sink
-        self._sock: socket.socket | None = None
-        self._inbox = bytearray()
-        self._next_id = 1
-        self._last_write = 0.0
-        # Per topic: PUBLISH's variable header up to the packet id.
-        self._topics: dict[str, bytes] = {}
+        self._client: Any = None
 
-    # -- connection --------------------------------------------------------------------------------
     def connect(self) -> None:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        if self.username is not None or self._password is not None:
+            client.username_pw_set(self.username or "", self._password)
+        client.connect_timeout = self.timeout
+        # 0 = no limit. The publisher bounds what is in flight (one batch); paho's own limit rescans all
+        # unacknowledged messages on every PUBACK, which is quadratic in the batch.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)  # no limit inside paho: the publisher's buffer is the bound
+        answer: dict[str, Any] = {}
+        client.on_connect = lambda _c, _u, _f, reason, _p: answer.setdefault("reason", reason)
+        client.on_socket_open = _no_delay
+        # With these hooks set, paho leaves writing to the event loop (`_step`) instead of writing each
+        # packet as it is queued.
+        client.on_socket_register_write = _nothing
+        client.on_socket_unregister_write = _nothing
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as error:
-            raise ConnectionError(f"{self.address}: {error.strerror or error}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:  # the handshake, bounded by the socket's timeout; a certificate that fails is an OSError
+            if self.tls is not None:
                 if self._tls_context is None:
                     self._tls_context = self.tls.context()
-                sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
-            except OSError as error:
-                sock.close()
-                raise ConnectionError(f"TLS: {error}") from None
-        self._sock, self._inbox = sock, bytearray()
+                client.tls_set_context(self._tls_context)
+            # The TCP connection and the TLS handshake, bounded by `connect_timeout`; then CONNECT is written.
+            rc = client.connect(self.host, self.port, keepalive=self.keepalive)
+        except ssl.SSLError as error:  # a certificate that fails to load or to verify
+            raise ConnectionError(f"TLS: {error}") from None
+        except OSError as error:
+            raise ConnectionError(f"{self.address}: {error.strerror or error}") from None
+        self._client = client
         try:
-            self._write(self._connect_packet())
-            kind, body = self._read_packet()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(f"connection lost: {mqtt.error_string(rc)}")
+            self._wait(lambda: "reason" in answer, "no CONNACK")
         except BaseException:
             self.close()
             raise
-        if kind != _CONNACK or len(body) != 2:
+        reason = answer["reason"]
+        if reason.is_failure:
             self.close()
-            raise ConnectionError(f"expected CONNACK, got packet type {kind >> 4}")
-        code = body[1]
-        if code:
-            self.close()
-            reason = _REFUSALS.get(code, f"return code {code}")
-            if code == 3:  # the broker is up but not ready: worth retrying
+            if reason == "Server unavailable":  # the broker is up but not ready: worth retrying
                 raise ConnectionError(f"the broker refused the connection: {reason}")
             raise SinkConnectionError(f"the broker refused the connection: {reason}")
 
-    def _connect_packet(self) -> bytes:
-        flags = 0x02  # clean session
-        payload = _string(self.client_id)
-        # MQTT 3.1.1 allows a password only with a user name (MQTT-3.1.2-22): an empty one then.
-        if self.username is not None or self._password is not None:
-            flags |= 0x80
-            payload += _string(self.username or "")
-        if self._password is not None:
-            flags |= 0x40
-            payload += _string(self._password)
-        variable = _string("MQTT") + struct.pack("!BBH", 4, flags, self.keepalive)
-        body = variable + payload
-        return bytes((_CONNECT,)) + remaining_length(len(body)) + body
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.settimeout(0)
-                sock.send(_GOODBYE)
-            except OSError as error:  # the connection may be broken already; nothing to save
-                log.debug("mqtt %s: disconnect: %s", self.address, type(error).__name__)
-            finally:
-                sock.close()
-
-    # -- publishing --------------------------------------------------------------------------------
-    def pack(self, batch: Sequence[Message]) -> bytes:
-        """The batch as PUBLISH packets, as they go on the wire; with QoS 1 each takes the next packet id."""
-        topics = self._topics
-        qos1 = self.qos == 1
-        command = bytes((_PUBLISH | self.qos << 1,))
-        ids = 2 if qos1 else 0
-        packet_id = self._next_id
-        parts: list[bytes] = []
-        for topic, payload in batch:
-            head = topics.get(topic)
-            if head is None:
-                head = topics[topic] = _string(topic)
-            length = len(head) + ids + len(payload)
-            if length < 16_384:  # two length bytes at most: every result message; the general case below
-                size = bytes((length,)) if length < 128 else bytes((length & 0x7F | 0x80, length >> 7))
-            else:
-                size = remaining_length(length)
-            if qos1:
-                parts += (command, size, head, packet_id.to_bytes(2, "big"), payload)
-                packet_id = packet_id % 0xFFFF + 1  # 1...65535; 0 is not a packet id
-            else:
-                parts += (command, size, head, payload)
-        self._next_id = packet_id
-        return b"".join(parts)
-
     def send(self, batch: Sequence[Message]) -> None:
-        if self._sock is None:
-            raise ConnectionError("not connected")
-        self._check_open()
-        for start in range(0, len(batch), _WINDOW):
-            chunk = batch[start : start + _WINDOW]
-            first_id = self._next_id
-            self._write(self.pack(chunk))
-            if self.qos == 1:
-                self._await_acks(first_id, len(chunk))
+        import paho.mqtt.client as mqtt
 
-    def _await_acks(self, first_id: int, count: int) -> None:
-        """Read PUBACKs until `count` arrived, for packet ids `first_id`, `first_id + 1`... in order."""
-        expected = first_id
-        while True:
-            inbox = self._inbox
-            # The common case in bulk: a run of whole PUBACKs (0x40, 2, packet id).
-            pos, end = 0, len(inbox)
-            while count and pos + 4 <= end and inbox[pos] == _PUBACK and inbox[pos + 1] == 2:
-                packet_id = inbox[pos + 2] << 8 | inbox[pos + 3]
-                if packet_id != expected:
-                    raise ConnectionError(f"protocol error: PUBACK for packet id {packet_id}, expected {expected}")
-                expected = expected % 0xFFFF + 1
-                count -= 1
-                pos += 4
-            del inbox[:pos]
-            if not count:
-                return
-            packet = self._parse_packet()
-            if packet is None:
-                self._receive()
-            elif packet[0] == _PUBACK:
-                raise ConnectionError(f"protocol error: PUBACK of {len(packet[1])} bytes")
-            elif packet[0] != _PINGRESP:  # an answer to a keep-alive sent before: nothing to do
-                raise ConnectionError(f"protocol error: unexpected packet type {packet[0] >> 4}")
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected")
+        self._step(0)  # what the broker sent meanwhile: a closed connection shows here, before the batch
+        qos = self.qos
+        publish = client.publish
+        # QoS 1: the messages not yet acknowledged, oldest first; acknowledged ones are let go of as the
+        # batch goes out (see the module docstring).
+        unacknowledged: collections.deque[Any] = collections.deque()
+        with _corked(client.socket()):
+            for count, (topic, payload) in enumerate(batch, 1):
+                info = publish(topic, payload, qos=qos)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+                if qos:
+                    unacknowledged.append(info)
+                if not count % _STEP_EVERY:
+                    self._step(0)
+                    while unacknowledged and unacknowledged[0].is_published():
+                        unacknowledged.popleft()
+            if client.loop_write() != mqtt.MQTT_ERR_SUCCESS:  # the rest of the batch, as far as the socket takes it
+                raise ConnectionError("connection lost while writing the batch")
+        if qos:
+            for info in unacknowledged:  # acknowledgements come in the order of publishing
+                if not info.is_published():
+                    self._wait(info.is_published, "the broker did not acknowledge")
+        else:
+            # Written when paho has nothing left to write (a message waits only when the socket is full).
+            self._wait(lambda: not client.want_write(), "the socket did not take the batch")
 
     def idle(self) -> None:
-        """Ping when nothing was written for half the keep-alive (the broker drops a silent client)."""
-        if self._sock is None or time.monotonic() - self._last_write < self.keepalive / 2:
+        """paho's keep-alive: a PINGREQ when due, its PINGRESP read, a broker gone silent noticed."""
+        if self._client is not None:
+            self._step(0)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
             return
-        self._check_open()
-        self._write(_PING)
-        kind, _ = self._read_packet()
-        if kind != _PINGRESP:
-            raise ConnectionError(f"protocol error: expected PINGRESP, got packet type {kind >> 4}")
-
-    # -- the socket --------------------------------------------------------------------------------
-    def _write(self, data: bytes) -> None:
-        assert self._sock is not None
-        self._sock.sendall(data)  # the socket's timeout bounds it; OSError when the connection broke
-        self._last_write = time.monotonic()
-
-    def _check_open(self) -> None:
-        """Raise if the broker closed the connection: better to know before writing a batch into it
-        (at QoS 0 nothing else would tell that the batch was lost)."""
-        assert self._sock is not None
-        pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0  # decrypted, not yet read
-        readable = pending or select.select([self._sock], [], [], 0)[0]
-        # Readable with TLS may also be a TLS record with no MQTT data in it (a session ticket): don't wait.
-        if readable and self._receive(wait=False):
-            while (packet := self._parse_packet()) is not None:
-                if packet[0] != _PINGRESP:
-                    raise ConnectionError(f"protocol error: unexpected packet type {packet[0] >> 4}")
-
-    def _receive(self, *, wait: bool = True) -> bool:
-        """Append what the broker sent to the inbox, waiting at most `timeout` for it (not at all
-        without `wait`); say whether anything came."""
-        sock = self._sock
-        assert sock is not None
-        if _QUICKACK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)  # the kernel leaves quick-ACK mode by itself
-        if not wait:
-            sock.setblocking(False)
         try:
-            data = sock.recv(65_536)
-        except (BlockingIOError, ssl.SSLWantReadError):  # only without `wait`
-            return False
+            client.disconnect()
+            client.loop_write()  # DISCONNECT, if the socket takes it now
+        except Exception as error:  # the connection may be broken already; nothing to save
+            log.debug("mqtt %s: disconnect: %s", self.address, type(error).__name__)
         finally:
-            if not wait:
-                sock.settimeout(self.timeout)
-        if not data:
-            raise ConnectionError("the broker closed the connection")
-        self._inbox += data
-        return True
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
 
-    def _read_packet(self) -> tuple[int, bytes]:
-        """The next whole packet: (first byte with its flags cleared, body)."""
-        while True:
-            packet = self._parse_packet()
-            if packet is not None:
-                return packet
-            self._receive()
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        """Run paho's network steps until `done()`; raise `TimeoutError` after `timeout` seconds
+        without it (a stall: the timeout restarts for every message waited on)."""
+        deadline = time.monotonic() + self.timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} within {self.timeout:g} s")
+            self._step(_POLL_S)
 
-    def _parse_packet(self) -> tuple[int, bytes] | None:
-        """Take one whole packet off the inbox, or None while it is incomplete."""
-        inbox = self._inbox
-        length, multiplier, pos = 0, 1, 1
-        while True:
-            if pos >= len(inbox):
-                return None
-            digit = inbox[pos]
-            length += (digit & 0x7F) * multiplier
-            multiplier *= 128
-            pos += 1
-            if not digit & 0x80:
-                break
-            if pos > 4:
-                raise ConnectionError("protocol error: malformed remaining length")
-        if len(inbox) < pos + length:
-            return None
-        kind, body = inbox[0] & 0xF0, bytes(inbox[pos : pos + length])
-        del inbox[: pos + length]
-        return kind, body
+    def _step(self, timeout: float) -> None:
+        """One round of paho's network work: keep the connection alive, wait up to `timeout` for the
+        socket, read what came and write what is queued. Raise `ConnectionError` if the connection is lost."""
+        import paho.mqtt.client as mqtt
 
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._sock is not None:
-                self._sock.close()
+        client = self._client
+        rc = client.loop_misc()  # a PINGREQ queued when due; a broker silent for too long closes the connection
+        sock = client.socket()
+        if rc != mqtt.MQTT_ERR_SUCCESS or sock is None:
+            raise ConnectionError(f"connection lost: {mqtt.error_string(rc)}")
+        if _QUICKACK is not None:  # the kernel leaves quick-ACK mode by itself: set it before each wait
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        # TLS may hold decrypted bytes that select() does not see.
+        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        writers = [sock] if client.want_write() else []
+        readable, writable, _ = select.select([sock], writers, [], 0 if pending else timeout)
+        if readable or pending:
+            rc = client.loop_read()
+        if rc == mqtt.MQTT_ERR_SUCCESS and writable:
+            rc = client.loop_write()
+        if rc == mqtt.MQTT_ERR_CONN_REFUSED:  # a CONNACK with a failure code: on_connect has the reason
+            return
+        if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+            raise ConnectionError(f"connection lost: {mqtt.error_string(rc)}")

@@ -1,11 +1,14 @@
-"""Append messages to Redis Streams (`XADD`), a batch per round trip, from the publisher's I/O thread.
+"""Append messages to Redis Streams (`XADD`) through redis-py's asyncio API, a batch per round trip.
 
-redis-py's connection (`redis.Connection`, hiredis parsing the replies) owns the socket: connecting,
-`AUTH`, `SELECT`, timeouts and reading replies. It runs in the publisher's I/O thread, so the pipeline's
-event loop never waits on Redis; a client-side event loop would only add a future, a timeout and a
-task switch per reply. What the sink adds is the packing of a batch: every entry of a stream starts
-with the same command words, packed once per stream (`XADD key [MAXLEN ~ n] * message`), so packing
-an entry is one length prefix and its payload, and the whole batch goes out in one write.
+The transport owns a private asyncio event loop, made for each connection and run only by the
+publisher's I/O thread, so the pipeline's event loop never waits on Redis. redis-py's asyncio
+connection (`redis.asyncio.Connection`, or `SSLConnection` with `tls`; hiredis parsing the replies)
+owns the socket: connecting, TLS, `AUTH`, `SELECT`, writing and reading replies. What the sink adds is
+the packing of a batch: every entry of a stream starts with the same command words, packed once per
+stream (`XADD key [MAXLEN ~ n] * message`), so packing an entry is one length prefix and its payload,
+and the whole batch goes out with one `send_packed_command`. A pipeline object would pack every
+command word again for every entry. One timeout bounds a batch's whole round trip rather than one
+timer for each of its replies.
 
 A batch goes out as one `MULTI`/`EXEC` transaction: the server applies all of its `XADD`s or none, so
 a batch resent after a lost connection arrives whole once or twice, never half, and a consumer reads
@@ -26,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -86,20 +90,20 @@ class RedisStreamTransport(Transport):
         self.timeout = timeout
         self.address = f"{host}:{port}/{db}"
         self.secrets = (password,) if password else ()
-        self._connection: Any = None
+        self._connection: Any = None  # redis.asyncio's Connection, used only on `_loop`
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Per stream key: the packed command up to (not including) the payload.
         self._heads: dict[str, bytes] = {}
 
     def connect(self) -> None:
-        import redis
+        from redis.asyncio.connection import Connection, SSLConnection
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
-        from redis.retry import Retry
 
         options: dict[str, Any] = {}
-        connection_class: type[redis.Connection] = redis.Connection
+        connection_class: type[Connection] = Connection
         if self.tls is not None:
-            connection_class = redis.SSLConnection
+            connection_class = SSLConnection
             tls = self.tls
             options = {
                 "ssl_ca_certs": tls.ca_file and str(tls.ca_file),
@@ -114,27 +118,39 @@ class RedisStreamTransport(Transport):
             db=self.db,
             username=self.username,
             password=self._password,
-            socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
+            # No timer per reply: `_exchange` bounds a whole batch's round trip with one timeout.
+            socket_timeout=None,
             # The publisher owns retries (with backoff and buffering); the connection must fail fast.
             retry=Retry(NoBackoff(), 0),
             **options,
         )
+        loop = asyncio.new_event_loop()
         try:
-            connection.connect()
-            # Without a password redis-py sends no AUTH: a server that wants one says so here.
-            connection.send_command("PING")
-            connection.read_response()
+            loop.run_until_complete(self._open(connection))
+        except BaseException:
+            loop.close()
+            raise
+        self._loop, self._connection = loop, connection
+
+    async def _open(self, connection: Any) -> None:
+        from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                await connection.connect()
+                # Without a password redis-py sends no AUTH: a server that wants one says so here.
+                await connection.send_command("PING", check_health=False)
+                await connection.read_response()
         except (AuthenticationError, AuthorizationError) as error:  # WRONGPASS, NOAUTH: the server answered
-            connection.disconnect()
+            await connection.disconnect(nowait=True)
             raise SinkConnectionError(f"authentication failed: {error}") from None
         except ResponseError as error:  # another refusal (an ACL user without PING...)
-            connection.disconnect()
+            await connection.disconnect(nowait=True)
             raise SinkConnectionError(f"refused: {error}") from None
         except (RedisError, OSError) as error:  # redis' ConnectionError is a RedisError, not an OSError
-            connection.disconnect()
+            await connection.disconnect(nowait=True)
             raise ConnectionError(str(error) or type(error).__name__) from None
-        self._connection = connection
 
     def pack(self, batch: Sequence[Message]) -> bytes:
         """The batch's commands as they go on the wire: `MULTI`, one `XADD` per message, `EXEC`."""
@@ -157,28 +173,40 @@ class RedisStreamTransport(Transport):
         return _array_head(len(words) + 1) + b"".join(_bulk(word) for word in words)
 
     def send(self, batch: Sequence[Message]) -> None:
-        from redis.exceptions import RedisError, ResponseError
-
-        connection = self._connection
-        if connection is None:
+        connection, loop = self._connection, self._loop
+        if connection is None or loop is None:
             raise ConnectionError("not connected")
-        try:
-            connection.send_packed_command([self.pack(batch)], check_health=False)
-            # MULTI's +OK and one +QUEUED per command; a command refused here makes EXEC fail (EXECABORT).
-            for _ in range(len(batch) + 1):
-                connection.read_response()
-            replies = connection.read_response()
-        except ResponseError as error:
-            raise SinkRejectedError(f"the server refused the batch: {error}") from None
-        except (RedisError, OSError) as error:
-            raise ConnectionError(str(error) or type(error).__name__) from None
+        replies = loop.run_until_complete(self._exchange(connection, self.pack(batch), len(batch)))
         # A transaction runs every command; one that failed (WRONGTYPE...) is an error in EXEC's reply.
         for reply in replies:
             if isinstance(reply, Exception):
                 raise SinkRejectedError(f"the server refused a message: {reply}")
 
+    async def _exchange(self, connection: Any, packed: bytes, count: int) -> list[Any]:
+        """Write a packed transaction of `count` commands; return EXEC's replies."""
+        from redis.exceptions import RedisError, ResponseError
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                await connection.send_packed_command(packed, check_health=False)
+                # MULTI's +OK and one +QUEUED per command; a command refused here makes EXEC fail (EXECABORT).
+                for _ in range(count + 1):
+                    await connection.read_response()
+                replies: list[Any] = await connection.read_response()
+                return replies
+        except ResponseError as error:
+            raise SinkRejectedError(f"the server refused the batch: {error}") from None
+        except (RedisError, OSError) as error:  # a timeout is an OSError
+            raise ConnectionError(str(error) or type(error).__name__) from None
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close; nothing to save
-                connection.disconnect()
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            if connection is not None:
+                with contextlib.suppress(Exception):  # a broken connection may fail to close; nothing to save
+                    loop.run_until_complete(connection.disconnect())
+        finally:
+            loop.close()

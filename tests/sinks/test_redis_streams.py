@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import redis
+import redis.asyncio
 
 from stages.redis_sink import RedisSink
 from streamflow import Pipeline
@@ -21,7 +21,7 @@ def test_a_packed_batch_is_what_redis_py_packs(maxlen: int | None) -> None:
     commands = [("MULTI",)]
     commands += [("XADD", key, *trim, "*", "message", payload) for key, payload in batch]
     commands.append(("EXEC",))
-    assert transport.pack(batch) == b"".join(redis.Connection().pack_commands(commands))
+    assert transport.pack(batch) == b"".join(redis.asyncio.Connection().pack_commands(commands))
 
 
 def test_a_message_the_server_refuses_fails_the_run_naming_the_sink() -> None:
