@@ -3,8 +3,11 @@
 Measures the sink alone, no video: a real redis-server and mosquitto (tests/support/message_servers.py, on
 127.0.0.1, started and stopped here) and the sink stage's own hooks called in a loop, as the runner
 calls them in the stage's thread: `setup()`, `process(batch)` for every batch of frames, `flush()`
-(which returns once the server has accepted every message), `teardown()`. The clock covers the
-process calls and the flush, so it counts delivered messages, not buffered ones.
+(which returns once the server has accepted every message: acknowledged, or at MQTT QoS 0 written to
+the socket), `teardown()`. The clock covers the process calls and the flush, so it counts delivered
+messages, not buffered ones. Each run is then counted at the server, outside the clock: the length
+of its own stream (`XLEN`), or the broker's count of PUBLISH packets received (`$SYS`); a count that
+differs from what was sent fails the benchmark.
 
 Each frame carries what CenterFace attaches (`boxes` (K, 4), `scores` (K,), `landmarks` (K, 5, 2) as
 tensors, K faces), so the figure includes building and encoding the JSON message (about 400 bytes
@@ -18,12 +21,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +45,14 @@ from streamflow.results import encode_message, frame_messages  # noqa: E402
 from streamflow.sinks.stage import PublishingSink  # noqa: E402
 from streamflow.testing import make_frames  # noqa: E402
 
+_SERVER_COUNT_S = 30.0  # how long the broker's $SYS counter (updated every second) may take to catch up
+
 
 def _servers() -> Any:
     spec = importlib.util.spec_from_file_location("message_servers", ROOT / "tests" / "support" / "message_servers.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -59,7 +67,18 @@ def batches(messages: int, per_call: int, faces: int) -> list[Batch]:
     return [Batch(frames[i : i + per_call]) for i in range(0, messages, per_call)]
 
 
-def measure(sink: PublishingSink, items: list[Batch]) -> dict[str, Any]:
+def stream_length(client: Any, stream: str) -> int:
+    """Entries in the streams of template `stream` (every source)."""
+    return sum(client.xlen(key) for key in client.scan_iter(stream.format(source="*")))
+
+
+def broker_received(servers: Any, mosquitto: Any, before: int, count: int) -> int:
+    """PUBLISH packets the broker received since its counter read `before`, once `count` arrived."""
+    return int(servers.published_count(mosquitto, before + count, _SERVER_COUNT_S)) - before
+
+
+def measure(sink: PublishingSink, items: list[Batch], counted: Any) -> dict[str, Any]:
+    """Run `items` through `sink`; `counted()` says how many messages the server got (after the clock)."""
     sink.setup()
     try:
         cpu = time.process_time()
@@ -74,6 +93,9 @@ def measure(sink: PublishingSink, items: list[Batch]) -> dict[str, Any]:
     count = sum(len(item) for item in items)
     if sink.counters.get("published") != count:
         raise RuntimeError(f"{sink.name}: published {sink.counters.get('published')} of {count}")
+    at_server = counted()
+    if at_server != count:
+        raise RuntimeError(f"{sink.name}: the server counted {at_server} messages of {count}")
     return {
         "messages": count,
         "seconds": round(seconds, 3),
@@ -100,26 +122,29 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with servers.RedisServer() as redis, servers.MosquittoServer() as mosquitto:
         # redis-server here syncs every write to disk (the tests' durability setting): measure without it.
-        redis.client().config_set("appendonly", "no")
+        client = redis.client()
+        client.config_set("appendonly", "no")
+        broker_before = servers.published_count(mosquitto, 0)
         for write_batch in args.write_batch:
-            cases: list[tuple[str, PublishingSink]] = [
-                ("redis", RedisSink(port=redis.port, write_batch=write_batch, buffer_size=4 * write_batch)),
-                (
-                    "mqtt qos0",
-                    MqttSink(port=mosquitto.port, qos=0, write_batch=write_batch, buffer_size=4 * write_batch),
-                ),
-                (
-                    "mqtt qos1",
-                    MqttSink(port=mosquitto.port, qos=1, write_batch=write_batch, buffer_size=4 * write_batch),
-                ),
-            ]
-            for name, sink in cases:
-                row = {"sink": name, "write_batch": write_batch, **measure(sink, items)}
+            options: dict[str, Any] = {"write_batch": write_batch, "buffer_size": 4 * write_batch}
+            stream = f"bench:{write_batch}:{{source}}"  # a stream of its own per run, counted with XLEN
+            runs: list[tuple[str, PublishingSink, Callable[[], int]]] = [
+                ("redis", RedisSink(port=redis.port, stream=stream, **options),
+                 functools.partial(stream_length, client, stream)),
+            ]  # fmt: skip
+            for qos in (0, 1):
+                sink = MqttSink(port=mosquitto.port, qos=qos, **options)
+                counted = functools.partial(broker_received, servers, mosquitto, broker_before, args.messages)
+                runs.append((f"mqtt qos{qos}", sink, counted))
+                broker_before += args.messages
+            for name, sink, counted in runs:
+                row = {"sink": name, "write_batch": write_batch, **measure(sink, items, counted)}
+                row["load_average"] = round(os.getloadavg()[0], 2)
                 results.append(row)
                 print(
                     f"{name:10s} write_batch {write_batch:5d}: {row['messages_per_s']:8d} messages/s "
                     f"({row['messages']} in {row['seconds']} s, {row['cpu_cores']} cores of this process, "
-                    f"{row['messages_per_cpu_s']} messages per CPU second)",
+                    f"{row['messages_per_cpu_s']} messages per CPU second; load average {row['load_average']})",
                     flush=True,
                 )
     machine = {

@@ -13,6 +13,9 @@ restarting broker with `buffer_policy` `block` (nothing lost, the pipeline waits
 buffer is flushed within `flush_timeout`. A broker that cannot be reached, or refuses the credentials,
 at start fails the run with one line naming the sink and the address (exit 1).
 
+`tls` (`ca_file`, `cert_file`, `key_file`) connects over TLS, verifying the server by `ca_file` (or
+the system's CAs) and its name, with a client certificate when given.
+
 The password comes from `password` or, better, the environment variable named by `password_env`
 (default `STREAMFLOW_MQTT_PASSWORD`); it is never shown in logs, errors or stats.
 
@@ -79,6 +82,7 @@ class MqttSink(PublishingSink):
             password=password,
             keepalive=config.keepalive,
             timeout=config.timeout,
+            tls=config.tls,
         )
 
     def destination(self, source_id: str) -> str:

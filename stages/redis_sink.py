@@ -12,6 +12,9 @@ lost connections are retried with backoff; at end of stream and on Ctrl-C the bu
 `flush_timeout`. A server that cannot be reached, or refuses the password, at start fails the run with
 one line naming the sink and the address (exit 1).
 
+`tls` (`ca_file`, `cert_file`, `key_file`) connects over TLS, verifying the server by `ca_file` (or
+the system's CAs) and its name, with a client certificate when given.
+
 The password comes from `password` or, better, the environment variable named by `password_env`
 (default `STREAMFLOW_REDIS_PASSWORD`); it is never shown in logs, errors or stats.
 
@@ -68,6 +71,7 @@ class RedisSink(PublishingSink):
             password=password,
             maxlen=config.maxlen,
             timeout=config.timeout,
+            tls=config.tls,
         )
 
     def destination(self, source_id: str) -> str:

@@ -84,9 +84,11 @@ def frame_messages(frames: Sequence[Frame], *, wall_time: float | None = None) -
     """The messages of a batch of frames, in order. `wall_time` (default: now) applies to frames
     without an `arrival_time`; the clock is read once per batch.
 
-    Tensors are converted once per batch: a result that every frame holds as a tensor of the same
-    trailing shape (boxes (K, 4) with K varying, scores (K,)...) is concatenated, copied to the host,
-    checked for NaN/inf and turned into lists in one go, then split by frame.
+    Tensors on an accelerator are converted once per batch: a result that every frame holds as a tensor
+    of the same trailing shape (boxes (K, 4) with K varying, scores (K,)...) on the same device is
+    concatenated, copied to the host and turned into lists in one go, then split by frame. Host tensors
+    are turned into lists one by one: with no copy to save, concatenating them costs more than it spares.
+    NaN/inf stay floats in the returned dicts; `encode_message` writes them as null.
     """
     now = time.time() if wall_time is None else wall_time
     converted = _convert_results(frames)
@@ -125,15 +127,23 @@ def _convert_results(frames: Sequence[Frame]) -> list[dict[str, Any]]:
             if rows is not None:
                 batched[key] = rows
     return [
-        {str(key): batched[key][i] if key in batched else to_jsonable(value) for key, value in frame.results.items()}
+        {str(key): batched[key][i] if key in batched else _plain(value) for key, value in frame.results.items()}
         for i, frame in enumerate(frames)
     ]
+
+
+def _plain(value: Any) -> Any:
+    """`to_jsonable(value)`, with a host tensor's `tolist()` taken as it is: the per-element NaN pass of
+    `to_jsonable` costs more than the conversion, and the encoder writes NaN/inf as null anyway."""
+    if type(value) is torch.Tensor and value.is_cpu and value.ndim > 0:
+        return value.tolist()
+    return to_jsonable(value)
 
 
 def _tensor_rows(values: list[Any]) -> list[Any] | None:
     """Per-frame lists of tensors that concatenate along their first axis, converted at once; else None."""
     first = values[0]
-    if not isinstance(first, torch.Tensor) or first.dim() == 0:
+    if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.is_cpu:
         return None
     for value in values:
         if (

@@ -6,8 +6,20 @@ from streamflow.sinks.publisher import (
     Publisher,
     SinkConnectionError,
     SinkDeliveryError,
+    SinkRejectedError,
+    Tls,
     Transport,
     scrub,
 )
 
-__all__ = ["Backoff", "Message", "Publisher", "SinkConnectionError", "SinkDeliveryError", "Transport", "scrub"]
+__all__ = [
+    "Backoff",
+    "Message",
+    "Publisher",
+    "SinkConnectionError",
+    "SinkDeliveryError",
+    "SinkRejectedError",
+    "Tls",
+    "Transport",
+    "scrub",
+]

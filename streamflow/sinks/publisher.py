@@ -44,12 +44,13 @@ from __future__ import annotations
 import abc
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 
 from streamflow.stage import Overflow
 
@@ -59,6 +60,8 @@ __all__ = [
     "Publisher",
     "SinkConnectionError",
     "SinkDeliveryError",
+    "SinkRejectedError",
+    "Tls",
     "Transport",
     "scrub",
 ]
@@ -75,6 +78,11 @@ class SinkConnectionError(ConnectionError):
 
 class SinkDeliveryError(RuntimeError):
     """Buffered messages could not be delivered within the flush timeout."""
+
+
+class SinkRejectedError(SinkDeliveryError):
+    """The server refused messages it received (a key of the wrong type, out of memory): sending them
+    again would fail again, so the run fails instead of retrying."""
 
 
 class Backoff(BaseModel):
@@ -97,6 +105,37 @@ class Backoff(BaseModel):
         return self
 
 
+class Tls(BaseModel):
+    """TLS to the server. `ca_file`: the PEM certificate(s) the server's certificate must chain to (None:
+    the system's trusted CAs); `cert_file` and `key_file` (PEM, unencrypted key): the client's own
+    certificate, for servers that ask for one. The server's name (or IP address) must match its
+    certificate.
+
+    Example:
+        >>> Tls().context().verify_mode == ssl.CERT_REQUIRED
+        True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> Tls:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("tls.key_file needs tls.cert_file (the client certificate it belongs to)")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client context: the server verified by `ca_file` and its name, the client certificate loaded."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
 def scrub(text: str, secrets: Iterable[str | None]) -> str:
     """`text` with every non-empty secret replaced by `***` (server errors may echo what they got).
 
@@ -116,7 +155,8 @@ class Transport(abc.ABC):
     `connect()` and `send()` block, bounded by the transport's own timeouts, and raise `OSError`
     (`ConnectionError`, `TimeoutError`) when the connection is lost; `send()` delivers the whole
     batch or raises. `SinkConnectionError` from `connect()` means the server refused the client
-    (bad credentials): retried mid-run, fatal at start.
+    (bad credentials): retried mid-run, fatal at start. `SinkRejectedError` from `send()` means the
+    server refused messages: fatal.
     """
 
     #: What the sink is ("redis", "mqtt"), for messages.
@@ -315,6 +355,8 @@ class Publisher:
                 return
             except OSError as error:
                 self._reconnect(error)
+            except SinkRejectedError as error:
+                raise SinkRejectedError(f"{self.label}: {scrub(str(error), self.transport.secrets)}") from None
 
     def _reconnect(self, error: BaseException) -> None:
         """The connection is lost: reconnect with backoff, or raise after `give_up_after` seconds."""

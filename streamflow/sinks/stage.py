@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from streamflow.frame import Batch, Frame
 from streamflow.results import encode_message, frame_messages
-from streamflow.sinks.publisher import Backoff, Publisher, SinkDeliveryError, Transport
+from streamflow.sinks.publisher import Backoff, Publisher, SinkDeliveryError, Tls, Transport
 from streamflow.stage import Overflow, Stage, StageConfig
 
 __all__ = ["PublishConfig", "PublishingSink"]
@@ -46,6 +46,8 @@ class PublishConfig(StageConfig):
     #: Seconds that end of stream (or Ctrl-C) waits for buffered messages to be delivered.
     flush_timeout: float = Field(default=10.0, gt=0)
     reconnect: Backoff = Field(default_factory=Backoff)
+    #: TLS to the server (`{}`: verified by the system's trusted CAs); None: plain TCP.
+    tls: Tls | None = None
 
     @field_validator("password", mode="before")
     @classmethod

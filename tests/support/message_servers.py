@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,15 @@ from streamflow.testing import ListSource
 
 __all__ = [
     "AtFrame",
+    "Certificates",
     "MosquittoServer",
     "MqttCollector",
     "RedisServer",
     "distinct",
     "free_port",
+    "make_certificates",
     "missing_binary",
+    "published_count",
     "redis_messages",
     "run_through_outage",
 ]
@@ -71,13 +75,47 @@ def _accepting(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files: a CA, a server certificate it signed for 127.0.0.1, and a client certificate it signed."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certificates(folder: Path) -> Certificates:
+    """A throw-away CA and the server and client certificates it signs (the `openssl` command, 2048-bit
+    RSA, valid for two days)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=streamflow test CA")  # fmt: skip
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=streamflow test {name}")  # fmt: skip
+        extensions = ["-extfile", "server.ext"] if name == "server" else []
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", *extensions)  # fmt: skip
+    return Certificates(
+        folder / "ca.crt", folder / "server.crt", folder / "server.key", folder / "client.crt", folder / "client.key"
+    )
+
+
 class _Server:
-    """A child process listening on `port`, restartable on the same port."""
+    """A child process listening on `port`, restartable on the same port; with `tls`, only TLS clients
+    that present a certificate signed by its CA may connect."""
 
     name = "server"
 
-    def __init__(self, *, password: str | None = None) -> None:
+    def __init__(self, *, password: str | None = None, tls: Certificates | None = None) -> None:
         self.password = password
+        self.tls = tls
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"streamflow-{self.name}-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -126,6 +164,11 @@ class RedisServer(_Server):
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
         ]  # fmt: skip
+        if self.tls:
+            tls = self.tls
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            command += ["--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key),
+                        "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "yes"]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
         return command
@@ -133,6 +176,12 @@ class RedisServer(_Server):
     def client(self) -> Any:
         import redis
 
+        if self.tls:
+            tls = self.tls
+            return redis.Redis(
+                host="127.0.0.1", port=self.port, password=self.password, socket_timeout=30, ssl=True,
+                ssl_ca_certs=str(tls.ca), ssl_certfile=str(tls.client_cert), ssl_keyfile=str(tls.client_key),
+            )  # fmt: skip
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=30)
 
 
@@ -150,7 +199,12 @@ class MosquittoServer(_Server):
             f"persistence_location {self.dir}/",
             "user root",  # tests may run as root; keep its rights on the temporary folder
             "max_queued_messages 0",  # queue everything for a subscriber that is away (no silent loss)
+            "sys_interval 1",  # $SYS counters every second: what the broker received (published_count)
         ]
+        if self.tls:
+            tls = self.tls
+            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
+                      "require_certificate true"]  # fmt: skip
         if self.password:
             passwords = self.dir / "passwords"
             subprocess.run(
@@ -184,6 +238,35 @@ def redis_messages(server: RedisServer, stream: str) -> list[dict[str, Any]]:
         start = "(" + entries[-1][0].decode()
 
 
+def published_count(server: MosquittoServer, at_least: int, timeout: float = 30.0) -> int:
+    """PUBLISH packets the broker has received since it started (its `$SYS` counter, updated every
+    second), once it reaches `at_least` or `timeout` passed."""
+    import paho.mqtt.client as mqtt
+
+    counts: list[int] = []
+    changed = threading.Condition()
+
+    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+        with changed:
+            counts.append(int(message.payload))
+            changed.notify_all()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"counter-{free_port()}")
+    if server.password:
+        client.username_pw_set(server.user, server.password)
+    client.on_connect = lambda c, *_: c.subscribe("$SYS/broker/publish/messages/received")
+    client.on_message = on_message
+    client.connect("127.0.0.1", server.port)
+    client.loop_start()
+    try:
+        with changed:
+            changed.wait_for(lambda: bool(counts) and counts[-1] >= at_least, timeout)
+            return counts[-1] if counts else 0
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class MqttCollector:
     """A subscriber that keeps every payload it receives, in order.
 
@@ -202,6 +285,8 @@ class MqttCollector:
         )
         if server.password:
             client.username_pw_set(server.user, server.password)
+        if server.tls:
+            client.tls_set(str(server.tls.ca), str(server.tls.client_cert), str(server.tls.client_key))
         client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
         client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(topic, qos=1)
         client.on_subscribe = lambda *_: self._subscribed.set()
