@@ -102,9 +102,12 @@ stages:
 """)
     process = start(path, env={"STREAMFLOW_TEST_MARKER": str(marker)})
     wait_for(marker, process)  # the stage module is being imported: the pipeline is being built
+    sent = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=WAIT_S)
-    assert process.returncode == 130
+    stdout, stderr = process.communicate(timeout=WAIT_S)
+    # The stage module sleeps 30 s: a run that ends only then never saw the signal.
+    waited = time.monotonic() - sent
+    assert process.returncode == 130, f"exit {process.returncode} after {waited:.1f} s: {stderr!r} {stdout!r}"
     assert "Traceback" not in stderr and stderr.strip().splitlines() == [
         "error: interrupted while starting; nothing was written"
     ]
