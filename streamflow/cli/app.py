@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -124,6 +125,10 @@ def run(
     from streamflow.preflight import PreflightError
 
     _configure_logging(verbose)
+    # A process started in the background by a shell without job control inherits SIGINT ignored, and
+    # Python then leaves it ignored: Ctrl-C (or kill -INT) would be lost while the pipeline is built,
+    # yet honoured once it runs (the runner installs its own handlers). One rule for the whole run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         specs = command_line_sources(source or [], sources_file)
         loaded = load_config(config, set_ or [])
