@@ -35,7 +35,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,13 +89,12 @@ def ssim_y(a: torch.Tensor, b: torch.Tensor, shave: int = 4) -> float:
     """SSIM of the BT.601 luma of 8-bit-rounded `(3, H, W)` images in [0, 1], border shaved like `psnr_y`."""
     from skimage.metrics import structural_similarity
 
-    weights = torch.tensor([65.481, 128.553, 24.966]).view(3, 1, 1) / 255.0
-
-    def luma(x: torch.Tensor) -> np.ndarray:
-        x = x.cpu().clamp(0, 1).mul(255).round().div(255)
-        return ((x * weights).sum(0)[shave:-shave, shave:-shave] + 16 / 255).double().numpy()
-
-    return float(structural_similarity(luma(a), luma(b), data_range=1.0))
+    luma_y = train_sr().luma_y
+    return float(
+        structural_similarity(
+            luma_y(a.cpu(), shave).double().numpy(), luma_y(b.cpu(), shave).double().numpy(), data_range=1.0
+        )
+    )
 
 
 def run_pipeline(sources: dict[str, Path], out: Path, config: Path = CONFIG, model: Path | None = None) -> float:

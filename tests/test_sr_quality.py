@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.scripts import load_script
 
 
 def _sr_quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sr_quality", ROOT / "benchmarks" / "sr_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sr_quality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sr_quality.py")
 
 
 def test_small_case_scores_the_pipeline_output_against_bicubic(tmp_path: Path) -> None:

@@ -286,10 +286,7 @@ def render_clips(
     centre = ((crop - 1) / 2, (crop - 1) / 2)
     seq = render_sequence(stacked, centre, (hr_size, hr_size), shifts.view(-1, 2), zooms.view(-1))
     seq = seq.view(batch, frames, 3, hr_size, hr_size)
-    flips = (u[:, 6:9] < 0.5).to(device).view(-1, 3, 1, 1, 1, 1)
-    seq = torch.where(flips[:, 0], seq.flip(-1), seq)
-    seq = torch.where(flips[:, 1], seq.flip(-2), seq)
-    seq = torch.where(flips[:, 2], seq.transpose(-1, -2), seq)
+    seq = flip_sequences(seq, (u[:, 6:9] < 0.5).to(device))
     if colour:
         seq = _recolour(seq, torch.rand(batch, 2, generator=gen).to(device))
     return seq, u
@@ -312,6 +309,15 @@ def _recolour(seq: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     grey = seq.mean(dim=2, keepdim=True)
     saturation = (0.5 + u[:, 1]).view(-1, 1, 1, 1, 1)
     return (grey + saturation * (seq - grey)).clamp_(0.0, 1.0)
+
+
+def flip_sequences(seq: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Sequences `(B, T, 3, H, W)` flipped horizontally, vertically and transposed where the
+    booleans `flips` `(B, 3)` say, in that order (square frames, so the transpose keeps the shape)."""
+    f = flips.view(-1, 3, 1, 1, 1, 1)
+    seq = torch.where(f[:, 0], seq.flip(-1), seq)
+    seq = torch.where(f[:, 1], seq.flip(-2), seq)
+    return torch.where(f[:, 2], seq.transpose(-1, -2), seq)
 
 
 def degrade_clips(seq: torch.Tensor, u: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -509,7 +515,7 @@ class ClipPool:
         idx = torch.randint(n, (batch,), generator=gen)
         centre = torch.randint(centres, (batch,), generator=gen)
         pos = torch.randint(side - patch + 1, (batch, 2), generator=gen)
-        flips = (torch.rand(batch, 3, generator=gen) < 0.5).to(self.lr.device).view(-1, 3, 1, 1, 1, 1)
+        flips = (torch.rand(batch, 3, generator=gen) < 0.5).to(self.lr.device)
         xs, ys = [], []
         for b in range(batch):
             i, c, y0, x0 = int(idx[b]), int(centre[b]), int(pos[b, 0]), int(pos[b, 1])
@@ -518,12 +524,8 @@ class ClipPool:
             ys.append(self.hr[i, c, :, hy : hy + patch * SCALE, hx : hx + patch * SCALE].unsqueeze(0))
         seq_lr = torch.stack(xs).float().div_(255.0)  # (B, window, 3, p, p)
         seq_hr = torch.stack(ys).float().div_(255.0)  # (B, 1, 3, 2p, 2p)
-        out = []
-        for seq in (seq_lr, seq_hr):
-            seq = torch.where(flips[:, 0], seq.flip(-1), seq)
-            seq = torch.where(flips[:, 1], seq.flip(-2), seq)
-            out.append(torch.where(flips[:, 2], seq.transpose(-1, -2), seq))
-        return out[0].reshape(batch, 3 * self.window, patch, patch), out[1][:, 0].contiguous()
+        lr, hr = flip_sequences(seq_lr, flips), flip_sequences(seq_hr, flips)
+        return lr.reshape(batch, 3 * self.window, patch, patch), hr[:, 0].contiguous()
 
 
 @dataclass(slots=True)
@@ -571,15 +573,17 @@ def make_eval_sequence(
     return EvalSequence(photo.name, hr, lr)
 
 
+def luma_y(x: torch.Tensor, shave: int = 4) -> torch.Tensor:
+    """The BT.601 luma (limited range, in [0, 1] units) of an 8-bit-rounded `(3, H, W)` image in
+    [0, 1], `shave` pixels cut from every border: what the SR literature scores PSNR-Y and SSIM-Y on."""
+    weights = torch.tensor([65.481, 128.553, 24.966], device=x.device).view(3, 1, 1) / 255.0
+    x = x.clamp(0, 1).mul(255).round().div(255)
+    return (x * weights).sum(0)[shave:-shave, shave:-shave] + 16 / 255
+
+
 def psnr_y(a: torch.Tensor, b: torch.Tensor, shave: int = 4) -> float:
     """PSNR in dB on the BT.601 luma (as in the SR literature) of 8-bit-rounded `(3, H, W)` images in [0, 1]."""
-    weights = torch.tensor([65.481, 128.553, 24.966], device=a.device).view(3, 1, 1) / 255.0
-
-    def luma(x: torch.Tensor) -> torch.Tensor:
-        x = x.clamp(0, 1).mul(255).round().div(255)
-        return (x * weights).sum(0)[shave:-shave, shave:-shave] + 16 / 255
-
-    mse = float(F.mse_loss(luma(a).double(), luma(b).double()))
+    mse = float(F.mse_loss(luma_y(a, shave).double(), luma_y(b, shave).double()))
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 

@@ -3,9 +3,6 @@ pool clips aligned with their ground truth, and the recolouring that keeps hues 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -13,18 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
+from support.scripts import load_script
 
 
 def _train_sr() -> ModuleType:
-    if "train_sr" in sys.modules:
-        return sys.modules["train_sr"]
-    spec = importlib.util.spec_from_file_location("train_sr", ROOT / "training" / "train_sr.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_sr"] = module  # dataclasses resolve their module while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training/train_sr.py")
 
 
 def _photos() -> list[torch.Tensor]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from streamflow.models.vsr import VSRNet, export_onnx, load_checkpoint, stack_window
+from support.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "vsr_x2.onnx"
@@ -24,14 +23,7 @@ FP16_MAX_LEVELS = 2
 
 
 def _train_sr() -> ModuleType:
-    if "train_sr" in sys.modules:
-        return sys.modules["train_sr"]
-    spec = importlib.util.spec_from_file_location("train_sr", ROOT / "training" / "train_sr.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_sr"] = module  # dataclasses resolve their module while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training/train_sr.py")
 
 
 def _ort(path: Path) -> ort.InferenceSession:
