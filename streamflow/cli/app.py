@@ -125,10 +125,6 @@ def run(
     from streamflow.preflight import PreflightError
 
     _configure_logging(verbose)
-    # A process started in the background by a shell without job control inherits SIGINT ignored, and
-    # Python then leaves it ignored: Ctrl-C (or kill -INT) would be lost while the pipeline is built,
-    # yet honoured once it runs (the runner installs its own handlers). One rule for the whole run.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         specs = command_line_sources(source or [], sources_file)
         loaded = load_config(config, set_ or [])
@@ -515,6 +511,10 @@ register_build_engine(app)
 
 def main() -> None:
     sys.argv[1:] = _bare_ray_flag(sys.argv[1:])
+    # A process started in the background by a shell without job control inherits SIGINT ignored, and
+    # Python then leaves it ignored: Ctrl-C (or kill -INT) would be lost while a pipeline is built, yet
+    # honoured once it runs (the runner installs its own handlers). One rule for every command.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except KeyboardInterrupt:  # Ctrl-C before a command could install its own handling
