@@ -20,7 +20,12 @@ thread (with a scraper in its own process, as Prometheus would be) measures:
    collection is timed at the end (what a collection of generation 2 stalls every thread for).
 
 Prints both fps figures side by side with the scrape times, the add latency and its breakdown;
-`--json` writes them.
+`--json` writes them. Each scrape's time inside the server (its handler, from the outermost
+middleware) is kept apart from its time on the wire; with `--watch-loop`, `LoopStalls` says how
+often the loop ran late by more than `--stall-ms` and whether its thread was running meanwhile or
+waiting (it wakes the loop and a thread of its own hundreds of times a second, so it is off unless
+asked for). `--rounds` repeats the four windows in turn; `--scrape-path /healthz` times the HTTP
+round trip alone, without the metrics.
 
 With `--config`, that config's stages run instead of `decode -> null` (models loaded once; an
 added source reuses them), every source reading the generated clip. As `streamflow run` does, what
@@ -35,6 +40,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import gc
 import http.client
 import json
@@ -44,7 +51,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +176,73 @@ class GcPauses:
         return len(inside), sum(p[1] - p[0] for p in inside), max((p[2] for p in inside), default=-1)
 
 
+class LoopStalls:
+    """How late the event loop runs, and whether its thread was running or waiting meanwhile.
+
+    A heartbeat task wakes every `tick_s` and notes, for each wake later than `threshold_s`, the
+    wall time since the last and the CPU time its own thread spent in it (`time.thread_time`): a
+    late wake with little CPU time means the loop's thread was waiting (for the GIL, under this
+    load), with much CPU time that it ran something long. A sampler thread notes the innermost
+    frame of the loop's thread while the loop is late (only the innermost: walking another running
+    thread's frames is the kind of thing that crashes an interpreter).
+    """
+
+    def __init__(self, threshold_s: float, tick_s: float = 0.002) -> None:
+        self.threshold_s, self.tick_s = threshold_s, tick_s
+        self.last = time.perf_counter()
+        self.loop_thread: int | None = None
+        self.late: list[tuple[float, float]] = []  # (wall s, loop thread CPU s) of each late wake
+        self.sites: Counter[str] = Counter()  # innermost frame -> samples while late
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="loop-stalls", daemon=True)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        self.loop_thread = threading.get_ident()
+        beat = asyncio.create_task(self._heartbeat())
+        self._sampler.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            beat.cancel()
+
+    async def _heartbeat(self) -> None:
+        cpu = time.thread_time()
+        while True:
+            self.last = time.perf_counter()
+            await asyncio.sleep(self.tick_s)
+            wall, used = time.perf_counter() - self.last, time.thread_time() - cpu
+            cpu += used
+            if wall > self.threshold_s:
+                self.late.append((wall, used))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            if self.loop_thread is None or time.perf_counter() - self.last < self.threshold_s:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is not None:
+                code = frame.f_code
+                self.sites[f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}"] += 1
+
+    def summary(self) -> dict[str, Any]:
+        walls = sorted(1000 * wall for wall, _ in self.late)
+        samples = sum(self.sites.values())
+        return {
+            "threshold_ms": 1000 * self.threshold_s,
+            "late_wakes": len(walls),
+            "late_ms_p50": round(statistics.median(walls), 1) if walls else None,
+            "late_ms_max": round(walls[-1], 1) if walls else None,
+            "late_ms_total": round(sum(walls), 1),
+            # Of the late wakes' wall time, the share the loop's thread spent on a CPU.
+            "running_share": round(sum(cpu for _, cpu in self.late) / max(sum(w for w, _ in self.late), 1e-9), 3),
+            "where": [
+                {"share": round(n / samples, 3), "samples": n, "site": site} for site, n in self.sites.most_common(12)
+            ],
+        }
+
+
 def breakdown(steps: dict[str, float], sent: float, stages: Sequence[str]) -> dict[str, float]:
     """Each step's time (ms) from sending the POST, in the order a frame meets them."""
     order = ["received", "started", "opened", "decode begun", "decoded", "on the loop"]
@@ -187,7 +262,7 @@ def request(connection: http.client.HTTPConnection, method: str, path: str, body
 # process's GIL and count against the pipeline.
 _SCRAPER = """
 import http.client, json, sys, time
-port, seconds, every = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+port, seconds, every, path = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 durations, deadline, next_call = [], time.perf_counter() + seconds, 0.0
 while time.perf_counter() < deadline:
@@ -195,24 +270,26 @@ while time.perf_counter() < deadline:
         time.sleep(0.005)
         continue
     before = time.perf_counter()
-    connection.request("GET", "/metrics")
+    connection.request("GET", path)
     response = connection.getresponse()
     body = response.read()
-    assert response.status == 200 and b"streamflow_source_frames_total" in body, response.status
+    assert response.status == 200 and (path != "/metrics" or b"streamflow_source_frames_total" in body), body
     durations.append(time.perf_counter() - before)
     next_call = before + every
 print(json.dumps(durations))
 """
 
 
-def fps_over(frames: FramesDone, seconds: float, port: int, every: float | None = None) -> tuple[float, list[float]]:
-    """Frames a second over `seconds`, while another process scrapes every `every` s (0: back to back)."""
+def fps_over(
+    frames: FramesDone, seconds: float, port: int, every: float | None = None, path: str = "/metrics"
+) -> tuple[float, list[float]]:
+    """Frames a second over `seconds`, while another process GETs `path` every `every` s (0: back to back)."""
     start_count, started = frames.count, time.perf_counter()
     if every is None:
         time.sleep(seconds)
         durations: list[float] = []
     else:
-        command = [sys.executable, "-c", _SCRAPER, str(port), str(seconds), str(every)]
+        command = [sys.executable, "-c", _SCRAPER, str(port), str(seconds), str(every), path]
         durations = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     return (frames.count - start_count) / (time.perf_counter() - started), durations
 
@@ -238,11 +315,21 @@ def client(
     time.sleep(args.seconds / 2)
 
     gc_pauses = GcPauses()
-    quiet_fps, _ = fps_over(frames, args.seconds, port)
-    periodic_fps, periodic = fps_over(frames, args.seconds, port, every=args.interval)
-    busy_fps, back_to_back = fps_over(frames, args.seconds, port, every=args.fast_interval)
-    quiet_again_fps, _ = fps_over(frames, args.seconds, port)
-    scrapes = periodic + back_to_back
+    # The windows alternate, `--rounds` times: with every source looping the same clip, throughput
+    # swings with the phase of the loop (decoders re-open together), so one window of each says little.
+    quiet: list[float] = []
+    periodic_each: list[float] = []
+    busy_each: list[float] = []
+    scrapes: list[float] = []
+    for _ in range(args.rounds):
+        quiet.append(fps_over(frames, args.seconds, port)[0])
+        fps, durations = fps_over(frames, args.seconds, port, every=args.interval, path=args.scrape_path)
+        periodic_each.append(fps)
+        scrapes += durations
+        fps, durations = fps_over(frames, args.seconds, port, every=args.fast_interval, path=args.scrape_path)
+        busy_each.append(fps)
+        scrapes += durations
+        quiet.append(fps_over(frames, args.seconds, port)[0])
     adds: list[float] = []
     steps: list[dict[str, float]] = []
     collections: list[tuple[int, float, int]] = []
@@ -275,10 +362,12 @@ def client(
         "device": str(pipeline.stages[-1].device),
         "config": str(args.config) if args.config else "decode -> null",
         "clip": f"{args.width}x{args.height}",
-        "fps_without_scrapes": round((quiet_fps + quiet_again_fps) / 2, 1),
-        "fps_without_scrapes_each": [round(quiet_fps, 1), round(quiet_again_fps, 1)],
-        f"fps_scraped_every_{args.interval:g}s": round(periodic_fps, 1),
-        f"fps_scraped_every_{args.fast_interval:g}s": round(busy_fps, 1),
+        "fps_without_scrapes": round(statistics.mean(quiet), 1),
+        "fps_without_scrapes_each": [round(fps, 1) for fps in quiet],
+        f"fps_scraped_every_{args.interval:g}s": round(statistics.mean(periodic_each), 1),
+        f"fps_scraped_every_{args.interval:g}s_each": [round(fps, 1) for fps in periodic_each],
+        f"fps_scraped_every_{args.fast_interval:g}s": round(statistics.mean(busy_each), 1),
+        f"fps_scraped_every_{args.fast_interval:g}s_each": [round(fps, 1) for fps in busy_each],
         "scrapes": len(scrapes_ms),
         "scrape_ms_p50": round(statistics.median(scrapes_ms), 2),
         "scrape_ms_p95": round(scrapes_ms[int(0.95 * (len(scrapes_ms) - 1))], 2),
@@ -316,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0, help="each fps window")
+    parser.add_argument("--rounds", type=int, default=1, help="times the four fps windows are repeated, in turn")
     parser.add_argument("--adds", type=int, default=5)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (second window)")
     parser.add_argument(
@@ -332,6 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave what setup left alive in the GC's generations (`streamflow run` freezes it)",
     )
+    parser.add_argument(
+        "--scrape-path", default="/metrics", help="what the scraper GETs (/healthz: the HTTP round trip alone)"
+    )
+    parser.add_argument(
+        "--watch-loop",
+        action="store_true",
+        help="run LoopStalls (a heartbeat on the loop every 2 ms, a sampler thread every 1 ms: both perturb)",
+    )
+    parser.add_argument("--stall-ms", type=float, default=20.0, help="with --watch-loop: the lateness reported")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -360,11 +459,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     server = ControlServer(pipeline, port=0)
 
+    handler_s: list[float] = []  # each /metrics request's time inside the server
+
     @web.middleware
     async def stamp_posts(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.method == "POST" and request.path == "/sources":
             timeline.post_received = time.perf_counter()
-        return await handler(request)  # type: ignore[no-any-return]
+        began = time.perf_counter()
+        response = await handler(request)
+        if request.path == args.scrape_path:
+            handler_s.append(time.perf_counter() - began)
+        return response  # type: ignore[no-any-return]
 
     server.app.middlewares.insert(0, stamp_posts)  # outermost: the moment the handler chain starts
     result: dict[str, Any] = {}
@@ -377,13 +482,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             pipeline.stop()
 
+    stalls = LoopStalls(args.stall_ms / 1000)
+
+    @contextlib.asynccontextmanager
+    async def serving_and_watching() -> AsyncIterator[None]:
+        async with server.serving():
+            if not args.watch_loop:
+                yield
+                return
+            async with stalls.running():
+                yield
+
     worker = threading.Thread(target=measure, name="bench-client")
     worker.start()
-    pipeline.run_sync(alongside=server.serving)
+    pipeline.run_sync(alongside=serving_and_watching)
     worker.join()
     if not result:
         print("the measurement failed (see above)", file=sys.stderr)
         return 1
+    inside = sorted(1000 * d for d in handler_s)
+    if inside:
+        result["scrape_in_server_ms_p50"] = round(statistics.median(inside), 2)
+        result["scrape_in_server_ms_p95"] = round(inside[int(0.95 * (len(inside) - 1))], 2)
+    if args.watch_loop:
+        result["loop_stalls"] = stalls.summary()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
     every, fast = f"fps scrape/{args.interval:g}s", f"fps scrape/{args.fast_interval:g}s"
     print(f"{'sources':>8} {'fps no scrape':>14} {every:>17} {fast:>17} {'scrape p50 ms':>14} {'p95':>7}")
     slow_fps, fast_fps = (
@@ -395,15 +520,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['scrape_ms_p50']:>14} {result['scrape_ms_p95']:>7}"
     )
     print(
+        f"each window (fps): no scrape {result['fps_without_scrapes_each']}, scraped every {args.interval:g} s "
+        f"{result[f'fps_scraped_every_{args.interval:g}s_each']}, every {args.fast_interval:g} s "
+        f"{result[f'fps_scraped_every_{args.fast_interval:g}s_each']}"
+    )
+    print(
         f"POST -> first frame of the new source (ms): p50 {result['post_to_first_frame_ms_p50']}, "
         f"each {result['post_to_first_frame_ms']}"
     )
     print_breakdown(result["post_to_first_frame_steps_ms"], result["gc_during_add"])
     print(f"garbage collections over the whole measurement: {result['gc_over_the_measurement']}")
     print(f"a full collection at the end: {result['gc_full_collection_at_the_end']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    print(
+        f"{args.scrape_path} inside the server (ms): p50 {result.get('scrape_in_server_ms_p50')}, "
+        f"p95 {result.get('scrape_in_server_ms_p95')}"
+    )
+    late = result.get("loop_stalls")
+    if late is None:
+        return 0
+    print(
+        f"loop late by over {late['threshold_ms']:g} ms: {late['late_wakes']} times, p50 {late['late_ms_p50']} ms, "
+        f"max {late['late_ms_max']} ms, {late['late_ms_total']} ms in all, its thread on a CPU "
+        f"{100 * late['running_share']:.0f} % of that; innermost frames while late:"
+    )
+    for row in late["where"]:
+        print(f"  {100 * row['share']:5.1f} %  {row['site']}")
     return 0
 
 

@@ -203,6 +203,11 @@ class PipelineCollector(Collector):
     def __init__(self, pipeline: Pipeline, histograms: LatencyHistograms) -> None:
         self.pipeline = pipeline
         self.histograms = histograms
+        # The CUDA devices, counted once CUDA is in use: `torch.cuda.is_available()` and an uncached
+        # `device_count()` ask NVML through ctypes, which lets go of the GIL, and a loop that lets
+        # go of it among 64 busy decoder threads waits tens of milliseconds to get it back (seen in
+        # `benchmarks/control_api.py`'s loop samples on the H200).
+        self._cuda_devices: list[int] | None = None
 
     def collect(self) -> Iterator[Metric]:
         for family, names, values in self.read():
@@ -261,8 +266,10 @@ class PipelineCollector(Collector):
             (_THREADS, [""], [threading.active_count()]),
         ]
         # Only when this process already uses CUDA: a scrape must never initialize a device.
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            devices = range(torch.cuda.device_count())
+        if self._cuda_devices is None and torch.cuda.is_initialized():
+            self._cuda_devices = list(range(torch.cuda.device_count()))
+        if self._cuda_devices:
+            devices = self._cuda_devices
             labels = [f"cuda:{index}" for index in devices]
             rows.append((_GPU_ALLOCATED, labels, [torch.cuda.memory_allocated(index) for index in devices]))
             rows.append((_GPU_RESERVED, labels, [torch.cuda.memory_reserved(index) for index in devices]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,3 +64,30 @@ def test_a_scrape_before_the_run_shows_the_sources_waiting_to_start() -> None:
     after = samples(metrics.render().decode())
     assert after[("streamflow_sources", (("state", "ended"),))] == 1
     assert after[("streamflow_source_frames_total", (("source", "a"),))] == 2
+
+
+@pytest.mark.gpu
+def test_gpu_memory_appears_once_the_pipeline_uses_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    sources = [ListSource(make_frames(3, source_id="a"), name="a")]
+    pipeline = Pipeline([ListSource(name="source"), ListSink(name="sink")], sources=sources, device="cuda")
+    metrics = PipelineMetrics(pipeline)
+    pipeline.run_sync()
+    held = torch.ones(1 << 20, device="cuda")  # 4 MiB that the next scrape must see
+    first = samples(metrics.render().decode())
+    allocated = first[("streamflow_gpu_memory_allocated_bytes", (("device", "cuda:0"),))]
+    assert allocated >= held.numel() * 4
+    del held
+    torch.cuda.empty_cache()
+    again = samples(metrics.render().decode())  # the device list is kept; the figures are read anew
+    assert again[("streamflow_gpu_memory_allocated_bytes", (("device", "cuda:0"),))] < allocated
+
+
+def test_no_gpu_figures_while_the_process_has_not_touched_cuda() -> None:
+    pipeline = Pipeline([ListSource(make_frames(2), name="source"), ListSink(name="sink")], device="cpu")
+    metrics = PipelineMetrics(pipeline)
+    pipeline.run_sync()
+    if torch.cuda.is_initialized():
+        pytest.skip("an earlier test in this process used CUDA")
+    assert not any(name.startswith("streamflow_gpu_") for name, _ in samples(metrics.render().decode()))
