@@ -40,7 +40,7 @@ from typing import ClassVar
 import torch
 from pydantic import Field
 
-from streamflow.detection import attach_detections, frame_letterboxes
+from streamflow.detection import attach_detections, frame_letterboxes, load_nms
 from streamflow.frame import Batch, Frame
 from streamflow.models.centerface import OUTPUT_NAMES, check_outputs, decode
 from streamflow.stage import Stage, StageConfig
@@ -66,9 +66,8 @@ class CenterFace(Stage):
     uses_gpu: ClassVar[bool] = True
 
     def setup(self) -> None:
-        # The box decoder's NMS comes from torchvision, which takes seconds to import: import it
-        # here, before frames flow, not inside the first batch's time (nor in `streamflow validate`).
-        import torchvision.ops  # noqa: F401
+        # The NMS operator is loaded here, before frames flow, not inside the first batch's time.
+        load_nms()
 
     def process(self, item: Frame | Batch) -> Frame | Batch:
         cfg = self.config

@@ -4,9 +4,9 @@ Reads the two outputs the `infer` stage left in `Batch.results` (by ONNX output 
 frame): `scores` (N, P, 2) and `boxes` (N, P, 4). Keeps priors whose face score passes `threshold`,
 scales their boxes to input pixels (decoding raw SSD locations against the prior boxes first with
 `boxes: locations`), maps them back to each frame's own pixels through the `Letterbox` that
-`preprocess` stored on it, and runs NMS per frame (`torchvision.ops.batched_nms`, on the outputs'
-device), all in one pass over the batch. Attaches to every frame the same keys as `centerface`, so
-`annotate` and `jsonl` take either detector:
+`preprocess` stored on it, and runs NMS per frame (`streamflow.detection.batched_nms`, torchvision's
+operator, on the outputs' device), all in one pass over the batch. Attaches to every frame the
+same keys as `centerface`, so `annotate` and `jsonl` take either detector:
 
 - `results["boxes"]`: (N, 4) float32 x1, y1, x2, y2 in frame pixels
 - `results["scores"]`: (N,)
@@ -39,7 +39,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from streamflow.detection import attach_detections, frame_letterboxes
+from streamflow.detection import attach_detections, frame_letterboxes, load_nms
 from streamflow.frame import Batch, Frame
 from streamflow.models.ultraface import INPUT_HW, OUTPUT_NAMES, BoxEncoding, check_outputs, decode
 from streamflow.stage import Stage, StageConfig
@@ -67,6 +67,10 @@ class UltraFace(Stage):
         )
 
     uses_gpu: ClassVar[bool] = True
+
+    def setup(self) -> None:
+        # The NMS operator is loaded here, before frames flow, not inside the first batch's time.
+        load_nms()
 
     def process(self, item: Frame | Batch) -> Frame | Batch:
         cfg = self.config

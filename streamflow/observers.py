@@ -34,6 +34,7 @@ __all__ = [
     "RunStats",
     "SourceStats",
     "StageStats",
+    "StartupTimes",
     "StatsCollector",
     "percentile",
 ]
@@ -56,6 +57,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 class Observer:
     """Receives run events; all methods are optional. Called on the event loop: keep them cheap."""
+
+    def on_stage_set_up(self, stage: Stage, seconds: float) -> None:
+        """A stage after the sources finished its `setup` (model loads happen here), in `seconds`;
+        stages set up one after another, before `on_start`. (A source's is `on_source_opened`.)"""
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
         """The pipeline is set up and about to run."""
@@ -80,6 +85,93 @@ class Observer:
 
     def on_end(self, stats: RunStats) -> None:
         """The run finished (successfully or not); `stats` is final."""
+
+
+class StartupTimes(Observer):
+    """Where the time from launch to the first result goes, step by step.
+
+    Steps are stamped (perf_counter) in the order they happen: whoever launches the run can add
+    its own with `mark` (the CLI: imports, config, building, preflight), then the runner's events
+    add each stage's `setup`, every configured source open, the first frame out of a source, each
+    stage's first call on a frame (lazy work such as a model prepared for the first input size
+    shows there) and the first result out of the last stage. `launched` is when the clock starts
+    (the CLI passes the process's own start time); default: when this observer was made.
+
+    Example:
+        >>> from streamflow import Pipeline
+        >>> from streamflow.testing import ListSink, ListSource, make_frames
+        >>> startup = StartupTimes()
+        >>> _ = Pipeline([ListSource(make_frames(2)), ListSink(name="sink")], observers=[startup]).run_sync()
+        >>> [step["step"] for step in startup.summary()["steps"]][-2:]
+        ['sink: first call', 'first result']
+    """
+
+    def __init__(self, launched: float | None = None) -> None:
+        self.launched = time.perf_counter() if launched is None else launched
+        self.marks: list[tuple[str, float]] = []
+        # Sources that started with the run: those added before any opened (all of a config's are
+        # added at once; any added later, over the API say, come after).
+        self._configured = 0
+        self._opened = 0
+        self._first_frame = False
+        self._called: set[str] = set()
+        self._last = ""
+        self._done = False
+
+    def mark(self, step: str, at: float | None = None) -> None:
+        self.marks.append((step, time.perf_counter() if at is None else at))
+
+    def on_stage_set_up(self, stage: Stage, seconds: float) -> None:
+        self.mark(f"{stage.name}: setup")
+
+    def on_source_added(self, source_id: str, stage: Stage | None, edge: Edge | None) -> None:
+        if self._opened == 0:
+            self._configured += 1
+
+    def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
+        self._last = stages[-1].name if stages else ""
+
+    def on_source_opened(self, source_id: str) -> None:
+        self._opened += 1
+        if self._opened == 1:
+            self.mark("first source open")
+        if self._opened == self._configured and self._configured > 1:
+            self.mark(f"all {self._configured} sources open")
+
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
+        if self._done:
+            return
+        if not frames_in:
+            if frames_out and not self._first_frame:
+                self._first_frame = True
+                self.mark("first frame out of a source")
+            return
+        if stage.name not in self._called:
+            self._called.add(stage.name)
+            self.mark(f"{stage.name}: first call")
+        if stage.name == self._last:
+            self.mark("first result")
+            self._done = True
+
+    def summary(self) -> dict[str, Any]:
+        """`steps`: each step's time since launch (`at_s`) and since the step before (`took_s`);
+        `first_result_s`: launch to the first result (None if none came)."""
+        steps, previous = [], self.launched
+        for step, at in self.marks:
+            steps.append({"step": step, "at_s": round(at - self.launched, 3), "took_s": round(at - previous, 3)})
+            previous = at
+        first = next((s["at_s"] for s in steps if s["step"] == "first result"), None)
+        return {"first_result_s": first, "steps": steps}
+
+    def line(self) -> str:
+        """One line: the first result's time after launch and each step's own share."""
+        summary = self.summary()
+        if summary["first_result_s"] is None:
+            return "start-up: no result came"
+        parts = ", ".join(f"{s['step']} {s['took_s']:.2f}" for s in summary["steps"])
+        return f"start-up: first result {summary['first_result_s']:.2f} s after launch ({parts})"
 
 
 class FreezeObjectsAfterSetup(Observer):

@@ -875,11 +875,14 @@ class Pipeline:
         # leaves nothing half-started behind it and errors name the right stage. Sources set up
         # in their own tasks: one that can't open its input fails alone.
         for worker in workers:
+            began = time.perf_counter()
             try:
                 await worker.call(worker.stage.setup)
             except Exception as error:
                 raise _annotate(error, worker.stage) from None
             worker.set_up = True
+            for observer in self._all_observers():
+                observer.on_stage_set_up(worker.stage, time.perf_counter() - began)
 
     async def _teardown_all(self, workers: list[_StageWorker]) -> BaseException | None:
         """Tear down every stage that was set up; return the first failure (after trying all)."""

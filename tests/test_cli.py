@@ -46,6 +46,29 @@ def test_run_succeeds_and_writes_stats_json(tmp_path: Path) -> None:
     assert "writer" in result.stderr  # the summary table
 
 
+def test_run_says_where_its_start_up_time_went(tmp_path: Path) -> None:
+    launched = time.perf_counter()
+    result = cli("run", str(config(tmp_path)), "--stats-json", str(tmp_path / "stats.json"))
+    exited = time.perf_counter() - launched
+    assert result.returncode == 0, result.stderr
+    startup = json.loads((tmp_path / "stats.json").read_text())["startup"]
+    names = [step["step"] for step in startup["steps"]]
+    assert names[:4] == [
+        "python and imports",
+        "config read and checked",
+        "pipeline built",
+        "inputs and outputs checked",
+    ]
+    assert names.index("writer: setup") < names.index("first source open") < names.index("first result")
+    assert names.index("first frame out of a source") < names.index("writer: first call") == len(names) - 2
+    times = [step["at_s"] for step in startup["steps"]]
+    assert times == sorted(times) and all(step["took_s"] >= 0 for step in startup["steps"])
+    # The clock starts at the process's start: the interpreter's own start-up counts, and nothing
+    # can take longer than the parent saw the whole process take.
+    assert startup["steps"][0]["at_s"] > 0 and startup["first_result_s"] == times[-1] < exited
+    assert f"start-up: first result {startup['first_result_s']:.2f} s after launch" in result.stderr
+
+
 def test_invalid_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = config(tmp_path)
     path.write_text(path.read_text().replace("count: 5", "cuont: 5"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -57,3 +60,35 @@ def test_agreement() -> None:
     assert (ag.matched, ag.only_a, ag.only_b) == (1, 1, 1)
     assert ag.min_iou == pytest.approx(10 / 10.2)
     assert ag.fraction == pytest.approx(1 / 3)
+
+
+def test_nms_and_iou_match_torchvision_on_random_boxes() -> None:
+    import torchvision.ops
+
+    from streamflow.detection import batched_nms
+
+    generator = torch.Generator().manual_seed(0)
+    for count in (0, 1, 50, 3000):
+        corner = torch.rand(count, 2, generator=generator) * 500
+        size = torch.rand(count, 2, generator=generator) * 80 + 1
+        boxes = torch.cat([corner, corner + size], dim=1)
+        scores = torch.rand(count, generator=generator)
+        groups = torch.randint(0, 8, (count,), generator=generator)
+        ours = batched_nms(boxes, scores, groups, 0.4)
+        assert torch.equal(ours, torchvision.ops.batched_nms(boxes, scores, groups, 0.4))
+        if count:
+            assert 0 < len(ours) <= count
+            assert torch.allclose(box_iou(boxes[:20], boxes[:30]), torchvision.ops.box_iou(boxes[:20], boxes[:30]))
+
+
+def test_the_nms_operator_loads_without_importing_the_torchvision_package() -> None:
+    """`import torchvision.ops` costs seconds of every detector's start-up; the operator alone, milliseconds."""
+    code = (
+        "import sys, torch\n"
+        "from streamflow.detection import load_nms\n"
+        "keep = load_nms()(torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10]]), torch.tensor([0.9, 0.8]), 0.3)\n"
+        "assert keep.tolist() == [0], keep\n"
+        "assert 'torchvision' not in sys.modules, 'the package was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

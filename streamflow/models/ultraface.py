@@ -13,7 +13,7 @@ that step outputs the raw SSD regression instead; `locations_to_boxes` decodes i
 prior boxes the model was trained with (and the ones baked into the shipped graph; the test checks).
 
 Decoding is batched over the first axis with no per-detection Python: threshold, optional location
-decoding, scaling to input pixels, mapping back to source pixels and `torchvision.ops.batched_nms`
+decoding, scaling to input pixels, mapping back to source pixels and NMS (`streamflow.detection.batched_nms`)
 all run as tensor ops on the outputs' device. The only host syncs size the candidates and the
 per-frame split.
 
