@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     observers: list[Observer] = [frames, timeline]
     if not args.no_gc_freeze:
         observers.append(FreezeObjectsAfterSetup())  # as `streamflow run` does
-    sources = [SourceSpec(id=f"s{i}", uri=str(clip), loop=True) for i in range(args.sources)]
+    sources = [SourceSpec.model_validate({"id": f"s{i}", "uri": str(clip), "loop": True}) for i in range(args.sources)]
     if args.config is not None:
         # The config's stages (models loaded once) with the generated clip as every source.
         pipeline = build_pipeline(args.config, sources=sources, observers=observers)
