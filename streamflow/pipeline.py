@@ -158,6 +158,16 @@ def _merge(items: list[Frame | Batch]) -> Frame | Batch:
     return Batch(frames=frames, data=data)
 
 
+def _settle(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # its caller was cancelled meanwhile
+        future.set_result(result)
+
+
+def _settle_with_error(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class _StageWorker:
     """Runs one stage's hooks in its own thread, with its CUDA stream and the hand-off protocol."""
 
@@ -186,8 +196,28 @@ class _StageWorker:
             self.executor.shutdown(wait=False)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        # The result comes back by `call_soon_threadsafe` onto a plain asyncio future rather than
+        # through `run_in_executor`, whose chaining of a concurrent future into an asyncio one
+        # (callbacks, state copies, loop checks) took a tenth of the GIL's time in a many-source
+        # profile (docs/MEASURED.md): every frame of every source makes this hand-off.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._in_context, fn, *args)
+        done: asyncio.Future[T] = loop.create_future()
+        work = self.executor.submit(self._call_in_thread, loop, done, fn, args)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            work.cancel()  # not started yet: then it never runs, as with run_in_executor
+            raise
+
+    def _call_in_thread(
+        self, loop: asyncio.AbstractEventLoop, done: asyncio.Future[T], fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            result = self._in_context(fn, *args)
+        except BaseException as error:
+            loop.call_soon_threadsafe(_settle_with_error, done, error)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result)
 
     def _in_context(self, fn: Callable[..., T], *args: Any) -> T:
         self.busy_hook = getattr(fn, "__name__", "hook")
