@@ -19,14 +19,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def assert_close_to_source(
-    outputs: list[list[np.ndarray]], frames: list[torch.Tensor], *, min_db: float = 32.0, spread_db: float = 1.5
+    outputs: list[list[np.ndarray]], frames: list[torch.Tensor], *, min_db: float = 30.0, spread_db: float = 1.5
 ) -> None:
     """Every output path reproduces every source frame, and no path is clearly worse than another.
 
     `outputs` holds each path's decoded (H, W, 3) RGB pictures, `frames` the (3, H, W) RGB sources. The
-    smooth test clips score about 35 dB per frame at the CRFs the tests use; a neighbouring frame scores
-    about 24 dB and swapped colour planes about 13 dB, so a frame out of order, a wrong plane or a wrong
-    colour conversion fails `min_db`.
+    smooth test clips score 32-35 dB per frame at the CRFs the tests use (a fresh clone's CI run gave
+    31.95 on one frame of the 80x48 NV12 clip, whose chroma is a quarter of its pixels); a neighbouring
+    frame scores about 24 dB and swapped colour planes about 14 dB, so a frame out of order, a wrong
+    plane or a wrong colour conversion still fails `min_db` by 6 dB or more.
     """
     sources = [f.permute(1, 2, 0).numpy() for f in frames]
     scores = [[psnr(image, source) for image, source in zip(images, sources, strict=True)] for images in outputs]

@@ -240,3 +240,22 @@ def test_stage_round_trip_and_config(tmp_path: Path) -> None:
     assert Encode(path="o.mp4", encoders=2, cpu_encoder="process").config.encoders == 2
     with pytest.raises(ValidationError):
         Encode(path="o.mp4", encoders=0)
+
+
+def test_the_picture_check_still_catches_a_frame_out_of_order_or_swapped_planes() -> None:
+    """The tolerance `assert_close_to_source` allows encoders still fails the bugs it is there for."""
+    sources = smooth_frames(6)
+    noise = np.random.default_rng(0)
+    # What an encoder might give back: each pixel off by up to 3 grey levels (about 40 dB).
+    decoded = [
+        np.clip(f.permute(1, 2, 0).numpy().astype(np.int16) + noise.integers(-3, 4, (48, 80, 3)), 0, 255).astype(
+            np.uint8
+        )
+        for f in sources
+    ]
+    assert_close_to_source([decoded, decoded], sources)
+    shifted = decoded[1:] + decoded[-1:]
+    with pytest.raises(AssertionError):
+        assert_close_to_source([decoded, shifted], sources)
+    with pytest.raises(AssertionError):
+        assert_close_to_source([[image[..., ::-1] for image in decoded]], sources)
