@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -210,6 +210,33 @@ fi
 
 if [ "$what" = demo ] || [ "$what" = sr ] || [ "$what" = all ]; then
     demo
+fi
+
+if [ "$what" = operate ]; then
+    # What the 2026-11-29 third session left unmeasured on the GPU, in one call (about 8 minutes):
+    # issue 14's scrape cost with the loop watcher off (alternating windows), issue 13's start-up
+    # breakdown (two runs: the second with warm caches), memory over running time, and the
+    # many-source throughput with the runner's new loop-to-thread hand-off.
+    api=(--config configs/face_detect_bench.yaml --sources 64 --width 1280 --height 720 --clip-frames 300)
+    step "control API: /metrics every 1 s and 0.1 s, 4 s windows in turn, no loop watcher"
+    FACES_OUT=$scratch/out timeout 120 python3 benchmarks/control_api.py "${api[@]}" --seconds 4 --rounds 3 \
+        --adds 3 --json "$out/control_api_rounds.json" 2>&1 | grep -v "INFO" | head -4
+    step "control API: the same, GET /healthz"
+    FACES_OUT=$scratch/out timeout 100 python3 benchmarks/control_api.py "${api[@]}" --seconds 4 --rounds 2 \
+        --adds 1 --scrape-path /healthz --json "$out/control_api_healthz.json" 2>&1 | grep -v "INFO" | head -4
+    for run in cold warm; do
+        step "start-up of streamflow run, 1 source ($run)"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 120 python3 -m streamflow.cli run configs/face_detect_bench.yaml \
+            --max-frames 60 --stats-json "$out/startup_$run.json" 2>&1 | grep "start-up:"
+    done
+    step "memory over running time: 32 sources, 2 minutes"
+    timeout 200 python3 benchmarks/soak.py --config configs/face_detect_bench.yaml --sources 32 --width 1280 \
+        --height 720 --clip-frames 300 --minutes 2 --every 10 --warmup 40 --json "$out/soak.json" 2>&1 |
+        grep -v "INFO" | tail -9
+    step "many sources, unpaced, against raw NVDEC"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 200 python3 -m streamflow.cli bench configs/face_detect_bench.yaml --sources 32 \
+        --sources 64 --frames-per-source 240 --warmup 512 --raw-threads 14,21 --json "$out/many.json" 2>&1 |
+        grep -v "INFO" | tail -12
 fi
 
 if [ "$what" = final ]; then
