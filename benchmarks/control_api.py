@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler_s: list[float] = []  # each /metrics request's time inside the server
 
     @web.middleware
-    async def stamp_posts(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def stamp_requests(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.method == "POST" and request.path == "/sources":
             timeline.post_received = time.perf_counter()
         began = time.perf_counter()
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler_s.append(time.perf_counter() - began)
         return response  # type: ignore[no-any-return]
 
-    server.app.middlewares.insert(0, stamp_posts)  # outermost: the moment the handler chain starts
+    server.app.middlewares.insert(0, stamp_requests)  # outermost: the moment the handler chain starts
     result: dict[str, Any] = {}
 
     def measure() -> None:

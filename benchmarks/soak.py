@@ -30,34 +30,17 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
+from control_api import FramesDone  # benchmarks/, beside this script: frames out of the last stage
 
 from stages.decode import Decode
 from stages.null import NullSink
-from streamflow import Frame, Observer, Pipeline, Stage
+from streamflow import Observer, Pipeline
 from streamflow.config import build_pipeline
 from streamflow.observers import FreezeObjectsAfterSetup
 from streamflow.sources import SourceSpec
 from streamflow.video.synth import write_clip
-
-
-class FramesDone(Observer):
-    """Frames out of the last stage."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._sink = ""
-
-    def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
-        self._sink = stages[-1].name
-
-    def on_processed(
-        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
-    ) -> None:
-        if stage.name == self._sink:
-            self.count += len(frames_in)
 
 
 def _rss_mib() -> float:

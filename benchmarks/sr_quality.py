@@ -23,7 +23,6 @@ and HEVC as well); the clips' motion and the photographs differ.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -45,17 +44,12 @@ LOSSLESS_OUTPUT = ("video.crf=0", "video.cpu_encoder=thread", "video.encoders=1"
 
 
 def train_sr() -> ModuleType:
-    """training/train_sr.py, loaded by path (training/ is not a package); it owns the held-out set."""
-    name = "train_sr"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / "train_sr.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("cannot load training/train_sr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    """training/train_sr.py (training/ is not a package: its folder goes on the path); it owns the held-out set."""
+    if str(ROOT / "training") not in sys.path:
+        sys.path.insert(0, str(ROOT / "training"))
+    import train_sr
+
+    return train_sr
 
 
 def decoded_frames(path: Path) -> list[torch.Tensor]:

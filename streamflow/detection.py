@@ -33,14 +33,18 @@ __all__ = [
     "PrecisionRecall",
     "agreement",
     "attach_detections",
+    "batched_nms",
     "box_iou",
     "frame_letterboxes",
+    "load_nms",
     "match_boxes",
     "nms_per_frame",
     "precision_recall",
     "to_source_pixels",
     "transform_table",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,9 +63,6 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     overlap = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
     return overlap / (area_a[:, None] + area_b[None, :] - overlap)
-
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -29,17 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_sr() -> ModuleType:
-    # tools/ is not a package: load the training tool (it owns the sequence renderer) by path.
-    name = "train_sr"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "training" / "train_sr.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("cannot load training/train_sr.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    # The training tool owns the sequence renderer; training/ is not a package: its folder goes on the path.
+    if str(ROOT / "training") not in sys.path:
+        sys.path.insert(0, str(ROOT / "training"))
+    import train_sr
+
+    return train_sr
 
 
 def make_clip(
