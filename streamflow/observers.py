@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FreezeObjectsAfterSetup",
     "Observer",
+    "ResultTimes",
     "RunStats",
     "SourceStats",
     "StageStats",
@@ -172,6 +173,27 @@ class StartupTimes(Observer):
             return "start-up: no result came"
         parts = ", ".join(f"{s['step']} {s['took_s']:.2f}" for s in summary["steps"])
         return f"start-up: first result {summary['first_result_s']:.2f} s after launch ({parts})"
+
+
+class ResultTimes(Observer):
+    """When results leave the last stage: one `time.perf_counter()` per frame, appended per call.
+
+    For benchmarks over a bounded run (memory grows with frames). On Linux `perf_counter` reads
+    the system-wide monotonic clock, so the times of worker processes on one machine merge.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._sink: str | None = None
+
+    def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
+        self._sink = stages[-1].name
+
+    def on_processed(
+        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
+    ) -> None:
+        if stage.name == self._sink and frames_in:
+            self.times.extend([time.perf_counter()] * len(frames_in))
 
 
 class FreezeObjectsAfterSetup(Observer):

@@ -55,6 +55,15 @@ RayOption = Annotated[
         "or ADDRESS (auto, HOST:PORT, ray://HOST:PORT) of a running one.",
     ),
 ]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Spread the sources over N worker processes of this machine (each its own interpreter lock; "
+        "GPUs handed out in turn), without Ray.",
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")]
 SourceOption = Annotated[
     list[str] | None,
@@ -113,6 +122,7 @@ def run(
     sources_file: SourcesFileOption = None,
     api: ApiOption = None,
     ray: RayOption = None,
+    workers: WorkersOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a pipeline until its input ends (or Ctrl-C), then print per-stage figures.
@@ -146,11 +156,20 @@ def run(
         raise _fail(str(error), EXIT_CONFIG) from None
     except KeyboardInterrupt:
         raise _fail("interrupted while starting; nothing was written", SIGNAL_EXIT["SIGINT"]) from None
-    if ray is not None or loaded.cluster is not None:
-        from streamflow.cli.cluster import run_on_cluster  # Ray is imported only on this route
+    if workers is not None and ray is not None:
+        raise _fail("--workers runs worker processes on this machine, --ray on Ray actors: give one", EXIT_CONFIG)
+    if ray is not None or workers is not None or loaded.cluster is not None:
+        from streamflow.cli.cluster import run_on_cluster  # Ray is imported only on the Ray route
 
         code = run_on_cluster(
-            loaded, address=ray, sources=specs, max_frames=max_frames, stats_json=stats_json, quiet=quiet, api=api
+            loaded,
+            address=ray,
+            workers=workers,
+            sources=specs,
+            max_frames=max_frames,
+            stats_json=stats_json,
+            quiet=quiet,
+            api=api,
         )
         raise typer.Exit(code)
     try:
@@ -429,6 +448,14 @@ def bench(
     input_uri: Annotated[
         str | None, typer.Option("--input", help="With --sources: the input (default: config's).")
     ] = None,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="With --sources: also spread the sources over N worker processes (repeatable: 1 is this process).",
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the pipeline and a baseline on the same input in one process; print fps and the ratio.
@@ -455,6 +482,7 @@ def bench(
             set_ or [],
             json_path,
             verbose,
+            workers or [1],
         )
         return
     if baseline not in ("serial", "none"):
@@ -496,6 +524,7 @@ def _bench_sources(
     overrides: list[str],
     json_path: Path | None,
     verbose: bool,
+    workers: list[int],
 ) -> None:
     from streamflow.cli.multibench import run_sources_bench
     from streamflow.cli.report import sources_bench_table
@@ -519,6 +548,7 @@ def _bench_sources(
             raw_threads=threads,
             overrides=overrides,
             feeder_threads=feeder_threads,
+            workers=workers,
         )
     except (ConfigError, PreflightError) as error:
         raise _fail(str(error), EXIT_CONFIG) from None

@@ -1,4 +1,4 @@
-"""`streamflow run CONFIG --ray [ADDRESS]`: the command-line route to a cluster run.
+"""`streamflow run CONFIG --ray [ADDRESS]` or `--workers N`: the command-line route to a cluster run.
 
 Exit codes as for one process: 0 when every source ended and its results were delivered (moves
 included), 1 when a source failed or the cluster could not go on, 130/143 when stopped by a signal
@@ -77,12 +77,14 @@ def run_on_cluster(
     *,
     address: str | None,
     sources: Sequence[SourceSpec] | None,
+    workers: int | None = None,
     max_frames: int | None = None,
     stats_json: Path | None = None,
     quiet: bool = False,
     api: str | None = None,
 ) -> int:
-    """Run `config` on Ray (`address` from `--ray` overrides the config's `cluster.address`).
+    """Run `config` on Ray actors or worker processes (`address` from `--ray` overrides the config's
+    `cluster.address`; `workers` from `--workers` runs that many processes of this machine instead).
 
     With `api` (`--api HOST:PORT`) the driver serves the cluster's control API and the run stays
     open for sources added over HTTP until SIGINT/SIGTERM.
@@ -90,6 +92,8 @@ def run_on_cluster(
     cluster = config.cluster or ClusterConfig()
     if address is not None:
         cluster = cluster.model_copy(update={"address": address or LOCAL})
+    if workers is not None:  # --workers N: this machine's processes, whatever the config's section says
+        cluster = cluster.model_copy(update={"backend": "processes", "address": LOCAL, "actors": workers})
     if max_frames is not None:
         config = config.model_copy(update={"max_frames": max_frames})
     if not (sources or config.sources):
@@ -111,7 +115,7 @@ def run_on_cluster(
 
     def on_signal(number: int, _frame: object) -> None:
         stopped_by.append(number)
-        log.warning("%s: stopping the sources on every actor", signal.Signals(number).name)
+        log.warning("%s: stopping the sources everywhere", signal.Signals(number).name)
         runner.stop()
 
     previous: dict[signal.Signals, Any] = {}

@@ -27,35 +27,26 @@ from typing import Any
 
 import torch
 
-from streamflow.config import PipelineConfig, build_pipeline, load_config
-from streamflow.frame import Frame
-from streamflow.observers import Observer, RunStats, percentile
+from streamflow.config import PipelineConfig, StageSpec, build_pipeline, load_config
+from streamflow.observers import ResultTimes, RunStats, StageStats, percentile
+from streamflow.per_source import is_per_source
 from streamflow.sources import SourceSpec
-from streamflow.stage import Stage, resolve_device
+from streamflow.stage import resolve_device
 
-__all__ = ["SourcesBenchResult", "SourcesRun", "raw_decode_fps", "run_sources_bench"]
-
-
-class _Results(Observer):
-    """When results leave the last stage (one timestamp per frame, appended per call)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._sink: str | None = None
-
-    def on_start(self, stages: Sequence[Stage], edges: dict[str, Any]) -> None:
-        self._sink = stages[-1].name
-
-    def on_processed(
-        self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
-    ) -> None:
-        if stage.name == self._sink and frames_in:
-            self.times.extend([time.perf_counter()] * len(frames_in))
+__all__ = [
+    "SourcesBenchResult",
+    "SourcesRun",
+    "merge_run_stats",
+    "per_source_paths",
+    "raw_decode_fps",
+    "run_sources_bench",
+]
 
 
 @dataclass
 class SourcesRun:
     sources: int
+    workers: int  # 1: the sources in this process; more: worker processes (streamflow.cluster.processes)
     fps: float
     frames: int
     per_source_fps: tuple[float, float, float]  # min, median, max
@@ -125,13 +116,8 @@ def _one_run(
     realtime: bool,
     device: torch.device,
 ) -> SourcesRun:
-    specs = [
-        SourceSpec.model_validate(
-            {"id": f"s{i}", "uri": uri, "loop": True, "max_frames": frames_per_source, "realtime": realtime}
-        )
-        for i in range(count)
-    ]
-    results = _Results()
+    specs = _specs(count, uri, frames_per_source, realtime)
+    results = ResultTimes()
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.cuda.synchronize(device)
@@ -148,6 +134,38 @@ def _one_run(
             raise
         stats = found
     times = results.times
+    return _figures(
+        stats,
+        times,
+        count=count,
+        workers=1,
+        warmup=warmup,
+        first_result_s=times[0] - launched if times else None,
+        peak_gpu_mib=(torch.cuda.max_memory_allocated(device) - gpu_before) / 2**20 if on_gpu else None,
+        host_mib_added=_rss_mib() - host_before,
+    )
+
+
+def _specs(count: int, uri: str, frames_per_source: int, realtime: bool) -> list[SourceSpec]:
+    return [
+        SourceSpec.model_validate(
+            {"id": f"s{i}", "uri": uri, "loop": True, "max_frames": frames_per_source, "realtime": realtime}
+        )
+        for i in range(count)
+    ]
+
+
+def _figures(
+    stats: RunStats,
+    times: Sequence[float],
+    *,
+    count: int,
+    workers: int,
+    warmup: int,
+    first_result_s: float | None,
+    peak_gpu_mib: float | None,
+    host_mib_added: float,
+) -> SourcesRun:
     # Results arrive a batch at a time: timing starts at the batch that holds the warm-up's last
     # result and counts the results that came after it.
     start = times[min(warmup, len(times) - 1)] if times else 0.0
@@ -159,6 +177,7 @@ def _one_run(
     sink = stats.stages[-1]
     return SourcesRun(
         sources=count,
+        workers=workers,
         fps=fps,
         frames=len(times),
         per_source_fps=(per_source[0], statistics.median(per_source), per_source[-1]),
@@ -169,12 +188,103 @@ def _one_run(
         ),
         capture_latency_p95_ms=percentile(sink.capture_latency_ms, 95),
         drops=sum(source.dropped for source in stats.sources),
-        first_result_s=times[0] - launched if times else None,
-        peak_gpu_mib=(torch.cuda.max_memory_allocated(device) - gpu_before) / 2**20 if on_gpu else None,
-        host_mib_added=_rss_mib() - host_before,
+        first_result_s=first_result_s,
+        peak_gpu_mib=peak_gpu_mib,
+        host_mib_added=host_mib_added,
         failed=len(stats.failed_sources),
         stats=stats,
     )
+
+
+def _one_run_in_workers(
+    config: PipelineConfig,
+    count: int,
+    uri: str,
+    *,
+    workers: int,
+    frames_per_source: int,
+    warmup: int,
+    realtime: bool,
+) -> SourcesRun:
+    """The same sources spread over `workers` processes of this machine (the driver of
+    `streamflow run --workers`), every result's time merged: measured as one process is."""
+    from streamflow.cluster import ClusterConfig
+    from streamflow.cluster.driver import ClusterRunner
+
+    cluster = ClusterConfig(backend="processes", actors=workers)
+    host_before = _rss_mib()
+    launched = time.perf_counter()
+    runner = ClusterRunner(
+        config,
+        cluster=cluster,
+        sources=_specs(count, uri, frames_per_source, realtime),
+        host_options={"record_results": True},
+    )
+    result = runner.run()
+    runs = [actor["run"]["bench"] for actor in result.actors.values() if actor.get("run")]
+    if len(runs) < workers:
+        raise RuntimeError(f"{count} sources: {workers - len(runs)} of {workers} workers did not finish")
+    times = sorted(t for run in runs for t in run["result_times"])
+    gpu = [run["peak_gpu_mib"] for run in runs if run["peak_gpu_mib"] is not None]
+    return _figures(
+        merge_run_stats([run["stats"] for run in runs]),
+        times,
+        count=count,
+        workers=workers,
+        warmup=warmup,
+        first_result_s=times[0] - launched if times else None,
+        peak_gpu_mib=sum(gpu) if gpu else None,
+        # Each worker's whole peak: all of it was added for the run.
+        host_mib_added=sum(run["peak_rss_mib"] for run in runs) + _rss_mib() - host_before,
+    )
+
+
+def merge_run_stats(runs: Sequence[RunStats]) -> RunStats:
+    """One run's figures from several processes' runs of the same stages: counts add up, latency
+    samples pool, sources side by side, the longest wall time."""
+    first = runs[0]
+    stages = []
+    for position, stage in enumerate(first.stages):
+        same = [run.stages[position] for run in runs]
+        stages.append(
+            StageStats(
+                name=stage.name,
+                type=stage.type,
+                device=stage.device,
+                frames_in=sum(s.frames_in for s in same),
+                frames_out=sum(s.frames_out for s in same),
+                calls=sum(s.calls for s in same),
+                busy_s=sum(s.busy_s for s in same),
+                first_out=min((s.first_out for s in same if s.first_out is not None), default=None),
+                last_out=max((s.last_out for s in same if s.last_out is not None), default=None),
+                queue_capacity=stage.queue_capacity,
+                queue_overflow=stage.queue_overflow,
+                queue_max_depth=max(s.queue_max_depth for s in same),
+                dropped=sum(s.dropped for s in same),
+                latency_ms=[v for s in same for v in s.latency_ms],
+                capture_latency_ms=[v for s in same for v in s.capture_latency_ms],
+            )
+        )
+    return RunStats(
+        pipeline=first.pipeline,
+        wall_s=max(run.wall_s for run in runs),
+        stages=stages,
+        warnings=[w for run in runs for w in run.warnings],
+        sources=[source for run in runs for source in run.sources],
+    )
+
+
+def per_source_paths(config: PipelineConfig) -> PipelineConfig:
+    """The config with every file sink writing one file per source (`{source}` added before the
+    suffix): worker processes must not share a file, and every variant compared must write alike."""
+    stages = list(config.stages)
+    for position, spec in enumerate(stages[1:], start=1):
+        path = spec.options.get("path")
+        if isinstance(path, str) and not is_per_source(path):
+            stem, dot, suffix = path.rpartition(".")
+            per_source = f"{stem}.{{source}}.{suffix}" if dot and "/" not in suffix else f"{path}.{{source}}"
+            stages[position] = StageSpec.model_validate({**spec.model_dump(), "path": per_source})
+    return config.model_copy(update={"stages": stages})
 
 
 def _decode_all_gpu(uri: str, passes: int, gpu_id: int) -> int:
@@ -237,26 +347,42 @@ def run_sources_bench(
     raw_passes: int = 2,
     overrides: Sequence[str] = (),
     feeder_threads: int | None = None,
+    workers: Sequence[int] = (1,),
 ) -> SourcesBenchResult:
-    """Each count of sources through the config, then the raw decode ceiling; see the module docstring."""
+    """Each count of sources through the config (in this process, and spread over each number of
+    worker processes asked), then the raw decode ceiling; see the module docstring."""
     config = load_config(config_path, overrides)
     if feeder_threads is not None:
         config = config.model_copy(update={"feeder_threads": feeder_threads})
+    if max(workers) > 1:
+        config = per_source_paths(config)
     source = _input_uri(config, uri)
     if "://" not in source and not Path(source).is_file():
         raise ValueError(f"input {source!r} not found")
     device = resolve_device(config.device)
-    runs = [
-        _one_run(
-            config,
-            count,
-            source,
-            frames_per_source=frames_per_source,
-            warmup=warmup,
-            realtime=realtime,
-            device=device,
-        )
-        for count in counts
-    ]
+    runs = []
+    for count in counts:
+        for processes in workers:
+            if processes == 1:
+                run = _one_run(
+                    config,
+                    count,
+                    source,
+                    frames_per_source=frames_per_source,
+                    warmup=warmup,
+                    realtime=realtime,
+                    device=device,
+                )
+            else:
+                run = _one_run_in_workers(
+                    config,
+                    count,
+                    source,
+                    workers=processes,
+                    frames_per_source=frames_per_source,
+                    warmup=warmup,
+                    realtime=realtime,
+                )
+            runs.append(run)
     raw = {k: raw_decode_fps(source, k, passes=raw_passes, device=device) for k in raw_threads}
     return SourcesBenchResult(str(config_path), str(device), source, realtime, runs, raw)

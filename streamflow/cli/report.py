@@ -113,7 +113,7 @@ def sources_table(stats: RunStats) -> Table:
 def sources_bench_table(result: SourcesBenchResult) -> Table:
     """`bench --sources`: one row per source count, against the raw decode ceiling of the same run."""
     table = Table(title=f"{result.config}: {'paced' if result.realtime else 'unpaced'} sources of {result.uri}")
-    columns = ["sources", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
+    columns = ["sources", "workers", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
     for column in [*columns, "GPU MiB", "host MiB", "failed"]:
         table.add_column(column, justify="right")
     ceiling = result.ceiling
@@ -122,6 +122,7 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
         lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
         table.add_row(
             str(run.sources),
+            str(run.workers),
             f"{run.fps:.0f}",
             f"{run.fps / ceiling:.2f}" if ceiling else "-",
             f"{low:.1f}/{mid:.1f}/{high:.1f}",

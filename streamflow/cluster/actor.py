@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -21,7 +23,7 @@ from typing import Any
 from streamflow.api.metrics import PipelineMetrics
 from streamflow.cluster.progress import ProgressObserver
 from streamflow.config import PipelineConfig, build_pipeline
-from streamflow.observers import RunStats
+from streamflow.observers import Observer, ResultTimes, RunStats
 from streamflow.pipeline import Pipeline
 from streamflow.sources import SourceSpec
 
@@ -44,6 +46,7 @@ class PipelineHost:
         name: str,
         workdir: str | None = None,
         log_level: int = logging.WARNING,
+        record_results: bool = False,
     ) -> None:
         logging.basicConfig(level=log_level, format=f"%(levelname)s {name}: %(message)s")
         # Relative paths in the config mean what they meant to the driver where its directory is
@@ -52,8 +55,11 @@ class PipelineHost:
             os.chdir(workdir)
         self.name = name
         self.progress = ProgressObserver()
+        # For benchmarks: every result's time, handed over with the run's figures by `finish`.
+        self.results = ResultTimes() if record_results else None
+        observers: list[Observer] = [self.progress] if self.results is None else [self.progress, self.results]
         specs = list(sources)
-        self.pipeline: Pipeline = build_pipeline(config, observers=[self.progress], sources=specs or [_TEMPLATE_CHECK])
+        self.pipeline: Pipeline = build_pipeline(config, observers=observers, sources=specs or [_TEMPLATE_CHECK])
         if not specs:
             self.pipeline.remove_source(_TEMPLATE_CHECK.id)
         # Sources come and go as the driver places them; the run ends on `finish()`.
@@ -77,9 +83,10 @@ class PipelineHost:
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, host and Ray node (answered once the pipeline is built)."""
-        import ray
-
-        return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id()}
+        host = socket.gethostname()
+        ray = sys.modules.get("ray")  # imported by Ray's worker; absent in a worker process of our own
+        node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else host
+        return {"pid": os.getpid(), "host": host, "node": node}
 
     def add_source(self, spec: Mapping[str, Any]) -> str:
         return self.pipeline.add_source(SourceSpec(**spec))
@@ -103,4 +110,24 @@ class PipelineHost:
         """End the run (sources left are stopped, outputs finalized); the run's figures."""
         self.pipeline.stop("finished")
         self._thread.join(timeout_s)
-        return None if self.stats is None else self.stats.to_dict()
+        if self.stats is None:
+            return None
+        figures = self.stats.to_dict()
+        if self.results is not None:
+            figures["bench"] = self._bench_figures(self.stats)
+        return figures
+
+    def _bench_figures(self, stats: RunStats) -> dict[str, Any]:
+        """What a benchmark merges over workers: the whole stats (latency samples included), every
+        result's time, and this process's peak memory."""
+        assert self.results is not None
+        torch = sys.modules.get("torch")
+        peak_gpu = None
+        if torch is not None and torch.cuda.is_initialized():
+            peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+        return {
+            "stats": stats,
+            "result_times": list(self.results.times),
+            "peak_gpu_mib": peak_gpu,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }

@@ -6,11 +6,17 @@ Example (YAML):
       actors: 4            # pipelines; default: one per GPU of the cluster (CPU-only: one per `local_cpus`)
       gpus_per_actor: 1    # each pipeline owns a GPU; 0.5 puts two pipelines on one GPU
       cpus_per_actor: 1    # reserved on CPU-only clusters (and besides the GPU otherwise)
+
+    cluster:
+      backend: processes   # no Ray: worker processes of this machine (`streamflow run --workers N`)
+      actors: 4            # worker processes; GPUs are handed out in turn by gpus_per_actor
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["LOCAL", "ClusterConfig"]
 
@@ -23,6 +29,9 @@ class ClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # `processes`: the pipelines run in child processes of the driver on this machine, without Ray
+    # (one interpreter lock each; see streamflow.cluster.processes).
+    backend: Literal["ray", "processes"] = "ray"
     address: str = Field(default=LOCAL, description="`local`, `auto`, HOST:PORT or ray://HOST:PORT")
     actors: int | None = Field(default=None, ge=1, description="default: one per GPU (CPU-only: local_cpus)")
     gpus_per_actor: float = Field(default=1, ge=0)
@@ -34,3 +43,9 @@ class ClusterConfig(BaseModel):
     dead_after_s: float = Field(default=5.0, gt=0)
     # A new actor (when none survives) must be up within this time, or the run fails.
     start_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _processes_are_local(self) -> ClusterConfig:
+        if self.backend == "processes" and self.address != LOCAL:
+            raise ValueError(f"backend 'processes' runs on this machine: address {self.address!r} needs backend 'ray'")
+        return self

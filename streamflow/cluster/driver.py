@@ -161,9 +161,13 @@ class ClusterRunner:
         sources: Sequence[SourceSpec | Mapping[str, Any]] | None = None,
         stay_open: bool = False,
         workdir: str | None = None,
+        host_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.cluster = cluster or config.cluster or ClusterConfig()
+        # What each pipeline host is asked to keep besides progress (the bench: result times).
+        self.host_options = dict(host_options or {})
+        self._kind = "worker" if self.cluster.backend == "processes" else "actor"
         specs = [_as_spec(entry) for entry in sources] if sources is not None else list(config.sources or [])
         if len(config.stages) < 2:
             raise ConfigError("a cluster run needs a sink after the source: results are delivered there")
@@ -317,6 +321,28 @@ class ClusterRunner:
             raise
 
     def _start(self) -> None:
+        if self.cluster.backend == "processes":
+            from streamflow.cluster.processes import LocalProcesses
+
+            self._ray = LocalProcesses()
+            self._started_ray = True  # shutdown() ends the worker processes
+        else:
+            self._start_ray()
+        self._remote_host = self._ray.remote(max_restarts=0, max_concurrency=4)(_host_class())
+        names = [f"{self._kind}-{i}" for i in range(self._actor_count())]
+        placed = spread(list(self.sources), names)
+        for name in names:
+            specs = [self.sources[source_id].spec for source_id in placed[name]]
+            self._start_actor(name, specs)
+        self._wait_ready(list(self._actors.values()))
+        self._target_actors = len(names)
+        for name in names:
+            for source_id in placed[name]:
+                outcome = self.sources[source_id]
+                outcome.parts.append(_Part(source_id, name, self._initial_start(outcome.spec)))
+        log.info("sources placed: %s", {name: ids for name, ids in placed.items()})
+
+    def _start_ray(self) -> None:
         try:
             import ray
         except ImportError:
@@ -329,19 +355,6 @@ class ClusterRunner:
             else:
                 ray.init(address=address, logging_level=logging.WARNING)
             self._started_ray = True
-        self._remote_host = self._ray.remote(max_restarts=0, max_concurrency=4)(_host_class())
-        names = [f"actor-{i}" for i in range(self._actor_count())]
-        placed = spread(list(self.sources), names)
-        for name in names:
-            specs = [self.sources[source_id].spec for source_id in placed[name]]
-            self._start_actor(name, specs)
-        self._wait_ready(list(self._actors.values()))
-        self._target_actors = len(names)
-        for name in names:
-            for source_id in placed[name]:
-                outcome = self.sources[source_id]
-                outcome.parts.append(_Part(source_id, name, self._initial_start(outcome.spec)))
-        log.info("sources placed: %s", {name: ids for name, ids in placed.items()})
 
     def run(self) -> ClusterResult:
         """Start if needed, then watch until every source is done (or `stop()`); actors are released."""
@@ -375,7 +388,12 @@ class ClusterRunner:
     def _start_actor(self, name: str, specs: Sequence[SourceSpec]) -> _Actor:
         gpus = self.cluster.gpus_per_actor if self._ray.cluster_resources().get("GPU", 0) else 0
         handle = self._remote_host.options(name=None, num_gpus=gpus, num_cpus=self.cluster.cpus_per_actor).remote(
-            self.config, list(specs), name=name, workdir=self.workdir, log_level=logging.WARNING
+            self.config,
+            list(specs),
+            name=name,
+            workdir=self.workdir,
+            log_level=logging.WARNING,
+            **self.host_options,
         )
         actor = self._actors[name] = _Actor(name, handle)
         return actor
@@ -408,7 +426,7 @@ class ClusterRunner:
             if part is not None and outcome.state in ("running", "removing") and part.actor in loads:
                 loads[part.actor].append(part.progress.fps or None)
         if not loads:  # nobody to move to: wait for a replacement (or start one)
-            name = next(iter(self._pending), None) or self._start_actor(f"actor-{len(self._actors)}", []).name
+            name = next(iter(self._pending), None) or self._start_actor(f"{self._kind}-{len(self._actors)}", []).name
             self._pending.pop(name, None)
             self._wait_ready([self._actors[name]])
             self._actors[name].alive = True
@@ -422,7 +440,7 @@ class ClusterRunner:
         live = sum(actor.alive for actor in self._actors.values())
         if live + len(self._pending) >= self._target_actors:
             return
-        actor = self._start_actor(f"actor-{len(self._actors)}", [])
+        actor = self._start_actor(f"{self._kind}-{len(self._actors)}", [])
         actor.alive = False  # not placeable until it answers
         self._pending[actor.name] = actor.handle.ready.remote()
         log.info("starting %s in place of %s", actor.name, dead.name)

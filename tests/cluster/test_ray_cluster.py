@@ -13,8 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import pytest
 from streamflow.cluster import ClusterConfig
 from streamflow.config import PipelineConfig, load_config
 from streamflow.video.synth import write_clip
+from support.cluster import http, indices_by_source, wait_for
 
 ray = pytest.importorskip("ray")
 from streamflow.cluster.api import ClusterControlServer  # noqa: E402 (after the skip: needs ray)
@@ -63,26 +62,6 @@ sources:
     path = tmp_path / "pipeline.yaml"
     path.write_text(text)
     return load_config(path)
-
-
-def indices_by_source(out: Path) -> dict[str, list[int]]:
-    """Frame indices written per source, every part merged (`cam1.jsonl`, `cam1.part1.jsonl`...)."""
-    found: dict[str, list[int]] = {}
-    for file in sorted(out.glob("*.jsonl")):
-        source = file.name.split(".")[0]
-        for line in file.read_text().splitlines():
-            record = json.loads(line)
-            assert record["source_id"] == file.stem
-            found.setdefault(source, []).append(record["index"])
-    return found
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_sources_spread_evenly_and_move_off_a_killed_actor(
@@ -178,19 +157,6 @@ def test_a_stage_that_fails_on_an_actor_fails_the_run_in_one_line(local_ray: Any
         runner.run()
     assert "\n" not in str(caught.value)
     assert not runner.actor_pids(), "the actors are released"
-
-
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        raw, status = error.read(), error.code
-    text = raw.decode()
-    return status, json.loads(text) if text.startswith("{") else text
 
 
 def test_add_and_remove_sources_while_actors_run_from_python_and_http(

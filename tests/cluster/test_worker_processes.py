@@ -1,0 +1,227 @@
+"""Sources spread over worker processes of this machine (`--workers N`, `backend: processes`), no Ray.
+
+Real child processes, real clips, the real control API over HTTP: spread and per-source outputs, one
+bad source failing alone, a SIGKILLed worker's sources moved, the driver SIGKILLed (the workers
+finalize their outputs), and the many-source bench over workers.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from streamflow.cli.multibench import run_sources_bench
+from streamflow.cluster import ClusterConfig
+from streamflow.cluster.api import ClusterControlServer
+from streamflow.cluster.driver import ClusterRunner
+from streamflow.config import load_config
+from streamflow.video.synth import write_clip
+from support.cluster import http, indices_by_source, wait_for
+
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    made = {
+        "small": write_clip(folder / "small.mp4", width=64, height=48, frames=30, fps=FPS),
+        "wide": write_clip(folder / "wide.mp4", width=96, height=40, frames=20, fps=FPS),
+        "tall": write_clip(folder / "tall.mp4", width=48, height=80, frames=25, fps=FPS),
+    }
+    corrupt = folder / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4096))
+    made["corrupt"] = corrupt
+    return made
+
+
+def write_config(tmp_path: Path, sources: dict[str, Path], *, realtime: bool = False, extra: str = "") -> Path:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    listed = "\n".join(f"  - {{id: {sid}, uri: {uri}}}" for sid, uri in sources.items())
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"""
+name: workers-test
+device: cpu
+overflow: block
+stages:
+  - {{name: cam, type: decode, backend: cpu, realtime: {str(realtime).lower()}}}
+  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}
+{extra}
+sources:
+{listed}
+"""
+    )
+    return path
+
+
+class Cli:
+    """`streamflow run ...` in a child process, stderr collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        command = [sys.executable, "-m", "streamflow.cli", "run", *args]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        stream = self.process.stderr
+        assert stream is not None
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")))
+        self._reader.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._reader.join(timeout=10)
+
+
+def test_cli_workers_write_every_source_and_a_corrupt_one_fails_alone(clips: dict[str, Path], tmp_path: Path) -> None:
+    path = write_config(tmp_path, clips)
+    stats = tmp_path / "stats.json"
+    cli = Cli(str(path), "--workers", "2", "--stats-json", str(stats))
+    code = cli.wait(timeout=180)
+    assert code == 1, cli.text[-2000:]
+    failed_lines = [line for line in cli.lines if "corrupt" in line and "fail" in line]
+    assert failed_lines, cli.text[-2000:]
+    written = indices_by_source(tmp_path / "out")
+    expected = {"small": 30, "wide": 20, "tall": 25}
+    for source_id, frames in expected.items():
+        assert written[source_id] == list(range(frames)), f"{source_id}: complete and in order"
+    summary = json.loads(stats.read_text())
+    assert summary["sources"]["corrupt"]["ended"] == "failed" and summary["sources"]["corrupt"]["error"]
+    assert {summary["sources"][s]["ended"] for s in expected} == {"finished"}
+    workers = summary["actors"]
+    assert sorted(workers) == ["worker-0", "worker-1"]
+    pids = {info["pid"] for info in workers.values()}
+    assert len(pids) == 2 and cli.process.pid not in pids, "two processes of their own"
+
+
+def test_a_killed_worker_loses_its_sources_to_the_others_and_the_run_ends_with_exit_0(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    ids = {f"cam{i}": clips["small"] for i in range(6)}
+    path = write_config(tmp_path, ids, realtime=True, extra="cluster: {backend: processes, poll_interval_s: 0.2}")
+    cli = Cli(str(path), "--workers", "3")
+    out = tmp_path / "out"
+
+    def lines_of(source_id: str) -> int:
+        file = out / f"{source_id}.jsonl"
+        return len(file.read_text().splitlines()) if file.exists() else 0
+
+    try:
+        wait_for(lambda: "sources placed:" in cli.text, timeout=120, what="the placement line")
+        placed = ast.literal_eval(re.search(r"sources placed: (\{.*\})", cli.text).group(1))  # type: ignore[union-attr]
+        pid = int(re.search(r"worker-1 up: pid (\d+)", cli.text).group(1))  # type: ignore[union-attr]
+        wait_for(lambda: all(lines_of(s) >= 3 for s in placed["worker-1"]), timeout=120, what="worker-1's frames")
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        code = cli.wait(timeout=180)
+    assert code == 0, cli.text[-2000:]
+    for source_id in placed["worker-1"]:
+        assert re.search(rf"source {source_id} moved from worker-1 to worker-[02] as {source_id}\.part1", cli.text)
+    written = indices_by_source(out)
+    assert all(set(written[s]) == set(range(30)) for s in ids), "every frame of every source at least once"
+
+
+def test_the_control_api_adds_and_removes_sources_on_workers(clips: dict[str, Path], tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"first": clips["small"]}, realtime=True))
+    cluster = ClusterConfig(backend="processes", actors=2, poll_interval_s=0.2)
+    runner = ClusterRunner(config, cluster=cluster, stay_open=True)
+    server = ClusterControlServer(runner, port=0)
+    server.serve_in_thread()
+    base = f"http://127.0.0.1:{server.port}"
+    result_box: dict[str, Any] = {}
+    runner.start()
+    thread = threading.Thread(target=lambda: result_box.setdefault("result", runner.run()))
+    thread.start()
+    try:
+        assert http("GET", f"{base}/readyz") == (200, {"ready": True, "actors_alive": 2})
+        status, body = http("POST", f"{base}/sources", {"id": "second", "uri": str(clips["wide"]), "loop": True})
+        assert status == 201 and body["actor"] == "worker-1", "the new source goes to the idle worker"
+        wait_for(lambda: runner.sources["second"].current.progress.delivered >= 5, 120, "the added source's frames")
+        status, body = http("DELETE", f"{base}/sources/second?wait=60")
+        assert status == 200 and body["state"] == "removed", body
+        assert runner.wait_ended("first", 120)
+        status, metrics = http("GET", f"{base}/metrics")
+        assert status == 200
+        assert re.search(r'streamflow_source_frames_done_total\{.*actor="worker-0".*\} 30\.0', metrics), metrics[:2000]
+    finally:
+        runner.stop()
+        thread.join(timeout=60)
+        server.close()
+    assert result_box["result"].sources["second"].state == "removed"
+    written = indices_by_source(tmp_path / "out")
+    assert written["first"] == list(range(30))
+    assert len(written["second"]) >= 5 and written["second"] == list(range(len(written["second"])))
+
+
+def test_workers_finalize_their_outputs_when_the_driver_is_killed(clips: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    encode = f'  - {{name: video, type: encode, path: "{out}/{{source}}.mp4", crf: 30}}'
+    path = write_config(tmp_path, {"cam": clips["small"]}, realtime=True)
+    text = path.read_text().replace("  - {name: out, type: jsonl", encode + "\n  - {name: out, type: jsonl")
+    path.write_text(text.replace("realtime: true}", "realtime: true, loop: true}"))
+    cli = Cli(str(path), "--workers", "1")
+    try:
+        wait_for(lambda: "worker-0 up: pid" in cli.text, timeout=120, what="the worker")
+        worker = int(re.search(r"worker-0 up: pid (\d+)", cli.text).group(1))  # type: ignore[union-attr]
+        wait_for(
+            lambda: (out / "cam.jsonl").exists() and len((out / "cam.jsonl").read_text().splitlines()) >= 12,
+            120,
+            "frames",
+        )
+        os.kill(cli.process.pid, signal.SIGKILL)
+    finally:
+        cli.wait(timeout=60)
+
+    def gone() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=90, what="the orphaned worker to finish and exit")
+    lines = (out / "cam.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["source_id"] == "cam" for line in lines), "every line complete"
+    with av.open(str(out / "cam.mp4")) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert decoded >= 12, "the MP4 was finalized (its index written) and holds what was encoded"
+
+
+def test_the_many_source_bench_measures_one_process_and_workers_alike(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=10)
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        f"name: t\ndevice: cpu\nstages:\n"
+        f"  - {{name: source, type: decode, uri: {clip}, emit_batch: 2}}\n"
+        f"  - {{name: sink, type: jsonl, path: {tmp_path}/out/results.jsonl}}\n"
+    )
+    result = run_sources_bench(config, [3], frames_per_source=15, warmup=2, workers=[1, 2])
+    assert [(run.sources, run.workers) for run in result.runs] == [(3, 1), (3, 2)]
+    for run in result.runs:
+        assert run.frames == 45 and run.failed == 0 and run.fps > 0
+        assert sorted(s.id for s in run.stats.sources) == ["s0", "s1", "s2"]
+        assert all(s.frames_done == 15 for s in run.stats.sources)
+        assert run.stats.stages[-1].frames_in == 45 and run.latency_ms[0] is not None
+    # Both variants wrote one file per source (workers must not share a file; both write alike).
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["results.s0.jsonl", "results.s1.jsonl", "results.s2.jsonl"]
+    assert all(len((tmp_path / "out" / name).read_text().splitlines()) == 15 for name in written)
