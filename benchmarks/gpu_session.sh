@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -236,6 +236,34 @@ if [ "$what" = operate ]; then
     step "many sources, unpaced, against raw NVDEC"
     FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 200 python3 -m streamflow.cli bench configs/face_detect_bench.yaml --sources 32 \
         --sources 64 --frames-per-source 240 --warmup 512 --raw-threads 14,21 --json "$out/many.json" 2>&1 |
+        grep -v "INFO" | tail -12
+fi
+
+if [ "$what" = workers ] || [ "$what" = workers-live ]; then
+    # Issue 13 and 14 over worker processes (streamflow run --workers): the many-source throughput of
+    # one process against 4 and 8 workers and raw NVDEC, the paced-camera curve, and the control API
+    # at the driver. Detector batch 32 as in the README's many-source table.
+    many=(configs/face_detect_bench.yaml --set preprocess.batch_size=32 --set "detect.input_shapes={input.1: [32, 3, 384, 640]}")
+fi
+if [ "$what" = workers ]; then
+    step "many sources, unpaced: one process and worker processes, against raw NVDEC"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 330 python3 -m streamflow.cli bench "${many[@]}" --sources 32 \
+        --sources 64 --workers 1 --workers 4 --workers 8 --frames-per-source 600 --warmup 4096 --raw-threads 14,21 \
+        --json "$out/workers.json" 2>&1 | grep -v "INFO" | tail -18
+    for run in cold warm; do
+        step "start-up of streamflow run, 1 source ($run)"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run configs/face_detect_bench.yaml \
+            --max-frames 60 --stats-json "$out/startup_$run.json" 2>&1 | grep "start-up:"
+    done
+fi
+if [ "$what" = workers-live ]; then
+    step "paced 1080p30 cameras over 8 worker processes"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 200 python3 -m streamflow.cli bench "${many[@]}" --realtime \
+        --set preprocess.batch_timeout_ms=20 --sources 64 --sources 96 --sources 128 --workers 8 \
+        --frames-per-source 300 --warmup 512 --json "$out/workers_live.json" 2>&1 | grep -v "INFO" | tail -14
+    step "control API at the driver, 64 sources on 8 workers"
+    FACES_OUT=$scratch/out timeout 150 python3 benchmarks/control_api_workers.py --config configs/face_detect_bench.yaml \
+        --workers 8 --sources 64 --seconds 6 --rounds 2 --adds 5 --json "$out/control_api_workers.json" 2>&1 |
         grep -v "INFO" | tail -12
 fi
 

@@ -225,3 +225,25 @@ def test_the_many_source_bench_measures_one_process_and_workers_alike(tmp_path: 
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["results.s0.jsonl", "results.s1.jsonl", "results.s2.jsonl"]
     assert all(len((tmp_path / "out" / name).read_text().splitlines()) == 15 for name in written)
+
+
+@pytest.mark.gpu
+def test_two_workers_share_one_gpu_with_nvdec(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "hd.mp4", width=640, height=360, frames=60, fps=30)
+    out = tmp_path / "out"
+    out.mkdir()
+    path = tmp_path / "gpu.yaml"
+    path.write_text(
+        "device: auto\nstages:\n  - {name: cam, type: decode, backend: nvdec, format: nv12, emit_batch: 8}\n"
+        f'  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}\n'
+        "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(4))
+    )
+    cluster = ClusterConfig(backend="processes", actors=2, gpus_per_actor=0.5)
+    result = ClusterRunner(load_config(path), cluster=cluster, host_options={"record_results": True}).run()
+    assert {outcome.state for outcome in result.sources.values()} == {"finished"}
+    for worker in result.actors.values():
+        devices = {stage["device"] for stage in worker["run"]["stages"]}
+        assert devices == {"cuda:0"}, devices
+        assert worker["run"]["bench"]["peak_gpu_mib"] > 0, "decoded on the GPU, in the worker"
+    written = indices_by_source(out)
+    assert all(written[f"g{i}"] == list(range(60)) for i in range(4))
