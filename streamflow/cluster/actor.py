@@ -94,13 +94,17 @@ class PipelineHost:
     def remove_source(self, source_id: str) -> None:
         self.pipeline.remove_source(source_id)
 
-    def report(self) -> dict[str, Any]:
-        """Per-source progress, and whether the pipeline itself failed."""
-        return {
+    def report(self, with_metrics: bool = False) -> dict[str, Any]:
+        """Per-source progress, whether the pipeline itself failed, and (when asked) its
+        Prometheus families, read now."""
+        report: dict[str, Any] = {
             "sources": {source_id: asdict(p) for source_id, p in self.progress.report().items()},
             "failure": self.failure,
             "running": self._thread.is_alive(),
         }
+        if with_metrics:
+            report["metrics"] = self.metric_families()
+        return report
 
     def metric_families(self) -> list[Any]:
         """This pipeline's Prometheus families, read now (the driver labels and merges them)."""

@@ -84,6 +84,7 @@ class ClusterControlServer(ControlServer):
         # Not ControlServer.__init__: that one attaches to a Pipeline. Its HTTP set-up (address,
         # token, body limit, routes to the handlers overridden here) is shared.
         self.runner = runner
+        runner.metrics_with_reports = True  # scrapes read the actors' latest reports
         self.collector = ClusterMetrics(runner)
         self._set_up_http(host=host, port=port, token=token, max_body_bytes=max_body_bytes)
         self._thread: threading.Thread | None = None
