@@ -26,6 +26,7 @@ Example (CPU, eager):
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -100,10 +101,18 @@ class TorchBackend(InferenceBackend):
         return super().fixed_batch
 
     def load(self) -> None:
+        # Where loading time goes (start-up is a target; these steps are most of a model stage's setup).
+        steps: list[tuple[str, float]] = []
+        began = time.perf_counter()
+
+        def step(name: str) -> None:
+            steps.append((name, time.perf_counter() - began - sum(took for _, took in steps)))
+
         from onnx2torch import convert  # heavy import, only when this backend is used
 
         from streamflow.inference.static_ops import freeze_constant_arguments  # imports onnx2torch too
 
+        step("onnx2torch import")
         onnx_model = load_onnx(self.model_path)
         check_model_inputs(graph_inputs(onnx_model), self.inputs, self.model_path)
         dims = {n: ["batch" if s.dynamic else s.opt_batch, *s.frame_shape] for n, s in self.inputs.items()}
@@ -116,6 +125,8 @@ class TorchBackend(InferenceBackend):
         # On the CPU, before `.to(device)`: the constants are read here once instead of on every call.
         frozen = freeze_constant_arguments(module)
         log.debug("%s: froze %d Resize/Slice node(s) with constant parameters", self.model_path.name, frozen)
+        step("conversion")
+        # The first CUDA use of the process creates its CUDA context here.
         self.module = module.eval().to(device=self.device, dtype=self.precision.dtype)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -123,6 +134,7 @@ class TorchBackend(InferenceBackend):
             torch.backends.cudnn.benchmark = True
         self._input_order = [vi.name for vi in onnx_model.graph.input]
         self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
+        step(f"to {self.device}")
         if self.uses_cuda_graph:
             try:
                 self._capture()
@@ -142,6 +154,13 @@ class TorchBackend(InferenceBackend):
         if self.cudnn_benchmark and self.device.type == "cuda":
             mode += ", cuDNN benchmark"
         self.description = f"torch {torch.__version__} (onnx2torch) on {self.device}, {self.precision}, {mode}"
+        step("warm-up and capture" if self.graph is not None else "warm-up")
+        log.info(
+            "%s loaded in %.2f s (%s)",
+            self.model_path.name,
+            time.perf_counter() - began,
+            ", ".join(f"{name} {took:.2f}" for name, took in steps),
+        )
 
     def _layout(self, tensor: torch.Tensor) -> torch.Tensor:
         """A 4-D input in the module's memory layout (NHWC with `channels_last`), else as it is."""
