@@ -228,9 +228,7 @@ class LocalProcesses:
     ) -> _WorkerHandle:
         label = str(kwargs.get("name") or f"worker-{next(self._numbers)}")
         environment = dict(os.environ, CUDA_VISIBLE_DEVICES=self._next_gpu(num_gpus))
-        # The worker imports streamflow from where this process did, whatever put it on the path.
-        package_root = str(Path(__file__).resolve().parents[2])
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        environment["PYTHONPATH"] = os.pathsep.join(_import_paths())
         parent_end, child_end = socket.socketpair()
         # A fresh interpreter running this module (not multiprocessing's spawn, which would import
         # the caller's main script again in the child: a script without a __main__ guard would
@@ -253,6 +251,17 @@ class LocalProcesses:
         index = int(self._gpu_slot) % len(self._gpu_ids)
         self._gpu_slot += min(share, 1.0)
         return self._gpu_ids[index]
+
+
+def _import_paths() -> list[str]:
+    """What a worker needs on its path to import what this process imports: streamflow from where
+    this process has it, then the folders added to this process's path (by PYTHONPATH, the script's
+    folder, a test runner), which a fresh interpreter would not have; the installation's own
+    folders it has anyway."""
+    own = (sys.prefix, sys.base_prefix, sys.exec_prefix)
+    added = [entry for entry in sys.path if entry and not entry.startswith(own)]
+    paths = [str(Path(__file__).resolve().parents[2]), *added]
+    return list(dict.fromkeys(paths))
 
 
 def _serve(connection: Connection) -> None:
