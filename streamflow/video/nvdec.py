@@ -476,6 +476,11 @@ class NvdecFileDecoder:
         ticks = _frame_ticks(info)
         start_pts = self.probe.start_pts or 0
         index = 0
+        # The latest batch's frames and their tensor views point into the decoder's frame pool, and
+        # the copy out of them runs on the GPU after `torch.stack` returns; `copied` marks its end.
+        frames: list[Any] = []
+        views: list[torch.Tensor] = []
+        copied: torch.cuda.Event | None = None
         try:
             while max_frames is None or index < max_frames:
                 want = self.batch_size if max_frames is None else min(self.batch_size, max_frames - index)
@@ -489,6 +494,8 @@ class NvdecFileDecoder:
                     pts_list = [_frame_pts(f) if self.threaded else None for f in frames]
                     # One copy for the whole batch: the decoder's pool is reused by the next call.
                     batch = torch.stack(views)
+                    copied = torch.cuda.Event()
+                    copied.record()
                 out: list[Frame] = []
                 for i in range(len(frames)):
                     frame_index = self.start_frame + index + i
@@ -510,6 +517,12 @@ class NvdecFileDecoder:
                 self.stats["frames"] += len(out)
                 yield out
         finally:
+            # The pool goes with the decoder: the last copy out of it must be done, and the views
+            # into it released, before the decoder ends (a view outliving it would release pool
+            # memory that is already gone). The end of a source or of a pass of a looping one.
+            if copied is not None:
+                copied.synchronize()
+            del views, frames
             self.close()
 
     def close(self) -> None:
