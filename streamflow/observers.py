@@ -176,7 +176,9 @@ class StartupTimes(Observer):
 
 
 class ResultTimes(Observer):
-    """When results leave the last stage: one `time.perf_counter()` per frame, appended per call.
+    """When results leave the last stage: one `time.perf_counter()` per frame, appended per call,
+    and beside it the frame's capture latency (ms from its arrival to now; NaN for frames without an
+    arrival time), so that a benchmark can take the latency of the results after its warm-up.
 
     For benchmarks over a bounded run (memory grows with frames). On Linux `perf_counter` reads
     the system-wide monotonic clock, so the times of worker processes on one machine merge.
@@ -184,6 +186,7 @@ class ResultTimes(Observer):
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.capture_latency_ms: list[float] = []
         self._sink: str | None = None
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
@@ -194,6 +197,10 @@ class ResultTimes(Observer):
     ) -> None:
         if stage.name == self._sink and frames_in:
             self.times.extend([time.perf_counter()] * len(frames_in))
+            now = time.time()  # arrival times are wall-clock
+            self.capture_latency_ms.extend(
+                math.nan if frame.arrival_time is None else (now - frame.arrival_time) * 1000 for frame in frames_in
+            )
 
 
 class FreezeObjectsAfterSetup(Observer):

@@ -15,6 +15,7 @@ K is the ceiling the pipeline's aggregate fps is compared with.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -52,6 +53,8 @@ class SourcesRun:
     per_source_fps: tuple[float, float, float]  # min, median, max
     latency_ms: tuple[float | None, float | None, float | None]
     capture_latency_p95_ms: float | None
+    # Paced runs: capture latency of the results after the warm-up only (the start's queues excluded).
+    steady_capture_latency_ms: tuple[float | None, float | None, float | None]
     drops: int
     first_result_s: float | None
     peak_gpu_mib: float | None
@@ -137,6 +140,7 @@ def _one_run(
     return _figures(
         stats,
         times,
+        results.capture_latency_ms,
         count=count,
         workers=1,
         warmup=warmup,
@@ -158,6 +162,7 @@ def _specs(count: int, uri: str, frames_per_source: int, realtime: bool) -> list
 def _figures(
     stats: RunStats,
     times: Sequence[float],
+    capture_latency_ms: Sequence[float],
     *,
     count: int,
     workers: int,
@@ -170,6 +175,7 @@ def _figures(
     # result and counts the results that came after it.
     start = times[min(warmup, len(times) - 1)] if times else 0.0
     timed = [t for t in times if t > start]
+    steady = [ms for t, ms in zip(times, capture_latency_ms, strict=True) if t > start and not math.isnan(ms)]
     if not timed:
         raise RuntimeError(f"{count} sources: {len(times)} results in one batch after warm-up ({warmup}); run longer")
     fps = len(timed) / (timed[-1] - start)
@@ -187,6 +193,7 @@ def _figures(
             percentile(sink.latency_ms, 99),
         ),
         capture_latency_p95_ms=percentile(sink.capture_latency_ms, 95),
+        steady_capture_latency_ms=(percentile(steady, 50), percentile(steady, 95), percentile(steady, 99)),
         drops=sum(source.dropped for source in stats.sources),
         first_result_s=first_result_s,
         peak_gpu_mib=peak_gpu_mib,
@@ -224,11 +231,16 @@ def _one_run_in_workers(
     runs = [actor["run"]["bench"] for actor in result.actors.values() if actor.get("run")]
     if len(runs) < workers:
         raise RuntimeError(f"{count} sources: {workers - len(runs)} of {workers} workers did not finish")
-    times = sorted(t for run in runs for t in run["result_times"])
+    # Every result's time with its capture latency, in time order over all workers.
+    merged = sorted(
+        (t, ms) for run in runs for t, ms in zip(run["result_times"], run["result_capture_latency_ms"], strict=True)
+    )
+    times = [t for t, _ in merged]
     gpu = [run["peak_gpu_mib"] for run in runs if run["peak_gpu_mib"] is not None]
     return _figures(
         merge_run_stats([run["stats"] for run in runs]),
         times,
+        [ms for _, ms in merged],
         count=count,
         workers=workers,
         warmup=warmup,

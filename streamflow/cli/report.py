@@ -114,12 +114,15 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
     """`bench --sources`: one row per source count, against the raw decode ceiling of the same run."""
     table = Table(title=f"{result.config}: {'paced' if result.realtime else 'unpaced'} sources of {result.uri}")
     columns = ["sources", "workers", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
+    if result.realtime:  # paced: capture latency of the results after the warm-up
+        columns.insert(6, "steady capture p50/p95/p99 ms")
     for column in [*columns, "GPU MiB", "host MiB", "failed"]:
         table.add_column(column, justify="right")
     ceiling = result.ceiling
     for run in result.runs:
         low, mid, high = run.per_source_fps
         lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
+        steady = ["/".join("-" if v is None else f"{v:.0f}" for v in run.steady_capture_latency_ms)]
         table.add_row(
             str(run.sources),
             str(run.workers),
@@ -127,6 +130,7 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
             f"{run.fps / ceiling:.2f}" if ceiling else "-",
             f"{low:.1f}/{mid:.1f}/{high:.1f}",
             lat,
+            *(steady if result.realtime else []),
             str(run.drops),
             "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
             "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",

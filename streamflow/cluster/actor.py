@@ -132,6 +132,7 @@ class PipelineHost:
         return {
             "stats": stats,
             "result_times": list(self.results.times),
+            "result_capture_latency_ms": list(self.results.capture_latency_ms),
             "peak_gpu_mib": peak_gpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }

@@ -247,3 +247,21 @@ def test_two_workers_share_one_gpu_with_nvdec(tmp_path: Path) -> None:
         assert worker["run"]["bench"]["peak_gpu_mib"] > 0, "decoded on the GPU, in the worker"
     written = indices_by_source(out)
     assert all(written[f"g{i}"] == list(range(60)) for i in range(4))
+
+
+def test_the_paced_bench_reports_the_capture_latency_after_its_warm_up(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=10, fps=FPS)
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        f"name: t\ndevice: cpu\nstages:\n"
+        f"  - {{name: source, type: decode, uri: {clip}}}\n"
+        f'  - {{name: sink, type: jsonl, path: "{tmp_path}/out/{{source}}.jsonl"}}\n'
+    )
+    result = run_sources_bench(config, [2], frames_per_source=10, warmup=6, realtime=True, workers=[1, 2])
+    for run in result.runs:
+        assert run.frames == 20 and run.drops == 0
+        p50, p95, p99 = run.steady_capture_latency_ms
+        assert p50 is not None and p95 is not None and p99 is not None
+        # Paced at 10 fps, a result comes well within a frame interval of its arrival on an idle pipeline.
+        assert 0 <= p50 <= p95 <= p99 < 1000, run.steady_capture_latency_ms
+    assert result.to_dict()["runs"][1]["steady_capture_latency_ms"][0] is not None
