@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -97,6 +97,9 @@ class Window(Stage):
         )
         full_range: bool | None = Field(
             None, description="NV12 input: full-range YCbCr; default: the stream's colour range, else limited"
+        )
+        chroma: Literal["nearest", "linear"] = Field(
+            "nearest", description="NV12 input: chroma upsampling (linear: interpolated at 4:2:0's siting)"
         )
 
         @model_validator(mode="after")
@@ -159,7 +162,8 @@ class Window(Stage):
             if len(settings) == 1:
                 ((_, (matrix, full)),) = settings
                 stacked = torch.stack([f.image for f in frames])
-                rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full).float().div_(255.0)
+                rgb = nv12_to_rgb(stacked, matrix=matrix, full_range=full, chroma=self.config.chroma)
+                rgb = rgb.float().div_(255.0)
                 return list(rgb.unbind(0))
         return [self._to_float(frame) for frame in frames]
 
@@ -175,7 +179,7 @@ class Window(Stage):
         image = frame.image
         if frame.format is PixelFormat.NV12:
             matrix, full = self._nv12_settings(frame)
-            image = nv12_to_rgb(image, matrix=matrix, full_range=full)
+            image = nv12_to_rgb(image, matrix=matrix, full_range=full, chroma=self.config.chroma)
         elif frame.format is PixelFormat.TENSOR and image.is_floating_point():
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"window: float frames must be (3, H, W) RGB in [0, 1], got {tuple(image.shape)}")

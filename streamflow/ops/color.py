@@ -86,11 +86,26 @@ def yuv420_to_nv12(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.T
     return torch.cat((y, uv), dim=-2)
 
 
-def nv12_to_rgb(nv12: torch.Tensor, *, matrix: str = "bt709", full_range: bool = False) -> torch.Tensor:
+def _upsample_chroma_sited(chroma: torch.Tensor) -> torch.Tensor:
+    """`(..., h, w)` chroma to `(..., 2h, 2w)` by linear interpolation at 4:2:0's default siting
+    (MPEG-2/H.264 `chroma_sample_loc_type` 0: co-sited with the even luma columns, halfway between
+    two luma rows); edges repeat the last sample."""
+    right = torch.cat((chroma[..., 1:], chroma[..., -1:]), dim=-1)
+    wide = torch.stack((chroma, (chroma + right) * 0.5), dim=-1).flatten(-2)
+    above = torch.cat((wide[..., :1, :], wide[..., :-1, :]), dim=-2)
+    below = torch.cat((wide[..., 1:, :], wide[..., -1:, :]), dim=-2)
+    return torch.stack((wide * 0.75 + above * 0.25, wide * 0.75 + below * 0.25), dim=-2).flatten(-3, -2)
+
+
+def nv12_to_rgb(
+    nv12: torch.Tensor, *, matrix: str = "bt709", full_range: bool = False, chroma: str = "nearest"
+) -> torch.Tensor:
     """Convert uint8 NV12 `(..., H*3//2, W)` to uint8 RGB `(..., 3, H, W)` on the same device.
 
-    Chroma is upsampled by nearest neighbour (as swscale's default YUV->RGB path and NVDEC's own
-    converters do), so results match PyAV/FFmpeg closely.
+    `chroma="nearest"` upsamples chroma by repeating each sample (as swscale's default YUV->RGB
+    path and NVDEC's own converters do), so results match PyAV/FFmpeg closely; `"linear"`
+    interpolates it at 4:2:0's default siting (smoother colour edges, for models trained on
+    full-resolution colour).
 
     Example:
         >>> import torch
@@ -109,13 +124,18 @@ def nv12_to_rgb(nv12: torch.Tensor, *, matrix: str = "bt709", full_range: bool =
         cscale = 255.0 / 224.0
     cb = cf[..., 0] * cscale
     cr = cf[..., 1] * cscale
-    # Chroma contributions at half resolution, then one nearest upsample of a (…, 3, H/2, W/2) stack.
+    # Chroma contributions at half resolution, then one upsample of a (…, 3, H/2, W/2) stack.
     r_c = (2.0 * (1.0 - kr)) * cr
     b_c = (2.0 * (1.0 - kb)) * cb
     g_c = -(kr * r_c + kb * b_c) / kg
-    chroma = torch.stack((r_c, g_c, b_c), dim=-3)
-    chroma = chroma.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-    rgb = yf.unsqueeze(-3) + chroma
+    contributions = torch.stack((r_c, g_c, b_c), dim=-3)
+    if chroma == "nearest":
+        full = contributions.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    elif chroma == "linear":
+        full = _upsample_chroma_sited(contributions)
+    else:
+        raise ValueError(f"chroma must be 'nearest' or 'linear', got {chroma!r}")
+    rgb = yf.unsqueeze(-3) + full
     return rgb.round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 

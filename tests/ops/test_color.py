@@ -121,3 +121,23 @@ def test_cuda_matches_cpu() -> None:
     assert on_gpu.device.type == "cuda"
     # Float rounding may differ by one step between devices.
     assert (on_gpu.cpu().int() - nv12_to_rgb(nv12, matrix="bt601", full_range=True).int()).abs().max() <= 1
+
+
+def test_linear_chroma_follows_smooth_colour_closer_and_keeps_flat_colour_exact() -> None:
+    x = torch.linspace(0, 1, 40)
+    smooth = torch.stack(
+        [x[None].expand(32, 40) * 200 + 20, x[:32, None].expand(32, 40) * 200 + 20, (x[None] * x[:32, None]) * 200 + 20]
+    )
+    smooth = smooth.round().to(torch.uint8)
+    nv12 = rgb_to_nv12(smooth)
+    nearest = nv12_to_rgb(nv12)
+    linear = nv12_to_rgb(nv12, chroma="linear")
+    assert linear.shape == nearest.shape == smooth.shape
+    error = {name: (out.float() - smooth.float()).abs().mean().item() for name, out in (("n", nearest), ("l", linear))}
+    assert error["l"] < 0.9 * error["n"], error
+    assert torch.equal(nv12_to_rgb(nv12[None], chroma="linear")[0], linear), "batched as single"
+    flat = torch.full((3, 8, 8), 90, dtype=torch.uint8)
+    flat[0] = 200
+    assert torch.equal(nv12_to_rgb(rgb_to_nv12(flat), chroma="linear"), nv12_to_rgb(rgb_to_nv12(flat)))
+    with pytest.raises(ValueError, match="chroma"):
+        nv12_to_rgb(nv12, chroma="cubic")
