@@ -89,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument(
-        "--no-object-count", action="store_true", help="leave gc.get_objects() out of the samples (it walks every object)"
+        "--no-object-count",
+        action="store_true",
+        help="leave gc.get_objects() out of the samples (it walks every object)",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import torch
 
 from stages.window import Window
 from streamflow.frame import Batch, Frame, PixelFormat, StreamInfo
-from streamflow.ops.color import rgb_to_nv12
+from streamflow.ops.color import nv12_to_rgb, rgb_to_nv12
 from streamflow.testing import make_frames, run_stage
 
 N = 5
@@ -136,6 +136,25 @@ def test_nv12_batches_convert_in_one_call_with_the_same_result() -> None:
     assert len(one_by_one) == len(batched)
     for a, b in zip(one_by_one, batched, strict=True):
         assert torch.equal(_data(a), _data(b))
+
+
+def test_linear_chroma_reaches_the_conversion_frame_by_frame_and_batched() -> None:
+    info = StreamInfo(width=16, height=12, codec="h264", time_base=Fraction(1, 30))
+    images = [rgb_to_nv12(torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)) for _ in range(3)]
+
+    def frames() -> list[Frame]:
+        return [
+            Frame(image, pts=i, time_base=Fraction(1, 30), format=PixelFormat.NV12, info=info)
+            for i, image in enumerate(images)
+        ]
+
+    expected = nv12_to_rgb(images[1], chroma="linear").float() / 255
+    assert not torch.equal(expected, nv12_to_rgb(images[1]).float() / 255), "random colour: the two differ"
+    single = run_stage(Window(size=3, chroma="linear"), frames())
+    batched = run_stage(Window(size=3, chroma="linear"), [Batch(frames())])
+    for out in (single, batched):
+        assert len(out) == 3
+        assert torch.allclose(_data(out[1])[0, 3:6], expected, atol=1e-6), "the second window's centre frame"
 
 
 def test_rejects_wrong_input() -> None:
