@@ -30,6 +30,14 @@ def _frames_out(items: list[Frame | Batch]) -> list[Frame]:
     return [frame for item in _batches(items) for frame in item.frames]
 
 
+def nv12_frames(images: list[torch.Tensor], info: StreamInfo) -> list[Frame]:
+    """NV12 frames of `images`, numbered from 0."""
+    return [
+        Frame(image, pts=i, time_base=Fraction(1, 30), format=PixelFormat.NV12, info=info)
+        for i, image in enumerate(images)
+    ]
+
+
 def _window_indices(batch_data: torch.Tensor, size: int) -> list[list[int]]:
     """Which input frame sits in each slot: `make_frames` fills frame i with the value i."""
     values = (batch_data[:, :, 0, 0] * 255).round().long()  # (B, 3 * size)
@@ -123,14 +131,8 @@ def test_nv12_batches_convert_in_one_call_with_the_same_result() -> None:
     info = StreamInfo(width=16, height=12, codec="h264", time_base=Fraction(1, 30))
     images = [rgb_to_nv12(torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)) for _ in range(7)]
 
-    def frames() -> list[Frame]:
-        return [
-            Frame(image, pts=i, time_base=Fraction(1, 30), format=PixelFormat.NV12, info=info)
-            for i, image in enumerate(images)
-        ]
-
-    one_by_one = run_stage(Window(size=3, emit_batch=2), frames())
-    listed = frames()
+    one_by_one = run_stage(Window(size=3, emit_batch=2), nv12_frames(images, info))
+    listed = nv12_frames(images, info)
     batched = run_stage(Window(size=3, emit_batch=2), [Batch(listed[:4]), Batch(listed[4:])])
     assert [f.pts for f in _frames_out(batched)] == list(range(7))
     assert len(one_by_one) == len(batched)
@@ -142,16 +144,10 @@ def test_linear_chroma_reaches_the_conversion_frame_by_frame_and_batched() -> No
     info = StreamInfo(width=16, height=12, codec="h264", time_base=Fraction(1, 30))
     images = [rgb_to_nv12(torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)) for _ in range(3)]
 
-    def frames() -> list[Frame]:
-        return [
-            Frame(image, pts=i, time_base=Fraction(1, 30), format=PixelFormat.NV12, info=info)
-            for i, image in enumerate(images)
-        ]
-
     expected = nv12_to_rgb(images[1], chroma="linear").float() / 255
     assert not torch.equal(expected, nv12_to_rgb(images[1]).float() / 255), "random colour: the two differ"
-    single = run_stage(Window(size=3, chroma="linear"), frames())
-    batched = run_stage(Window(size=3, chroma="linear"), [Batch(frames())])
+    single = run_stage(Window(size=3, chroma="linear"), nv12_frames(images, info))
+    batched = run_stage(Window(size=3, chroma="linear"), [Batch(nv12_frames(images, info))])
     for out in (single, batched):
         assert len(out) == 3
         assert torch.allclose(_data(out[1])[0, 3:6], expected, atol=1e-6), "the second window's centre frame"
