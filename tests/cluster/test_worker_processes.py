@@ -172,7 +172,16 @@ def test_the_control_api_adds_and_removes_sources_on_workers(clips: dict[str, Pa
     assert len(written["second"]) >= 5 and written["second"] == list(range(len(written["second"])))
 
 
-def test_workers_finalize_their_outputs_when_the_driver_is_killed(clips: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop_with", "exit_code"),
+    [(signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)],
+    ids=["driver-stopped", "driver-killed"],
+)
+def test_outputs_are_finalized_when_the_driver_is_stopped_or_killed(
+    clips: dict[str, Path], tmp_path: Path, stop_with: signal.Signals, exit_code: int
+) -> None:
+    """SIGTERM: the driver stops its workers (outputs finalized) and exits 143. SIGKILL: the worker
+    finds its driver gone, finalizes its outputs itself and exits."""
     out = tmp_path / "out"
     encode = f'  - {{name: video, type: encode, path: "{out}/{{source}}.mp4", crf: 30}}'
     path = write_config(tmp_path, {"cam": clips["small"]}, realtime=True)
@@ -187,9 +196,10 @@ def test_workers_finalize_their_outputs_when_the_driver_is_killed(clips: dict[st
             120,
             "frames",
         )
-        os.kill(cli.process.pid, signal.SIGKILL)
+        os.kill(cli.process.pid, stop_with)
     finally:
-        cli.wait(timeout=60)
+        code = cli.wait(timeout=90)
+    assert code == exit_code, cli.text[-2000:]
 
     def gone() -> bool:
         try:
