@@ -952,6 +952,39 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise SystemExit(f"ONNX Runtime output differs from torch by {diff:.2e} > {args.atol:.0e}")
 
 
+def cmd_soup(args: argparse.Namespace) -> None:
+    """Every float initializer as (1 - w) * first + w * second; the graph is the first file's. Both
+    files must be exports of the same network (same initializer names and shapes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if not 0.0 <= args.second_weight <= 1.0:
+        raise SystemExit(f"--second-weight must be within 0..1, got {args.second_weight}")
+    first, second = onnx.load(args.first), onnx.load(args.second)
+    others = {init.name: numpy_helper.to_array(init) for init in second.graph.initializer}
+    mixed = 0
+    for position, init in enumerate(first.graph.initializer):
+        mine = numpy_helper.to_array(init)
+        theirs = others.get(init.name)
+        if theirs is None or theirs.shape != mine.shape:
+            raise SystemExit(f"{args.second}: no initializer {init.name!r} of shape {mine.shape}: not the same network")
+        if mine.dtype.kind == "f":
+            blend = ((1.0 - args.second_weight) * mine + args.second_weight * theirs).astype(mine.dtype)
+            first.graph.initializer[position].CopyFrom(numpy_helper.from_array(blend, init.name))
+            mixed += 1
+    onnx.checker.check_model(first)
+    onnx.save(first, args.onnx)
+    log.info(
+        "%s: %d weight tensors, %.2f of %s and %.2f of %s",
+        args.onnx,
+        mixed,
+        1.0 - args.second_weight,
+        args.first,
+        args.second_weight,
+        args.second,
+    )
+
+
 def cmd_export_stacked(args: argparse.Namespace) -> None:
     import onnxruntime as ort
 
@@ -1034,6 +1067,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-out", type=int, default=3)
     p.add_argument("--atol", type=float, default=1e-4)
     p.set_defaults(func=cmd_export_stacked)
+
+    p = sub.add_parser("soup", help="average the weights of two exports of the same network (a weight soup)")
+    p.add_argument("--first", required=True, help="an `export` file")
+    p.add_argument("--second", required=True, help="an `export` file of the same architecture")
+    p.add_argument("--second-weight", type=float, required=True, help="share of the second file's weights, 0..1")
+    p.add_argument("--onnx", required=True, help="where the averaged model goes")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check ONNX Runtime against torch")
     p.add_argument("--checkpoint", default="out/vsr_x2.pt")
