@@ -401,6 +401,35 @@ def print_breakdown(adds: list[dict[str, float]], collections: list[dict[str, An
     print(f"garbage collections during each add: {summary}")
 
 
+def looping_pipeline(
+    config: Path | None,
+    clip: Path,
+    count: int,
+    observers: list[Observer],
+    *,
+    device: str,
+    stay_open: bool = False,
+    feeder_threads: int | None = None,
+) -> Pipeline:
+    """`count` sources looping `clip`, through `config`'s stages (models loaded once) or, without
+    one, `decode -> null` on `device`."""
+    sources = [SourceSpec.model_validate({"id": f"s{i}", "uri": str(clip), "loop": True}) for i in range(count)]
+    if config is None:
+        return Pipeline(
+            [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
+            sources=sources,
+            device=device,
+            observers=observers,
+            stay_open=stay_open,
+            feeder_threads=feeder_threads,
+        )
+    pipeline = build_pipeline(config, sources=sources, observers=observers)
+    pipeline.stay_open = stay_open
+    if feeder_threads is not None:
+        pipeline.feeder_threads = feeder_threads
+    return pipeline
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=64)
@@ -441,22 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     observers: list[Observer] = [frames, timeline]
     if not args.no_gc_freeze:
         observers.append(FreezeObjectsAfterSetup())  # as `streamflow run` does
-    sources = [SourceSpec.model_validate({"id": f"s{i}", "uri": str(clip), "loop": True}) for i in range(args.sources)]
-    if args.config is not None:
-        # The config's stages (models loaded once) with the generated clip as every source.
-        pipeline = build_pipeline(args.config, sources=sources, observers=observers)
-        pipeline.stay_open = True
-        if args.feeder_threads is not None:
-            pipeline.feeder_threads = args.feeder_threads
-    else:
-        pipeline = Pipeline(
-            [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
-            sources=sources,
-            device=args.device,
-            observers=observers,
-            stay_open=True,
-            feeder_threads=args.feeder_threads,
-        )
+    pipeline = looping_pipeline(
+        args.config,
+        clip,
+        args.sources,
+        observers,
+        device=args.device,
+        stay_open=True,
+        feeder_threads=args.feeder_threads,
+    )
     server = ControlServer(pipeline, port=0)
 
     handler_s: list[float] = []  # each /metrics request's time inside the server

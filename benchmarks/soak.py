@@ -32,14 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from control_api import FramesDone  # benchmarks/, beside this script: frames out of the last stage
+from control_api import FramesDone, looping_pipeline  # benchmarks/, beside this script
 
-from stages.decode import Decode
-from stages.null import NullSink
-from streamflow import Observer, Pipeline
-from streamflow.config import build_pipeline
+from streamflow import Observer
 from streamflow.observers import FreezeObjectsAfterSetup
-from streamflow.sources import SourceSpec
 from streamflow.video.synth import write_clip
 
 
@@ -100,16 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clip = write_clip(workdir / "clip.mp4", width=args.width, height=args.height, frames=args.clip_frames, fps=30)
     frames = FramesDone()
     observers: list[Observer] = [frames, FreezeObjectsAfterSetup()]  # as `streamflow run` does
-    sources = [SourceSpec.model_validate({"id": f"s{i}", "uri": str(clip), "loop": True}) for i in range(args.sources)]
-    if args.config is not None:
-        pipeline = build_pipeline(args.config, sources=sources, observers=observers)
-    else:
-        pipeline = Pipeline(
-            [Decode(name="source", uri=str(clip)), NullSink(name="sink")],
-            sources=sources,
-            device=args.device,
-            observers=observers,
-        )
+    pipeline = looping_pipeline(args.config, clip, args.sources, observers, device=args.device)
     rows: list[dict[str, float]] = []
 
     def watch() -> None:

@@ -106,7 +106,7 @@ class _WorkerHandle:
         try:
             with self._send_lock:
                 self._connection.send((call_id, method, args, kwargs))
-        except (OSError, EOFError, BrokenPipeError):
+        except (OSError, EOFError):  # BrokenPipeError is an OSError
             self._fail_all(f"{self.label}: its process is gone")
         return future
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +13,7 @@ from support.workers import Echo
 
 
 @pytest.fixture
-def backend() -> LocalProcesses:
+def backend() -> Iterator[LocalProcesses]:
     processes = LocalProcesses()
     yield processes
     processes.shutdown()

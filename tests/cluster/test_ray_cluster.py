@@ -21,7 +21,7 @@ import pytest
 from streamflow.cluster import ClusterConfig
 from streamflow.config import PipelineConfig, load_config
 from streamflow.video.synth import write_clip
-from support.cluster import http, indices_by_source, wait_for
+from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, wait_for
 
 ray = pytest.importorskip("ray")
 from streamflow.cluster.api import ClusterControlServer  # noqa: E402 (after the skip: needs ray)
@@ -257,15 +257,7 @@ def test_cli_run_on_the_cluster_survives_a_killed_actor_with_exit_code_0(
 
 @pytest.mark.gpu
 def test_two_actors_share_one_gpu_with_nvdec(local_ray: Any, tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "hd.mp4", width=640, height=360, frames=60, fps=30)
-    out = tmp_path / "out"
-    out.mkdir()
-    path = tmp_path / "gpu.yaml"
-    path.write_text(
-        "device: auto\nstages:\n  - {name: cam, type: decode, backend: nvdec, format: nv12, emit_batch: 8}\n"
-        f'  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}\n'
-        "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(4))
-    )
+    path, out = nvdec_config(tmp_path)
     cluster = ClusterConfig(actors=2, gpus_per_actor=0.5, cpus_per_actor=1)
     result = ClusterRunner(load_config(path), cluster=cluster).run()
     assert {outcome.state for outcome in result.sources.values()} == {"finished"}
@@ -273,4 +265,4 @@ def test_two_actors_share_one_gpu_with_nvdec(local_ray: Any, tmp_path: Path) -> 
         devices = {stage["device"] for stage in actor["run"]["stages"]}
         assert devices == {"cuda:0"}, devices
     written = indices_by_source(out)
-    assert all(sorted(written[f"g{i}"]) == list(range(60)) for i in range(4))
+    assert all(sorted(written[f"g{i}"]) == list(range(NVDEC_FRAMES)) for i in range(NVDEC_SOURCES))

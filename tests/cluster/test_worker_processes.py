@@ -27,7 +27,7 @@ from streamflow.cluster.api import ClusterControlServer
 from streamflow.cluster.driver import ClusterRunner
 from streamflow.config import load_config
 from streamflow.video.synth import write_clip
-from support.cluster import http, indices_by_source, wait_for
+from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, wait_for
 
 FPS = 10
 
@@ -239,15 +239,7 @@ def test_the_many_source_bench_measures_one_process_and_workers_alike(tmp_path: 
 
 @pytest.mark.gpu
 def test_two_workers_share_one_gpu_with_nvdec(tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "hd.mp4", width=640, height=360, frames=60, fps=30)
-    out = tmp_path / "out"
-    out.mkdir()
-    path = tmp_path / "gpu.yaml"
-    path.write_text(
-        "device: auto\nstages:\n  - {name: cam, type: decode, backend: nvdec, format: nv12, emit_batch: 8}\n"
-        f'  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}\n'
-        "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(4))
-    )
+    path, out = nvdec_config(tmp_path)
     cluster = ClusterConfig(backend="processes", actors=2, gpus_per_actor=0.5)
     result = ClusterRunner(load_config(path), cluster=cluster, host_options={"record_results": True}).run()
     assert {outcome.state for outcome in result.sources.values()} == {"finished"}
@@ -256,7 +248,7 @@ def test_two_workers_share_one_gpu_with_nvdec(tmp_path: Path) -> None:
         assert devices == {"cuda:0"}, devices
         assert worker["run"]["bench"]["peak_gpu_mib"] > 0, "decoded on the GPU, in the worker"
     written = indices_by_source(out)
-    assert all(written[f"g{i}"] == list(range(60)) for i in range(4))
+    assert all(written[f"g{i}"] == list(range(NVDEC_FRAMES)) for i in range(NVDEC_SOURCES))
 
 
 def test_the_paced_bench_reports_the_capture_latency_after_its_warm_up(tmp_path: Path) -> None:

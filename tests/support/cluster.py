@@ -9,6 +9,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from streamflow.video.synth import write_clip
+
+#: Sources and frames of `nvdec_config`: 4 sources of a 60-frame 640x360 clip.
+NVDEC_SOURCES = 4
+NVDEC_FRAMES = 60
+
 
 def indices_by_source(out: Path) -> dict[str, list[int]]:
     """Frame indices written per source, in file order, parts merged (`cam1.jsonl`, `cam1.part1.jsonl`...)."""
@@ -40,3 +46,18 @@ def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int
         raw, status = error.read(), error.code
     text = raw.decode()
     return status, json.loads(text) if text.startswith("{") else text
+
+
+def nvdec_config(folder: Path) -> tuple[Path, Path]:
+    """A config that decodes `NVDEC_SOURCES` copies of a generated clip with NVDEC into per-source
+    JSONL (the GPU tests of both cluster back ends); returns its path and the output folder."""
+    clip = write_clip(folder / "hd.mp4", width=640, height=360, frames=NVDEC_FRAMES, fps=30)
+    out = folder / "out"
+    out.mkdir()
+    path = folder / "gpu.yaml"
+    path.write_text(
+        "device: auto\nstages:\n  - {name: cam, type: decode, backend: nvdec, format: nv12, emit_batch: 8}\n"
+        f'  - {{name: out, type: jsonl, path: "{out}/{{source}}.jsonl"}}\n'
+        "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(NVDEC_SOURCES))
+    )
+    return path, out
