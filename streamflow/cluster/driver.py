@@ -170,8 +170,8 @@ class ClusterRunner:
         # What each pipeline host is asked to keep besides progress (the bench: result times).
         self.host_options = dict(host_options or {})
         # Set by the control API: every progress report then carries the actor's metric families,
-        # so that a scrape reads the latest reports here instead of waiting on busy actors (whose
-        # answer waits for their interpreter lock: hundreds of ms under load, measured on the H200).
+        # so that a scrape reads the latest reports here instead of waiting on busy actors, whose
+        # answer waits for their interpreter lock (README, Measured: the control API at the driver).
         self.metrics_with_reports = False
         self._kind = "worker" if self.cluster.backend == "processes" else "actor"
         specs = [_as_spec(entry) for entry in sources] if sources is not None else list(config.sources or [])
