@@ -62,6 +62,7 @@ from streamflow.inference.base import (
     InputSpec,
     Precision,
     ShapeError,
+    TorchConverter,
 )
 from streamflow.inference.onnx_tools import Dim, graph_inputs, load_onnx
 from streamflow.inference.per_shape import PerShapeBackends, is_dynamic
@@ -103,6 +104,11 @@ class Infer(Stage):
         )
         cudnn_benchmark: bool = Field(
             False, description="torch backend on CUDA: let cuDNN time its algorithms per shape (process-wide)"
+        )
+        converter: TorchConverter = Field(
+            TorchConverter.AUTO,
+            description="torch backend: native (CNN operators, quick start-up), onnx2torch, or auto "
+            "(native when it implements every operator of the model)",
         )
         input: str | None = Field(
             None, description="the model input that gets the batch's data (default: the only one)"
@@ -180,6 +186,7 @@ class Infer(Stage):
             cuda_graph=cfg.cuda_graph,
             channels_last=cfg.channels_last,
             cudnn_benchmark=cfg.cudnn_benchmark,
+            converter=cfg.converter,
             logger=self.log,
         )
         backend.load()

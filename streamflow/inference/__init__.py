@@ -1,4 +1,4 @@
-"""Model inference: one backend interface over TensorRT, torch (onnx2torch) and ONNX Runtime.
+"""Model inference: one backend interface over TensorRT, torch (ONNX converted to a module) and ONNX Runtime.
 
 Names are imported on first use (torch, onnx), so that `streamflow build-engine --help` stays quick.
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ModelError,
         Precision,
         ShapeError,
+        TorchConverter,
         parse_input_shapes,
     )
     from streamflow.inference.onnx_tools import with_static_input_shape
@@ -37,6 +38,7 @@ __all__ = [
     "ModelError",
     "Precision",
     "ShapeError",
+    "TorchConverter",
     "create_backend",
     "parse_input_shapes",
     "with_static_input_shape",

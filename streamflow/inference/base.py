@@ -82,6 +82,16 @@ class BackendKind(enum.StrEnum):
     ONNXRUNTIME = "onnxruntime"
 
 
+class TorchConverter(enum.StrEnum):
+    """How the torch backend turns ONNX into a module: `native` (streamflow.inference.onnx_graph, the
+    operators of CNNs, quick to import), `onnx2torch` (more operators, a slow import), `auto`: native when
+    it implements every operator of the graph, else onnx2torch."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    ONNX2TORCH = "onnx2torch"
+
+
 class CudaGraphMode(enum.StrEnum):
     """`auto`: capture when the shapes are fixed and the device is a GPU; `on`: require it; `off`: never."""
 

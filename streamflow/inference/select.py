@@ -27,6 +27,7 @@ from streamflow.inference.base import (
     InputSpec,
     ModelError,
     Precision,
+    TorchConverter,
 )
 
 __all__ = ["choose_backend", "create_backend"]
@@ -68,6 +69,7 @@ def create_backend(
     cuda_graph: CudaGraphMode | str = CudaGraphMode.AUTO,
     channels_last: bool = False,
     cudnn_benchmark: bool = False,
+    converter: TorchConverter | str = TorchConverter.AUTO,
     logger: logging.Logger | None = None,
 ) -> InferenceBackend:
     """Choose (for `auto`), create and return a backend; `load()` it before `infer()`.
@@ -84,7 +86,16 @@ def create_backend(
         raise ModelError(f"model file not found: {model}")
     chosen, reason = choose_backend(kind, device, model=model)
     (logger or log).info("inference backend: %s (%s)", chosen, reason)
-    torch_only = [name for name, on in (("channels_last", channels_last), ("cudnn_benchmark", cudnn_benchmark)) if on]
+    converter = TorchConverter(converter)
+    torch_only = [
+        name
+        for name, on in (
+            ("channels_last", channels_last),
+            ("cudnn_benchmark", cudnn_benchmark),
+            ("converter", converter is not TorchConverter.AUTO),
+        )
+        if on
+    ]
     if torch_only and chosen is not BackendKind.TORCH:
         (logger or log).info("%s: options of the torch backend, not used by %s", ", ".join(torch_only), chosen)
     if chosen is BackendKind.TENSORRT:
@@ -106,6 +117,7 @@ def create_backend(
             cuda_graph=cuda_graph,
             channels_last=channels_last,
             cudnn_benchmark=cudnn_benchmark,
+            converter=converter,
         )
     from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
 

@@ -1,9 +1,15 @@
-"""ONNX -> torch (onnx2torch), run eagerly or replayed from a CUDA graph on the stage's stream.
+"""ONNX -> torch module, run eagerly or replayed from a CUDA graph on the stage's stream.
 
 The model's input dims are rewritten to the configured shapes first (`with_static_input_shape`), then
-converted. Resize/Slice nodes whose parameters are constants are then frozen into modules that hold
-plain Python values (`static_ops.freeze_constant_arguments`): onnx2torch's own versions read those
-parameters back from the GPU on every call, a host sync that also makes CUDA graph capture fail.
+converted, by one of two converters (`converter`):
+- `native` (`streamflow.inference.onnx_graph`): the operators of CNNs; shapes, indices and sizes stay
+  host values, so nothing reads back from the GPU. Quick to import, which is most of start-up.
+- `onnx2torch`: many more operators, but importing it imports torchvision and `torch._dynamo`. Its
+  Resize/Slice nodes with constant parameters are then frozen into modules that hold plain Python
+  values (`static_ops.freeze_constant_arguments`): onnx2torch's own versions read those parameters back
+  from the GPU on every call, a host sync that also makes CUDA graph capture fail.
+- `auto` (the default): native when it implements every operator of the graph, else onnx2torch, and
+  the log says which and why.
 Only then does the module move to the device in the chosen precision. On a GPU with fixed shapes the
 forward pass is captured once in a CUDA graph: `infer` copies the batch into the graph's static input
 buffer on the current stream, replays the graph there and copies the outputs out (the static output
@@ -36,7 +42,15 @@ import numpy as np
 import onnx
 import torch
 
-from streamflow.inference.base import BackendKind, CudaGraphMode, InferenceBackend, InputSpec, ModelError, Precision
+from streamflow.inference.base import (
+    BackendKind,
+    CudaGraphMode,
+    InferenceBackend,
+    InputSpec,
+    ModelError,
+    Precision,
+    TorchConverter,
+)
 from streamflow.inference.onnx_tools import (
     check_model_inputs,
     graph_inputs,
@@ -56,7 +70,7 @@ _WARMUP_RUNS = 3  # cuDNN picks algorithms and allocators settle before capture
 
 
 class TorchBackend(InferenceBackend):
-    """onnx2torch conversion, eager or CUDA-graph replay. See the module docstring."""
+    """ONNX converted to a torch module, eager or CUDA-graph replay. See the module docstring."""
 
     kind: ClassVar[BackendKind] = BackendKind.TORCH
 
@@ -70,8 +84,11 @@ class TorchBackend(InferenceBackend):
         cuda_graph: CudaGraphMode = CudaGraphMode.AUTO,
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
+        converter: TorchConverter = TorchConverter.AUTO,
     ) -> None:
         super().__init__(model, inputs, precision=precision, device=device)
+        self.converter = TorchConverter(converter)
+        self.converter_used = self.converter  # the one load() chose
         self.cuda_graph_mode = CudaGraphMode(cuda_graph)
         # NHWC weights and 4-D inputs: cuDNN's tensor-core convolutions work in that layout, and
         # NCHW fp16 input costs them a transpose per layer.
@@ -108,23 +125,18 @@ class TorchBackend(InferenceBackend):
         def step(name: str) -> None:
             steps.append((name, time.perf_counter() - began - sum(took for _, took in steps)))
 
-        from onnx2torch import convert  # heavy import, only when this backend is used
-
-        from streamflow.inference.static_ops import freeze_constant_arguments  # imports onnx2torch too
-
-        step("onnx2torch import")
         onnx_model = load_onnx(self.model_path)
         check_model_inputs(graph_inputs(onnx_model), self.inputs, self.model_path)
         dims = {n: ["batch" if s.dynamic else s.opt_batch, *s.frame_shape] for n, s in self.inputs.items()}
-        onnx_model = with_opset_at_least(with_static_input_shape(onnx_model, dims), _ONNX2TORCH_MIN_OPSET)
+        onnx_model = with_static_input_shape(onnx_model, dims)
         self.outputs = list(graph_outputs(onnx_model))
-        try:
-            module = convert(onnx_model)
-        except Exception as error:  # onnx2torch raises NotImplementedError and others for unsupported ops
-            raise ModelError(f"onnx2torch cannot convert {self.model_path.name}: {error}") from error
-        # On the CPU, before `.to(device)`: the constants are read here once instead of on every call.
-        frozen = freeze_constant_arguments(module)
-        log.debug("%s: froze %d Resize/Slice node(s) with constant parameters", self.model_path.name, frozen)
+        self.converter_used = self._choose_converter(onnx_model)
+        step("model read")
+        if self.converter_used is TorchConverter.NATIVE:
+            module = self._convert_native(onnx_model)  # sets converter_used if it hands over to onnx2torch
+        else:
+            onnx_model = with_opset_at_least(onnx_model, _ONNX2TORCH_MIN_OPSET)
+            module = self._convert_onnx2torch(onnx_model, step)
         step("conversion")
         # The first CUDA use of the process creates its CUDA context here.
         self.module = module.eval().to(device=self.device, dtype=self.precision.dtype)
@@ -132,8 +144,11 @@ class TorchBackend(InferenceBackend):
             self.module = self.module.to(memory_format=torch.channels_last)
         if self.cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self._input_order = [vi.name for vi in onnx_model.graph.input]
-        self._input_dtypes = {vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input}
+        fed = graph_inputs(onnx_model)  # weights that old exports list as inputs are not fed
+        self._input_order = list(fed)
+        self._input_dtypes = {
+            vi.name: self._dtype_of(vi.type.tensor_type.elem_type) for vi in onnx_model.graph.input if vi.name in fed
+        }
         step(f"to {self.device}")
         if self.uses_cuda_graph:
             try:
@@ -153,7 +168,8 @@ class TorchBackend(InferenceBackend):
             mode += ", channels-last"
         if self.cudnn_benchmark and self.device.type == "cuda":
             mode += ", cuDNN benchmark"
-        self.description = f"torch {torch.__version__} (onnx2torch) on {self.device}, {self.precision}, {mode}"
+        converted = f"torch {torch.__version__} ({self.converter_used})"
+        self.description = f"{converted} on {self.device}, {self.precision}, {mode}"
         step("warm-up and capture" if self.graph is not None else "warm-up")
         log.info(
             "%s loaded in %.2f s (%s)",
@@ -161,6 +177,49 @@ class TorchBackend(InferenceBackend):
             time.perf_counter() - began,
             ", ".join(f"{name} {took:.2f}" for name, took in steps),
         )
+
+    def _choose_converter(self, onnx_model: onnx.ModelProto) -> TorchConverter:
+        from streamflow.inference.onnx_graph import unsupported_operators
+
+        missing = unsupported_operators(onnx_model)
+        if self.converter is TorchConverter.NATIVE and missing:
+            raise ModelError(
+                f"{self.model_path.name}: converter native does not implement {', '.join(missing)}: "
+                "use converter onnx2torch (or auto)"
+            )
+        if self.converter is TorchConverter.AUTO and missing:
+            log.info("%s: converting with onnx2torch: it uses %s", self.model_path.name, ", ".join(missing))
+            return TorchConverter.ONNX2TORCH
+        return TorchConverter.ONNX2TORCH if self.converter is TorchConverter.ONNX2TORCH else TorchConverter.NATIVE
+
+    def _convert_native(self, onnx_model: onnx.ModelProto) -> torch.nn.Module:
+        from streamflow.inference.onnx_graph import GraphError, OnnxGraphModule
+
+        try:
+            return OnnxGraphModule(onnx_model)
+        except GraphError as error:  # an attribute value it does not implement (auto checked only operators)
+            if self.converter is TorchConverter.NATIVE:
+                message = f"{self.model_path.name}: converter native: {error}: use converter onnx2torch"
+                raise ModelError(message) from error
+            log.info("%s: converting with onnx2torch: %s", self.model_path.name, error)
+            self.converter_used = TorchConverter.ONNX2TORCH
+            return self._convert_onnx2torch(with_opset_at_least(onnx_model, _ONNX2TORCH_MIN_OPSET), None)
+
+    def _convert_onnx2torch(self, onnx_model: onnx.ModelProto, step: Callable[[str], None] | None) -> torch.nn.Module:
+        from onnx2torch import convert  # heavy import (torchvision, torch._dynamo), only when used
+
+        from streamflow.inference.static_ops import freeze_constant_arguments  # imports onnx2torch too
+
+        if step is not None:
+            step("onnx2torch import")
+        try:
+            module = convert(onnx_model)
+        except Exception as error:  # onnx2torch raises NotImplementedError and others for unsupported ops
+            raise ModelError(f"onnx2torch cannot convert {self.model_path.name}: {error}") from error
+        # On the CPU, before `.to(device)`: the constants are read here once instead of on every call.
+        frozen = freeze_constant_arguments(module)
+        log.debug("%s: froze %d Resize/Slice node(s) with constant parameters", self.model_path.name, frozen)
+        return module
 
     def _layout(self, tensor: torch.Tensor) -> torch.Tensor:
         """A 4-D input in the module's memory layout (NHWC with `channels_last`), else as it is."""
