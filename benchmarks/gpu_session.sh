@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -265,6 +265,54 @@ if [ "$what" = workers-live ]; then
     FACES_OUT=$scratch/out timeout 150 python3 benchmarks/control_api_workers.py --config configs/face_detect_bench.yaml \
         --workers 8 --sources 64 --seconds 6 --rounds 2 --adds 5 --json "$out/control_api_workers.json" 2>&1 |
         grep -v "INFO" | tail -12
+fi
+
+if [ "$what" = startup ]; then
+    # Issue 13's start-up: first result after launch on a fresh machine (cold), again (warm), the same
+    # with the onnx2torch converter, and where a warm start's import time goes. Run it first on a
+    # fresh machine, or "cold" is not cold.
+    startup() {  # $1: name, the rest: extra arguments
+        local name=$1
+        shift
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 90 python3 -m streamflow.cli run configs/face_detect_bench.yaml \
+            --max-frames 60 --stats-json "$out/startup_$name.json" "$@" 2>&1 | grep -E "start-up:|loaded in"
+    }
+    for run in cold warm warm2; do
+        step "start-up of streamflow run, 1 source ($run, converter auto)"
+        startup "$run"
+    done
+    step "start-up, converter onnx2torch (warm)"
+    startup onnx2torch --set detect.converter=onnx2torch
+    step "imports of a warm start (python -X importtime): the slowest, cumulative"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 90 python3 -X importtime -m streamflow.cli run \
+        configs/face_detect_bench.yaml --max-frames 60 2>"$out/importtime.txt" | grep "start-up:"
+    python3 - "$out/importtime.txt" <<'PY'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    parts = line.split("|")
+    if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+        name = parts[2].rstrip()
+        depth = (len(name) - len(name.lstrip())) // 2
+        rows.append((int(parts[1]) / 1e6, depth, name.strip()))
+for took, depth, name in sorted((r for r in rows if r[1] <= 2), reverse=True)[:25]:
+    print(f"{took:6.2f} s  {'  ' * depth}{name}")
+PY
+fi
+
+if [ "$what" = sr-quick ]; then
+    step "super-resolution: config as shipped vs the serial loop, 300-frame clip (REPEAT rounds)"
+    TAIL=11 sr_bench --json "$out/sr_bench_quick.json"
+fi
+
+if [ "$what" = live-steady ]; then
+    # The paced-camera curve over 8 workers, with the capture latency after warm-up (issue 13's live target).
+    many=(configs/face_detect_bench.yaml --set preprocess.batch_size=32 --set "detect.input_shapes={input.1: [32, 3, 384, 640]}")
+    step "paced 1080p30 cameras over ${LIVE_WORKERS:-8} worker processes"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-280}" python3 -m streamflow.cli bench "${many[@]}" --realtime \
+        --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
+        --workers "${LIVE_WORKERS:-8}" --frames-per-source 300 --warmup 512 --json "$out/live_steady.json" 2>&1 |
+        grep -v "INFO" | tail -16
 fi
 
 if [ "$what" = final ]; then
