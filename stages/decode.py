@@ -103,8 +103,11 @@ class Decode(Source):
         # by time would be approximate for variable frame rates and would renumber from 0).
         start_frame: int | None = Field(default=None, ge=0, description="first frame index to emit")
         end: float | None = Field(default=None, gt=0, description="seconds")
-        emit_batch: int = Field(
-            default=1, ge=1, description="frames per emitted Batch (1 emits Frames); paced, what is due, never waiting"
+        emit_batch: int = Field(default=1, ge=1, description="frames per emitted Batch; 1 emits Frames")
+        emit_wait_ms: float = Field(
+            default=100.0,
+            ge=0,
+            description="paced: the longest a frame waits for later ones to fill its batch (0: what is due at once)",
         )
         source_id: str | None = Field(default=None, description="default: the stage name")
         realtime: bool = Field(
@@ -190,15 +193,21 @@ class Decode(Source):
         group: list[Frame] = []
         size = self.config.emit_batch
         self._decoded = 0
+        hold_s = self.config.emit_wait_ms / 1000
+        group_began = 0.0
         for frame in self._frames():
-            if frame is None:  # a paced source is about to wait for its next frame: hand on what it has
-                if group:
+            if isinstance(frame, float):
+                # A paced source is about to wait until `frame` (monotonic) for its next frame: hand on what
+                # it has if that wait would hold the group's first frame longer than emit_wait_ms.
+                if group and frame - group_began > hold_s:
                     yield Batch(group)
                     group = []
                 continue
             if size == 1:
                 yield frame
                 continue
+            if not group:
+                group_began = time.monotonic()
             group.append(frame)
             if len(group) >= size:
                 yield Batch(group)
@@ -233,12 +242,11 @@ class Decode(Source):
             f"{delivered} delivered, {expected - delivered} lost ({why})"
         )
 
-    def _frames(self) -> Iterator[Frame | None]:
-        """Every frame; a paced source also yields None before it waits for the next frame's time.
+    def _frames(self) -> Iterator[Frame | float]:
+        """Every frame; a paced source also yields, before it waits, when its next frame is due (monotonic).
 
-        The None is there so that `emit_batch` never holds a camera's frames back: a batch of 8 filled at
-        30 fps would otherwise delay its first frame by 233 ms. Paced, a batch holds the frames that are
-        already due (after a stall several, usually one).
+        So that `emit_batch` does not hold a camera's frames back without bound: a batch of 8 filled at 30
+        fps would delay its first frame by 233 ms (`emit_wait_ms` caps that).
         """
         frames = self._all_passes()
         if not self.config.realtime:
@@ -252,10 +260,10 @@ class Decode(Source):
             if frame.time is not None:
                 if started is None:
                     started, first_time = time.monotonic(), frame.time
-                delay = started + (frame.time - first_time) - time.monotonic()
-                if delay > 0:
-                    yield None
-                    if self.stopping.wait(max(0.0, started + (frame.time - first_time) - time.monotonic())):
+                due = started + (frame.time - first_time)
+                if due > time.monotonic():
+                    yield due
+                    if self.stopping.wait(max(0.0, due - time.monotonic())):
                         return
             frame.arrival_time = time.time()
             yield frame

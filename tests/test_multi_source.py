@@ -319,22 +319,26 @@ def test_paced_files_act_as_cameras(tmp_path: Path) -> None:
     assert all(frame.arrival_time is not None for frame in sink.frames)
 
 
-def test_a_paced_source_does_not_hold_frames_back_to_fill_its_batch(tmp_path: Path) -> None:
-    # A camera's frame must not wait for the next ones: emit_batch 4 at 5 fps would hold the first frame
-    # of each batch 600 ms. Paced, a batch carries what is due (one frame here); unpaced it fills up.
+def test_a_paced_source_holds_frames_at_most_emit_wait_ms_to_fill_its_batch(tmp_path: Path) -> None:
+    # A camera's frame must not wait long for the next ones: emit_batch 4 at 5 fps would hold the first
+    # frame of each batch 600 ms. With emit_wait_ms 100 (the default) a batch carries what is due (one
+    # frame here: the next is 200 ms away); with 1000 ms, and unpaced, batches fill up.
     from stages.decode import Decode
     from streamflow.video.synth import write_clip
 
     clip = write_clip(tmp_path / "slow.mp4", width=32, height=32, frames=6, fps=5)
     sizes = {}
-    for realtime in (False, True):
+    for name, options in {
+        "unpaced": {},
+        "paced": {"realtime": True},
+        "paced, patient": {"realtime": True, "emit_wait_ms": 1000},
+    }.items():
         sink = ListSink(name="sink")
-        source = Decode(uri=str(clip), name="source", emit_batch=4, realtime=realtime)
-        Pipeline([source, sink], device="cpu").run_sync()
+        Pipeline([Decode(uri=str(clip), name="source", emit_batch=4, **options), sink], device="cpu").run_sync()
         assert [f.index for f in sink.frames] == list(range(6))
-        sizes[realtime] = [len(item.frames) for item in sink.items]
-    assert sizes[False] == [4, 2]
-    assert len(sizes[True]) >= 4 and max(sizes[True]) < 4, sizes[True]
+        sizes[name] = [len(item.frames) for item in sink.items]
+    assert sizes["unpaced"] == sizes["paced, patient"] == [4, 2]
+    assert len(sizes["paced"]) >= 4 and max(sizes["paced"]) < 4, sizes["paced"]
 
 
 def test_add_remove_cycles_release_their_threads() -> None:
