@@ -253,7 +253,7 @@ class _Conv(_Op):
         )
         _load_weights(self.conv, weight, bias)
 
-    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.explicit is not None:
             x = F.pad(x, self.explicit)
         return self.conv(x)
@@ -279,7 +279,7 @@ class _ConvTranspose(_Op):
         )
         _load_weights(self.conv, weight, bias)
 
-    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         if self.crop is not None:
             top, left, bottom, right = self.crop
@@ -298,7 +298,7 @@ class _BatchNorm(_Op):
         for name, value in (("scale", scale), ("shift", bias), ("mean", mean), ("var", var)):
             self.register_buffer(name, torch.from_numpy(value.astype(np.float32)))
 
-    def forward(self, x: torch.Tensor, *_: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(x, self.mean, self.var, self.scale, self.shift, False, 0.0, self.epsilon)
 
 
@@ -709,24 +709,31 @@ class OnnxGraphModule(torch.nn.Module):
         self.nodes = torch.nn.ModuleList()
         self._wiring: list[tuple[list[str], list[bool], list[str]]] = []
         data_constants: set[str] = set()
+        # Host copies only of what is read as a host value: weights live in their layers and buffers.
+        host_constants: set[str] = {name for name in self.output_names if name in constants}
         for node in graph.node:
             if node.op_type == "Constant":
                 continue
             op = self._build(node, opset, constants)
-            host = [i in op.host_inputs for i in range(len(node.input))]
+            names = list(node.input)
             if node.op_type in _LAYERS_WITH_WEIGHTS:
-                host = [i > 0 for i in range(len(node.input))]  # the weights live in the layer
-            for name, is_host in zip(node.input, host, strict=True):
-                if name and not is_host and name in constants and constants[name].dtype.kind == "f":
+                names = names[:1]  # the weights live in the layer: it reads only its data input
+            host = [i in op.host_inputs for i in range(len(names))]
+            for name, is_host in zip(names, host, strict=True):
+                if not name or name not in constants:
+                    continue
+                if not is_host and constants[name].dtype.kind == "f":
                     data_constants.add(name)
+                else:
+                    host_constants.add(name)
             self.nodes.append(op)
-            self._wiring.append((list(node.input), host, list(node.output)))
+            self._wiring.append((names, host, list(node.output)))
         # Float constants that tensors are combined with become buffers: they follow `.to(device, dtype)`.
         self._buffer_of: dict[str, str] = {}
         for index, name in enumerate(sorted(data_constants)):
             self._buffer_of[name] = f"constant_{index}"
             self.register_buffer(f"constant_{index}", torch.from_numpy(np.array(constants[name])))
-        self._host = constants
+        self._host = {name: constants[name] for name in host_constants}
 
     @staticmethod
     def _build(node: onnx.NodeProto, opset: int, constants: dict[str, np.ndarray]) -> _Op:
