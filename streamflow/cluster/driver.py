@@ -519,7 +519,10 @@ class ClusterRunner:
                     continue
                 try:
                     report = self._ray.get(ref)
-                except self._ray.exceptions.RayActorError:
+                except self._ray.exceptions.RayActorError as error:
+                    # Why it is gone (its exit code or signal, where the back end knows it), before the
+                    # lines that move its sources: without it a crash and a stall look alike in the log.
+                    log.warning("%s is gone: %s", actor.name, str(error).strip().splitlines()[0])
                     dead.append(actor)
                     continue
                 if report["failure"]:

@@ -134,6 +134,8 @@ def test_a_killed_worker_loses_its_sources_to_the_others_and_the_run_ends_with_e
     finally:
         code = cli.wait(timeout=180)
     assert code == 0, cli.text[-2000:]
+    gone = rf"worker-1 is gone: .*pid {pid}\) exited with code -{int(signal.SIGKILL)}"
+    assert re.search(gone, cli.text), "why the worker is gone, in the log: " + cli.text[-2000:]
     for source_id in placed["worker-1"]:
         assert re.search(rf"source {source_id} moved from worker-1 to worker-[02] as {source_id}\.part1", cli.text)
     written = indices_by_source(out)
