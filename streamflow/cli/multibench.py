@@ -15,6 +15,7 @@ K is the ceiling the pipeline's aggregate fps is compared with.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
@@ -33,6 +34,8 @@ from streamflow.observers import ResultTimes, RunStats, StageStats, percentile
 from streamflow.per_source import is_per_source
 from streamflow.sources import SourceSpec
 from streamflow.stage import resolve_device
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SourcesBenchResult",
@@ -61,6 +64,9 @@ class SourcesRun:
     host_mib_added: float
     failed: int
     stats: RunStats = field(repr=False)
+    # Worker runs: workers that died or stopped answering during the run. Their sources moved on, but
+    # what they had delivered is missing from every figure of this row (their records died with them).
+    workers_lost: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "stats"}
@@ -170,6 +176,7 @@ def _figures(
     first_result_s: float | None,
     peak_gpu_mib: float | None,
     host_mib_added: float,
+    workers_lost: int = 0,
 ) -> SourcesRun:
     # Results arrive a batch at a time: timing starts at the batch that holds the warm-up's last
     # result and counts the results that came after it.
@@ -200,6 +207,7 @@ def _figures(
         host_mib_added=host_mib_added,
         failed=len(stats.failed_sources),
         stats=stats,
+        workers_lost=workers_lost,
     )
 
 
@@ -229,6 +237,13 @@ def _one_run_in_workers(
     )
     result = runner.run()
     runs = [actor["run"]["bench"] for actor in result.actors.values() if actor.get("run")]
+    lost = sorted({move.from_actor for move in result.moves})
+    if lost:
+        log.warning(
+            "%d sources: %s lost during the run; the results they delivered are not in this row's figures",
+            count,
+            ", ".join(lost),
+        )
     if len(runs) < workers:
         raise RuntimeError(f"{count} sources: {workers - len(runs)} of {workers} workers did not finish")
     # Every result's time with its capture latency, in time order over all workers.
@@ -248,6 +263,7 @@ def _one_run_in_workers(
         peak_gpu_mib=sum(gpu) if gpu else None,
         # Each worker's whole peak: all of it was added for the run.
         host_mib_added=sum(run["peak_rss_mib"] for run in runs) + _rss_mib() - host_before,
+        workers_lost=len(lost),
     )
 
 

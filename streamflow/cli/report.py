@@ -138,7 +138,14 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
             str(run.failed),
         )
     raw = ", ".join(f"{k} threads {v:.0f}" for k, v in sorted(result.raw_fps.items()))
-    table.caption = f"raw decode (same input, nothing else): {raw or 'not measured'}"
+    caption = [f"raw decode (same input, nothing else): {raw or 'not measured'}"]
+    for run in result.runs:
+        if run.workers_lost:
+            caption.append(
+                f"{run.sources} sources over {run.workers} workers: {run.workers_lost} worker(s) lost during the run; "
+                "what they delivered is not in that row"
+            )
+    table.caption = "\n".join(caption)
     return table
 
 

@@ -268,3 +268,57 @@ def test_the_paced_bench_reports_the_capture_latency_after_its_warm_up(tmp_path:
         assert p50 is not None and p95 is not None and p99 is not None
         assert 0 <= p50 <= p95 <= p99, run.steady_capture_latency_ms
     assert result.to_dict()["runs"][1]["steady_capture_latency_ms"][0] is not None
+
+
+def _worker_pids() -> list[int]:
+    """This process's worker children (`python -m streamflow.cluster.processes`), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and b"streamflow.cluster.processes" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_the_bench_says_when_a_worker_was_lost_and_its_results_are_missing(tmp_path: Path) -> None:
+    # A worker's result records come back when it finishes; a worker that dies takes them along. The
+    # row must say so rather than report figures that silently lack a share of the sources.
+    from streamflow.cli.report import sources_bench_table
+
+    clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=40, fps=FPS)
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        f"name: t\ndevice: cpu\ncluster: {{backend: processes, poll_interval_s: 0.2}}\nstages:\n"
+        f"  - {{name: source, type: decode, uri: {clip}}}\n"
+        f'  - {{name: sink, type: jsonl, path: "{tmp_path}/out/{{source}}.jsonl"}}\n'
+    )
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one_worker_once_results_flow() -> None:
+        wait_for(lambda: len(_worker_pids()) == 2, timeout=120, what="two workers")
+        wait_for(
+            lambda: out.exists() and sum(len(p.read_text().splitlines()) for p in out.glob("*.jsonl")) >= 10,
+            timeout=120,
+            what="results from the workers",
+        )
+        pid = _worker_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_one_worker_once_results_flow)
+    killer.start()
+    result = run_sources_bench(config, [4], frames_per_source=40, warmup=4, realtime=True, workers=[2])
+    killer.join(timeout=10)
+    assert killed, "a worker was killed during the run"
+    (run,) = result.runs
+    assert run.workers_lost == 1 and run.failed == 0
+    assert result.to_dict()["runs"][0]["workers_lost"] == 1
+    caption = str(sources_bench_table(result).caption)
+    assert "4 sources over 2 workers: 1 worker(s) lost during the run" in caption
