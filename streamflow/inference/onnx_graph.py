@@ -14,6 +14,10 @@ Values that flow through the module:
   Unsqueeze, Concat...). The inputs that ONNX defines as shapes, indices or sizes (Reshape's shape,
   Slice's starts and ends, Resize's scales...) are read from host values only, so the module never reads
   a value back from the GPU: no host sync, and the forward pass can be captured in a CUDA graph.
+  Small float constants are kept both ways, so a shape scaled by one (floor(H * 2.0) as a Resize size)
+  stays a host value.
+- A graph that builds but needs a device value as a shape (computed from a tensor's contents) fails
+  on its first run with a `GraphError` that says so; `converter: onnx2torch` runs such graphs.
 
 Example (CPU):
     >>> import onnx, torch
@@ -643,6 +647,7 @@ class _Resize(_Op):
 
 
 _LAYERS_WITH_WEIGHTS = {"Conv", "ConvTranspose", "BatchNormalization"}
+_DUAL_CONSTANT_SIZE = 16  # float constants up to this many elements are also kept as host values
 _UNARY = {
     "Relu", "Sigmoid", "Tanh", "Exp", "Sqrt", "Neg", "Abs", "Floor", "Ceil", "Identity", "Dropout",
     "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Softplus",
@@ -707,7 +712,9 @@ class OnnxGraphModule(torch.nn.Module):
         self.input_names = [vi.name for vi in graph.input if vi.name not in constants]
         self.output_names = [vi.name for vi in graph.output]
         self.nodes = torch.nn.ModuleList()
-        self._wiring: list[tuple[list[str], list[bool], list[str]]] = []
+        # Per node: input names, which are read as host values, which are small float constants held both
+        # ways (see forward), output names.
+        self._wiring: list[tuple[list[str], list[bool], list[bool], list[str]]] = []
         data_constants: set[str] = set()
         # Host copies only of what is read as a host value: weights live in their layers and buffers.
         host_constants: set[str] = {name for name in self.output_names if name in constants}
@@ -719,15 +726,21 @@ class OnnxGraphModule(torch.nn.Module):
             if node.op_type in _LAYERS_WITH_WEIGHTS:
                 names = names[:1]  # the weights live in the layer: it reads only its data input
             host = [i in op.host_inputs for i in range(len(names))]
-            for name, is_host in zip(names, host, strict=True):
+            dual = [False] * len(names)
+            for position, (name, is_host) in enumerate(zip(names, host, strict=True)):
                 if not name or name not in constants:
                     continue
                 if not is_host and constants[name].dtype.kind == "f":
                     data_constants.add(name)
+                    # A small one may also scale a shape (Mul(Shape(x)[2], 2.0) -> Resize sizes): kept on
+                    # the host as well, so that such arithmetic stays there.
+                    if constants[name].size <= _DUAL_CONSTANT_SIZE:
+                        dual[position] = True
+                        host_constants.add(name)
                 else:
                     host_constants.add(name)
             self.nodes.append(op)
-            self._wiring.append((names, host, list(node.output)))
+            self._wiring.append((names, host, dual, list(node.output)))
         # Float constants that tensors are combined with become buffers: they follow `.to(device, dtype)`.
         self._buffer_of: dict[str, str] = {}
         for index, name in enumerate(sorted(data_constants)):
@@ -810,7 +823,7 @@ class OnnxGraphModule(torch.nn.Module):
         for name, attribute in self._buffer_of.items():
             values[name] = getattr(self, attribute)
         host = self._host
-        for op, (names, is_host, outputs) in zip(self.nodes, self._wiring, strict=True):
+        for op, (names, is_host, dual, outputs) in zip(self.nodes, self._wiring, strict=True):
             args: list[Value | None] = []
             for name, on_host in zip(names, is_host, strict=True):
                 if not name:
@@ -821,6 +834,12 @@ class OnnxGraphModule(torch.nn.Module):
                     args.append(values[name])
                 else:
                     args.append(host[name])
+            if any(dual):
+                # A small float constant next to host values only is read from the host (shape
+                # arithmetic); next to a tensor, or alone, from its buffer on the device.
+                others = [a for a, d in zip(args, dual, strict=True) if not d and a is not None]
+                if others and all(isinstance(a, np.ndarray) for a in others):
+                    args = [host[n] if d else a for n, a, d in zip(names, args, dual, strict=True)]
             # Only the first output: the others (BatchNormalization's and Dropout's training outputs) are
             # never read in inference.
             values[outputs[0]] = op(*args)

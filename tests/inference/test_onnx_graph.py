@@ -338,3 +338,28 @@ def test_native_conversion_imports_neither_onnx2torch_nor_torchvision() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "native []"
+
+
+def test_a_float_scale_on_a_shape_stays_on_the_host() -> None:
+    # Exports that size an upsampling from the input's shape: floor(H * 2.0) -> Resize sizes. The float
+    # constant must combine with the shape on the host (a device value cannot be a size), while the same
+    # kind of constant next to a tensor stays a device buffer.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "two_axes"], ["hw"], axis=0),
+        helper.make_node("Cast", ["hw"], ["hw_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["hw_f", "scale"], ["scaled"]),
+        helper.make_node("Floor", ["scaled"], ["floored"]),
+        helper.make_node("Cast", ["floored"], ["hw_out"], to=TensorProto.INT64),
+        helper.make_node("Slice", ["shape", "zero", "two"], ["nc"]),
+        helper.make_node("Concat", ["nc", "hw_out"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["up"], mode="linear"),
+        helper.make_node("Mul", ["up", "scale"], ["y"]),  # the same constant with a tensor: on the device
+    ]
+    inits = {
+        "two_axes": _i64(2, 3),
+        "scale": np.asarray(1.5, np.float32),
+        "zero": _i64(0),
+        "two": _i64(2),
+    }
+    _compare(_model(nodes, {"x": (1, 2, 6, 10)}, ["y"], initializers=inits), {"x": _rand(1, 2, 6, 10)}, 1e-4)
