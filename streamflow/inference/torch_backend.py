@@ -132,9 +132,9 @@ class TorchBackend(InferenceBackend):
         self.outputs = list(graph_outputs(onnx_model))
         self.converter_used = self._choose_converter(onnx_model)
         step("model read")
-        if self.converter_used is TorchConverter.NATIVE:
-            module = self._convert_native(onnx_model)  # sets converter_used if it hands over to onnx2torch
-        else:
+        module = self._convert_native(onnx_model) if self.converter_used is TorchConverter.NATIVE else None
+        if module is None:
+            self.converter_used = TorchConverter.ONNX2TORCH
             onnx_model = with_opset_at_least(onnx_model, _ONNX2TORCH_MIN_OPSET)
             module = self._convert_onnx2torch(onnx_model, step)
         step("conversion")
@@ -192,7 +192,8 @@ class TorchBackend(InferenceBackend):
             return TorchConverter.ONNX2TORCH
         return TorchConverter.ONNX2TORCH if self.converter is TorchConverter.ONNX2TORCH else TorchConverter.NATIVE
 
-    def _convert_native(self, onnx_model: onnx.ModelProto) -> torch.nn.Module:
+    def _convert_native(self, onnx_model: onnx.ModelProto) -> torch.nn.Module | None:
+        """The native module; None where `auto` should hand the graph to onnx2torch instead."""
         from streamflow.inference.onnx_graph import GraphError, OnnxGraphModule
 
         try:
@@ -202,16 +203,14 @@ class TorchBackend(InferenceBackend):
                 message = f"{self.model_path.name}: converter native: {error}: use converter onnx2torch"
                 raise ModelError(message) from error
             log.info("%s: converting with onnx2torch: %s", self.model_path.name, error)
-            self.converter_used = TorchConverter.ONNX2TORCH
-            return self._convert_onnx2torch(with_opset_at_least(onnx_model, _ONNX2TORCH_MIN_OPSET), None)
+            return None
 
-    def _convert_onnx2torch(self, onnx_model: onnx.ModelProto, step: Callable[[str], None] | None) -> torch.nn.Module:
+    def _convert_onnx2torch(self, onnx_model: onnx.ModelProto, step: Callable[[str], None]) -> torch.nn.Module:
         from onnx2torch import convert  # heavy import (torchvision, torch._dynamo), only when used
 
         from streamflow.inference.static_ops import freeze_constant_arguments  # imports onnx2torch too
 
-        if step is not None:
-            step("onnx2torch import")
+        step("onnx2torch import")
         try:
             module = convert(onnx_model)
         except Exception as error:  # onnx2torch raises NotImplementedError and others for unsupported ops

@@ -363,3 +363,25 @@ def test_a_float_scale_on_a_shape_stays_on_the_host() -> None:
         "two": _i64(2),
     }
     _compare(_model(nodes, {"x": (1, 2, 6, 10)}, ["y"], initializers=inits), {"x": _rand(1, 2, 6, 10)}, 1e-4)
+
+
+def test_backend_auto_hands_an_attribute_native_lacks_to_onnx2torch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every operator is native, but not this Resize's coordinate mode: auto converts with onnx2torch.
+    node = helper.make_node(
+        "Resize", ["x", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="align_corners"
+    )
+    model = _model([node], {"x": (1, 1, 4, 4)}, ["y"], initializers={"scales": np.asarray([1, 1, 2, 2], np.float32)})
+    path = tmp_path / "resize.onnx"
+    onnx.save(model, path)
+    x = _rand(1, 1, 4, 4)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
+    with caplog.at_level(logging.INFO, logger="streamflow.inference.torch_backend"):
+        backend = TorchBackend(path, {"x": InputSpec.static("x", [1, 1, 4, 4])})
+        backend.load()
+    assert backend.converter_used is TorchConverter.ONNX2TORCH and "(onnx2torch)" in backend.description
+    assert any("converting with onnx2torch: Resize nearest" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(backend.infer({"x": torch.from_numpy(x)})["y"].numpy(), expected, atol=1e-6)
