@@ -21,10 +21,9 @@ import pytest
 from streamflow.cluster import ClusterConfig
 from streamflow.config import PipelineConfig, load_config
 from streamflow.video.synth import write_clip
-from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, wait_for
+from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, served_run, wait_for
 
 ray = pytest.importorskip("ray")
-from streamflow.cluster.api import ClusterControlServer  # noqa: E402 (after the skip: needs ray)
 from streamflow.cluster.driver import ClusterError, ClusterRunner  # noqa: E402
 
 FRAMES = 30
@@ -165,15 +164,10 @@ def test_add_and_remove_sources_while_actors_run_from_python_and_http(
     config = write_config(tmp_path, clips, ["first"], loop=True)
     cluster = ClusterConfig(actors=2, cpus_per_actor=1, poll_interval_s=0.2)
     runner = ClusterRunner(config, cluster=cluster, stay_open=True)
-    server = ClusterControlServer(runner, port=0)
-    server.serve_in_thread()
-    base = f"http://127.0.0.1:{server.port}"
-    assert http("GET", f"{base}/readyz")[0] == 503, "not ready before the actors are up"
-    result_box: dict[str, Any] = {}
-    runner.start()
-    thread = threading.Thread(target=lambda: result_box.setdefault("result", runner.run()))
-    thread.start()
-    try:
+    with served_run(runner) as served:
+        base = served.base
+        assert http("GET", f"{base}/readyz")[0] == 503, "not ready before the actors are up"
+        served.start()
         assert http("GET", f"{base}/readyz") == (200, {"ready": True, "actors_alive": 2})
         runner.add_source({"id": "second", "uri": str(clips), "loop": False})
         placed = runner.placement()
@@ -200,11 +194,7 @@ def test_add_and_remove_sources_while_actors_run_from_python_and_http(
         status, listed = http("GET", f"{base}/sources")
         states = {source["id"]: source["state"] for source in listed["sources"]}
         assert states == {"first": "removed", "second": "finished", "third": "removed"}
-    finally:
-        runner.stop()
-        thread.join(timeout=60)
-        server.close()
-    result = result_box["result"]
+    result = served.result
     assert result.sources["second"].state == "finished"
     written = indices_by_source(tmp_path / "out")
     assert sorted(written["second"]) == list(range(FRAMES))

@@ -16,18 +16,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import av
 import pytest
 
 from streamflow.cli.multibench import run_sources_bench
 from streamflow.cluster import ClusterConfig
-from streamflow.cluster.api import ClusterControlServer
 from streamflow.cluster.driver import ClusterRunner
 from streamflow.config import load_config
 from streamflow.video.synth import write_clip
-from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, wait_for
+from support.cluster import NVDEC_FRAMES, NVDEC_SOURCES, http, indices_by_source, nvdec_config, served_run, wait_for
 
 FPS = 10
 
@@ -146,14 +144,9 @@ def test_the_control_api_adds_and_removes_sources_on_workers(clips: dict[str, Pa
     config = load_config(write_config(tmp_path, {"first": clips["small"]}, realtime=True))
     cluster = ClusterConfig(backend="processes", actors=2, poll_interval_s=0.2)
     runner = ClusterRunner(config, cluster=cluster, stay_open=True)
-    server = ClusterControlServer(runner, port=0)
-    server.serve_in_thread()
-    base = f"http://127.0.0.1:{server.port}"
-    result_box: dict[str, Any] = {}
-    runner.start()
-    thread = threading.Thread(target=lambda: result_box.setdefault("result", runner.run()))
-    thread.start()
-    try:
+    with served_run(runner) as served:
+        base = served.base
+        served.start()
         assert http("GET", f"{base}/readyz") == (200, {"ready": True, "actors_alive": 2})
         status, body = http("POST", f"{base}/sources", {"id": "second", "uri": str(clips["wide"]), "loop": True})
         assert status == 201 and body["actor"] == "worker-1", "the new source goes to the idle worker"
@@ -164,11 +157,7 @@ def test_the_control_api_adds_and_removes_sources_on_workers(clips: dict[str, Pa
         status, metrics = http("GET", f"{base}/metrics")
         assert status == 200
         assert re.search(r'streamflow_source_frames_done_total\{.*actor="worker-0".*\} 30\.0', metrics), metrics[:2000]
-    finally:
-        runner.stop()
-        thread.join(timeout=60)
-        server.close()
-    assert result_box["result"].sources["second"].state == "removed"
+    assert served.result.sources["second"].state == "removed"
     written = indices_by_source(tmp_path / "out")
     assert written["first"] == list(range(30))
     assert len(written["second"]) >= 5 and written["second"] == list(range(len(written["second"])))

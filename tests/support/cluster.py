@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,40 @@ def nvdec_config(folder: Path) -> tuple[Path, Path]:
         "sources:\n" + "".join(f"  - {{id: g{i}, uri: {clip}}}\n" for i in range(NVDEC_SOURCES))
     )
     return path, out
+
+
+class ServedRun:
+    """A cluster run behind its control API (`served_run`): `base` is the API's URL; `start()` starts
+    the actors and runs the driver in a thread; `result` is the run's result once it has ended."""
+
+    def __init__(self, runner: Any, base: str) -> None:
+        self.runner, self.base = runner, base
+        self.thread: threading.Thread | None = None
+        self._box: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.runner.start()
+        self.thread = threading.Thread(target=lambda: self._box.setdefault("result", self.runner.run()))
+        self.thread.start()
+
+    @property
+    def result(self) -> Any:
+        return self._box["result"]
+
+
+@contextlib.contextmanager
+def served_run(runner: Any) -> Iterator[ServedRun]:
+    """The runner's control API on a free port of 127.0.0.1; on leaving, the run is stopped and
+    joined and the API closed."""
+    from streamflow.cluster.api import ClusterControlServer
+
+    server = ClusterControlServer(runner, port=0)
+    server.serve_in_thread()
+    served = ServedRun(runner, f"http://127.0.0.1:{server.port}")
+    try:
+        yield served
+    finally:
+        runner.stop()
+        if served.thread is not None:
+            served.thread.join(timeout=60)
+        server.close()
