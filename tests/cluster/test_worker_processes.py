@@ -242,14 +242,20 @@ def test_two_workers_share_one_gpu_with_nvdec(tmp_path: Path) -> None:
     assert all(written[f"g{i}"] == list(range(NVDEC_FRAMES)) for i in range(NVDEC_SOURCES))
 
 
-def test_the_paced_bench_reports_the_capture_latency_after_its_warm_up(tmp_path: Path) -> None:
-    clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=10, fps=FPS)
+def _per_source_bench_config(tmp_path: Path, clip: Path, *, top: str = "") -> Path:
+    """A bench config: `clip` decoded into one JSONL per source under tmp_path/out; `top`: more top-level keys."""
     config = tmp_path / "p.yaml"
     config.write_text(
-        f"name: t\ndevice: cpu\nstages:\n"
+        f"name: t\ndevice: cpu\n{top}stages:\n"
         f"  - {{name: source, type: decode, uri: {clip}}}\n"
         f'  - {{name: sink, type: jsonl, path: "{tmp_path}/out/{{source}}.jsonl"}}\n'
     )
+    return config
+
+
+def test_the_paced_bench_reports_the_capture_latency_after_its_warm_up(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=10, fps=FPS)
+    config = _per_source_bench_config(tmp_path, clip)
     result = run_sources_bench(config, [2], frames_per_source=10, warmup=6, realtime=True, workers=[1, 2])
     for run in result.runs:
         assert run.frames == 20 and run.drops == 0
@@ -281,12 +287,7 @@ def test_the_bench_says_when_a_worker_was_lost_and_its_results_are_missing(tmp_p
     from streamflow.cli.report import sources_bench_table
 
     clip = write_clip(tmp_path / "c.mp4", width=64, height=48, frames=40, fps=FPS)
-    config = tmp_path / "p.yaml"
-    config.write_text(
-        f"name: t\ndevice: cpu\ncluster: {{backend: processes, poll_interval_s: 0.2}}\nstages:\n"
-        f"  - {{name: source, type: decode, uri: {clip}}}\n"
-        f'  - {{name: sink, type: jsonl, path: "{tmp_path}/out/{{source}}.jsonl"}}\n'
-    )
+    config = _per_source_bench_config(tmp_path, clip, top="cluster: {backend: processes, poll_interval_s: 0.2}\n")
     out = tmp_path / "out"
     killed: list[int] = []
 
