@@ -239,7 +239,7 @@ if [ "$what" = operate ]; then
         grep -v "INFO" | tail -12
 fi
 
-if [ "$what" = workers ] || [ "$what" = workers-live ]; then
+if [ "$what" = workers ] || [ "$what" = workers-live ] || [ "$what" = live-steady ]; then
     # Issue 13 and 14 over worker processes (streamflow run --workers): the many-source throughput of
     # one process against 4 and 8 workers and raw NVDEC, the paced-camera curve, and the control API
     # at the driver. Detector batch 32 as in the README's many-source table.
@@ -307,7 +307,6 @@ fi
 
 if [ "$what" = live-steady ]; then
     # The paced-camera curve over 8 workers, with the capture latency after warm-up (issue 13's live target).
-    many=(configs/face_detect_bench.yaml --set preprocess.batch_size=32 --set "detect.input_shapes={input.1: [32, 3, 384, 640]}")
     step "paced 1080p30 cameras over ${LIVE_WORKERS:-8} worker processes"
     FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-280}" python3 -m streamflow.cli bench "${many[@]}" --realtime \
         --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
