@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -239,7 +239,8 @@ if [ "$what" = operate ]; then
         grep -v "INFO" | tail -12
 fi
 
-if [ "$what" = workers ] || [ "$what" = workers-live ] || [ "$what" = live-steady ]; then
+if [ "$what" = workers ] || [ "$what" = workers-live ] || [ "$what" = live-steady ] || [ "$what" = throughput ] ||
+    [ "$what" = live-curve ]; then
     # Issue 13 and 14 over worker processes (streamflow run --workers): the many-source throughput of
     # one process against 4 and 8 workers and raw NVDEC, the paced-camera curve, and the control API
     # at the driver. Detector batch 32 as in the README's many-source table.
@@ -312,6 +313,28 @@ if [ "$what" = live-steady ]; then
         --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
         --workers "${LIVE_WORKERS:-8}" --frames-per-source 300 --warmup 512 --json "$out/live_steady.json" 2>&1 |
         grep -v "INFO" | tail -16
+fi
+
+if [ "$what" = throughput ]; then
+    # Issue 13's throughput target, REPEAT times (default 1): one process and 3 and 4 worker processes,
+    # 32 and 64 unpaced sources, against raw NVDEC measured in the same call.
+    for round in $(seq "${REPEAT:-1}"); do
+        step "many sources, unpaced, round $round: one process and worker processes, against raw NVDEC"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${THROUGHPUT_LIMIT:-200}" python3 -m streamflow.cli bench \
+            "${many[@]}" --sources 32 --sources 64 --workers 1 --workers 3 --workers 4 --frames-per-source 600 \
+            --warmup 4096 --raw-threads 14,21 --json "$out/throughput_$round.json" 2>&1 | grep -v "INFO" | tail -12
+    done
+fi
+if [ "$what" = live-curve ]; then
+    # Issue 13's live target: paced 1080p30 cameras, drops and the capture latency after the warm-up
+    # (9,000 results), for each worker count in LIVE_WORKERS (default "3 4") and LIVE_SOURCES.
+    for workers in ${LIVE_WORKERS:-3 4}; do
+        step "paced 1080p30 cameras over $workers worker processes"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-200}" python3 -m streamflow.cli bench "${many[@]}" \
+            --realtime --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
+            --workers "$workers" --frames-per-source 450 --warmup 9000 --json "$out/live_curve_$workers.json" 2>&1 |
+            grep -v "INFO" | tail -9
+    done
 fi
 
 if [ "$what" = final ]; then

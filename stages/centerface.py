@@ -68,6 +68,12 @@ class CenterFace(Stage):
     def setup(self) -> None:
         # The NMS operator is loaded here, before frames flow, not inside the first batch's time.
         load_nms()
+        # So are the decoding's kernels: on a GPU their first launch loads them (a third of a second
+        # on the H200, docs/MEASURED.md), and stages set up while the model loads: hidden there.
+        heatmap = torch.zeros(1, 1, 4, 4, device=self.device)
+        heatmap[0, 0, 1, 1] = 1.0  # one face: thresholding, NMS and the box arithmetic all run
+        zeros = torch.zeros(1, 2, 4, 4, device=self.device)
+        decode(heatmap, zeros, zeros, torch.zeros(1, 10, 4, 4, device=self.device), threshold=self.config.threshold)
 
     def process(self, item: Frame | Batch) -> Frame | Batch:
         cfg = self.config
