@@ -69,7 +69,7 @@ class CenterFace(Stage):
         # The NMS operator is loaded here, before frames flow, not inside the first batch's time.
         load_nms()
         # So are the decoding's kernels: on a GPU their first launch loads them (a third of a second
-        # on the H200, docs/MEASURED.md), and stages set up while the model loads: hidden there.
+        # on the H200, docs/MEASURED.md), which would otherwise delay the first batch's results.
         heatmap = torch.zeros(1, 1, 4, 4, device=self.device)
         heatmap[0, 0, 1, 1] = 1.0  # one face: thresholding, NMS and the box arithmetic all run
         zeros = torch.zeros(1, 2, 4, 4, device=self.device)

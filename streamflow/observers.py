@@ -61,8 +61,7 @@ class Observer:
 
     def on_stage_set_up(self, stage: Stage, seconds: float) -> None:
         """A stage after the sources finished its `setup` (model loads happen here), in `seconds`;
-        stages set up at the same time, each in its thread, before `on_start`. (A source's is
-        `on_source_opened`, which comes after `on_start`: sources open while the stages set up.)"""
+        stages set up one after another, before `on_start`. (A source's is `on_source_opened`.)"""
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
         """The pipeline is set up and about to run."""

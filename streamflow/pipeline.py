@@ -30,9 +30,6 @@ How a run works:
   loop takes each item from the one source through every stage in order and waits for the device
   before the next, with no queues in between (a stage's `batch_size` then gathers nothing: only
   one item is ever waiting). One source only.
-- Start-up: every stage after the sources sets up at the same time (each in its thread), and the
-  sources open their inputs and make their first item meanwhile; nothing moves before all stages
-  are set up. A setup that fails ends the opened sources unstarted and is raised.
 - Before anything starts, `preflight()` checks devices and files (`streamflow.preflight`). After a
   source ran to its end, `Source.frame_shortfall()` says whether frames were lost: one warning in
   `RunStats.warnings`, or `FrameLossError` with `strict_frames`.
@@ -447,10 +444,6 @@ class Pipeline:
         self._finished: list[_SourceRun] = []  # ended sources, in the order they ended
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
-        # Set once every stage after the sources is set up (or failed to): sources open and make
-        # their first item before it, but hand nothing on until then.
-        self._stages_ready: asyncio.Event | None = None
-        self._setup_failed = False
         self._mux: SourceMux | None = None
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
@@ -570,8 +563,7 @@ class Pipeline:
     @property
     def running(self) -> bool:
         """True once every stage is set up (models loaded) and until the run stops."""
-        ready = self._stages_ready is not None and self._stages_ready.is_set() and not self._setup_failed
-        return ready and self._group is not None and not self._stop_event.is_set()
+        return self._group is not None and not self._stop_event.is_set()
 
     def source_status(self) -> list[SourceStatus]:
         """Every source's state: the ones running and, per id, the last that ended (safe from any thread)."""
@@ -693,8 +685,6 @@ class Pipeline:
         self._frame_losses = []
         self._abandoned = None
         self._abandon_event = asyncio.Event()
-        self._stages_ready = asyncio.Event()
-        self._setup_failed = False
         installed: list[int] = []
         if handle_signals:
             installed = self._install_signal_handlers(loop)
@@ -749,38 +739,22 @@ class Pipeline:
         return stats
 
     async def _run_stages(self, workers: list[_StageWorker]) -> None:
-        assert self._stages_ready is not None
-        if self.serial:  # the source's task drives every stage (`_run_serial`): they are set up first
-            await self._setup_all(workers)
+        await self._setup_all(workers)
+        for observer in self._all_observers():
+            observer.on_start(self.stages, self.edges)
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._loop = asyncio.get_running_loop()
-                # Sources open their inputs and make their first item while the stages set up (a
-                # model's load is most of start-up); they hand nothing on before `_stages_ready`.
+                if not self.serial:  # serially, the source's task drives every stage (`_run_serial`)
+                    for index, worker in enumerate(workers, start=1):
+                        group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
                 with self._lock:
                     runs = list(self._runs.values())
                 for run in runs:
                     self._start_run(run)
                 if self._stop_event.is_set():
                     self._end_when_empty()
-                if not self.serial:
-                    try:
-                        await self._setup_all(workers)
-                    except BaseException:
-                        # The opened sources end unstarted (torn down, their end of stream on the
-                        # edge) before the error goes up: nothing is left half-open behind it.
-                        self._setup_failed = True
-                        self._stages_ready.set()
-                        started = [run.task for run in runs if run.task is not None]
-                        await asyncio.gather(*started, return_exceptions=True)
-                        raise
-                for observer in self._all_observers():
-                    observer.on_start(self.stages, self.edges)
-                if not self.serial:
-                    for index, worker in enumerate(workers, start=1):
-                        group.create_task(self._drive(index, worker), name=f"stage:{worker.stage.name}")
-                self._stages_ready.set()
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
 
@@ -927,24 +901,20 @@ class Pipeline:
             self._mux.wake()
 
     async def _setup_all(self, workers: list[_StageWorker]) -> None:
-        # Stages set up all at once, each in its own thread: start-up takes the slowest setup (a
-        # model's load and first CUDA work), not the sum of all. Every setup runs to its end before
-        # a failure is raised, so each stage that did set up is torn down after it; the error names
-        # the first failed stage in pipeline order. Sources set up in their own tasks: one that
-        # can't open its input fails alone.
-        async def set_up(worker: _StageWorker) -> None:
+        # Stages set up one after another, each in its own thread, so a model load that fails
+        # leaves nothing half-started behind it and errors name the right stage, and nothing else
+        # works on the GPU while a model captures its CUDA graph (setting up at once, with sources
+        # opening meanwhile, broke captures: docs/MEASURED.md). Sources set up in their own tasks,
+        # after these: one that can't open its input fails alone.
+        for worker in workers:
             began = time.perf_counter()
-            await worker.call(worker.stage.setup)
+            try:
+                await worker.call(worker.stage.setup)
+            except Exception as error:
+                raise _annotate(error, worker.stage) from None
             worker.set_up = True
             for observer in self._all_observers():
                 observer.on_stage_set_up(worker.stage, time.perf_counter() - began)
-
-        outcomes = await asyncio.gather(*(set_up(worker) for worker in workers), return_exceptions=True)
-        for worker, outcome in zip(workers, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                raise _annotate(outcome, worker.stage) from None
-            if isinstance(outcome, BaseException):
-                raise outcome
 
     async def _teardown_all(self, workers: list[_StageWorker]) -> BaseException | None:
         """Tear down every stage that was set up; return the first failure (after trying all)."""
@@ -1021,20 +991,12 @@ class Pipeline:
             worker = run.worker
             assert worker is not None
             generator = await worker.call(worker.open_source)
-            first: tuple[Item | None, float] | None = None
-            assert self._stages_ready is not None
-            if not self._stages_ready.is_set():
-                first = await worker.call(worker.next_from, generator)
-                await self._stages_ready.wait()
-            if self._setup_failed:
-                reason = "not started: a stage failed to set up"
-                return
             run.state = SourceState.RUNNING
             if run.opened is not None:
                 run.opened.set()
             for observer in self._all_observers():
                 observer.on_source_opened(run.source_id)
-            await self._generate(run, run.stage, worker, generator, first)
+            await self._generate(run, run.stage, worker, generator)
             reason = "removed" if run.removed else (self._stop_reason or "finished")
         except asyncio.CancelledError:
             cancelled = True
@@ -1050,24 +1012,12 @@ class Pipeline:
             if not cancelled:
                 await self._finish_source(run, reason)
 
-    async def _generate(
-        self,
-        run: _SourceRun,
-        stage: Source,
-        worker: _StageWorker,
-        generator: Iterator[Item],
-        first: tuple[Item | None, float] | None = None,
-    ) -> None:
-        """Hand the source's items on until it ends or stops; `first` is an item made before the
-        stages were ready (with its time), handed on first."""
+    async def _generate(self, run: _SourceRun, stage: Source, worker: _StageWorker, generator: Iterator[Item]) -> None:
         produced = 0
         # Closed here only after a normal end: a generator that raised is already closed, and after a
         # cancellation its thread may still be inside it (teardown then releases what it holds).
         while not stage.stopping.is_set():
-            if first is not None:
-                (item, busy), first = first, None
-            else:
-                item, busy = await worker.call(worker.next_from, generator)
+            item, busy = await worker.call(worker.next_from, generator)
             if item is None:
                 # Ran to its end: did everything the container promised come out?
                 loss = stage.frame_shortfall(produced)

@@ -124,26 +124,17 @@ def test_error_in_source_propagates_with_original_type() -> None:
     assert sink.torn_down
 
 
-def test_error_in_setup_names_the_stage_and_tears_down_the_ones_that_set_up() -> None:
+def test_error_in_setup_names_the_stage_and_tears_down_the_ones_already_set_up() -> None:
     class BadSetup(Stage):
         def setup(self) -> None:
             raise FileNotFoundError("model.onnx")
 
-    class NeverSetUp(Stage):
-        def setup(self) -> None:
-            raise AssertionError("a stage whose setup failed is not torn down")
-
-        def teardown(self) -> None:
-            raise AssertionError("a stage whose setup failed is not torn down")
-
     sink = ListSink(name="sink")
     source = ListSource(make_frames(2), name="src")
     with pytest.raises(FileNotFoundError) as caught:
-        Pipeline([source, BadSetup(name="bad"), NeverSetUp(name="later"), sink], device="cpu").run_sync()
-    # Stages set up at once: the first failure in pipeline order is raised; the sink, which did set
-    # up, is torn down, and no frame reached it.
+        Pipeline([source, BadSetup(name="bad"), sink], device="cpu").run_sync()
     assert caught.value.stage_name == "bad"  # type: ignore[attr-defined]
-    assert sink.torn_down and sink.frames == []
+    assert not sink.torn_down, "a stage never set up is not torn down"
 
 
 def test_batch_size_gathers_queued_frames_into_batches() -> None:
