@@ -16,8 +16,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 
 launched = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 mode = sys.argv[1] if len(sys.argv) > 1 else "inline"
 if mode not in ("inline", "early"):
     raise SystemExit("usage: startup_steps.py [inline|early]")
