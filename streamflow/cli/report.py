@@ -22,6 +22,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _percentiles_ms(values: tuple[float | None, ...]) -> str:
+    """p50/p95/p99 in whole ms, `-` for one not measured."""
+    return "/".join("-" if v is None else f"{v:.0f}" for v in values)
+
+
 #: What the summary's columns mean, printed under the table: the figures are easy to misread.
 SUMMARY_NOTE = (
     "service ms/frame: the stage's own working time per frame taken in (busy time / frames), and the fps "
@@ -121,16 +126,15 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
     ceiling = result.ceiling
     for run in result.runs:
         low, mid, high = run.per_source_fps
-        lat = "/".join("-" if v is None else f"{v:.0f}" for v in run.latency_ms)
-        steady = ["/".join("-" if v is None else f"{v:.0f}" for v in run.steady_capture_latency_ms)]
+        steady = [_percentiles_ms(run.steady_capture_latency_ms)] if result.realtime else []
         table.add_row(
             str(run.sources),
             str(run.workers),
             f"{run.fps:.0f}",
             f"{run.fps / ceiling:.2f}" if ceiling else "-",
             f"{low:.1f}/{mid:.1f}/{high:.1f}",
-            lat,
-            *(steady if result.realtime else []),
+            _percentiles_ms(run.latency_ms),
+            *steady,
             str(run.drops),
             "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
             "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",
