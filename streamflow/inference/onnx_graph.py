@@ -149,6 +149,24 @@ class _Unary(_Op):
         return self.on_device(x)
 
 
+# Parameterless activations and identities: the device function, and the host one where shape arithmetic uses it.
+_UNARY_FUNCTIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Any], Any] | None]] = {
+    "Relu": (torch.relu, None),
+    "Sigmoid": (torch.sigmoid, None),
+    "Tanh": (torch.tanh, None),
+    "Exp": (torch.exp, np.exp),
+    "Sqrt": (torch.sqrt, np.sqrt),
+    "Neg": (torch.neg, np.negative),
+    "Abs": (torch.abs, np.abs),
+    "Floor": (torch.floor, np.floor),
+    "Ceil": (torch.ceil, np.ceil),
+    "Identity": (lambda x: x, lambda x: x),
+    "Dropout": (lambda x: x, lambda x: x),  # inference: identity
+    "HardSwish": (F.hardswish, None),
+    "Softplus": (F.softplus, None),
+}
+
+
 def _unary(node: onnx.NodeProto, attrs: dict[str, Any]) -> _Op:
     op = node.op_type
     if op == "LeakyRelu":
@@ -160,22 +178,7 @@ def _unary(node: onnx.NodeProto, attrs: dict[str, Any]) -> _Op:
     if op == "HardSigmoid":
         alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
         return _Unary(lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0), None)
-    table: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Any], Any] | None]] = {
-        "Relu": (torch.relu, None),
-        "Sigmoid": (torch.sigmoid, None),
-        "Tanh": (torch.tanh, None),
-        "Exp": (torch.exp, np.exp),
-        "Sqrt": (torch.sqrt, np.sqrt),
-        "Neg": (torch.neg, np.negative),
-        "Abs": (torch.abs, np.abs),
-        "Floor": (torch.floor, np.floor),
-        "Ceil": (torch.ceil, np.ceil),
-        "Identity": (lambda x: x, lambda x: x),
-        "Dropout": (lambda x: x, lambda x: x),  # inference: identity
-        "HardSwish": (F.hardswish, None),
-        "Softplus": (F.softplus, None),
-    }
-    return _Unary(*table[op])
+    return _Unary(*_UNARY_FUNCTIONS[op])
 
 
 class _Clip(_Op):
@@ -209,16 +212,21 @@ class _Softmax(_Op):
 # Layers with weights.
 
 
+def _f_pad_order(begin: Sequence[int], end: Sequence[int]) -> list[int]:
+    """ONNX's per-axis begin and end widths as F.pad's list, which takes the last axis first."""
+    explicit: list[int] = []
+    for axis in reversed(range(len(begin))):
+        explicit += [begin[axis], end[axis]]
+    return explicit
+
+
 def _symmetric_pads(pads: Sequence[int], spatial: int) -> tuple[list[int], list[int] | None]:
     """ONNX pads [begin..., end...] as torch's symmetric `padding`, plus an F.pad list where they differ."""
     pads = list(pads) or [0] * (2 * spatial)
     begin, end = pads[:spatial], pads[spatial:]
     if begin == end:
         return begin, None
-    explicit: list[int] = []
-    for axis in reversed(range(spatial)):  # F.pad takes the last axis first
-        explicit += [begin[axis], end[axis]]
-    return [0] * spatial, explicit
+    return [0] * spatial, _f_pad_order(begin, end)
 
 
 def _check_kernel(op: str, attrs: dict[str, Any], weight: np.ndarray) -> int:
@@ -536,10 +544,7 @@ class _Pad(_Op):
     def forward(self, x: torch.Tensor, pads: Value | None = None, value: Value | None = None, *_: Any) -> torch.Tensor:
         widths = list(self.pads) if self.pads is not None else _ints(pads)
         rank = x.dim()
-        begin, end = widths[:rank], widths[rank:]
-        explicit: list[int] = []
-        for axis in reversed(range(rank)):
-            explicit += [begin[axis], end[axis]]
+        explicit = _f_pad_order(widths[:rank], widths[rank:])
         while len(explicit) > 2 and explicit[-2:] == [0, 0]:
             explicit = explicit[:-2]  # F.pad's reflect/replicate modes pad only the trailing axes
         if self.mode == "constant":
@@ -648,10 +653,7 @@ class _Resize(_Op):
 
 _LAYERS_WITH_WEIGHTS = {"Conv", "ConvTranspose", "BatchNormalization"}
 _DUAL_CONSTANT_SIZE = 16  # float constants up to this many elements are also kept as host values
-_UNARY = {
-    "Relu", "Sigmoid", "Tanh", "Exp", "Sqrt", "Neg", "Abs", "Floor", "Ceil", "Identity", "Dropout",
-    "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Softplus",
-}  # fmt: skip
+_UNARY = set(_UNARY_FUNCTIONS) | {"LeakyRelu", "Elu", "HardSigmoid"}  # the ones with attributes
 SUPPORTED_OPERATORS = frozenset(
     _LAYERS_WITH_WEIGHTS
     | _UNARY
