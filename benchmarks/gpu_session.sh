@@ -306,14 +306,6 @@ if [ "$what" = sr-quick ]; then
     TAIL=11 sr_bench --json "$out/sr_bench_quick.json"
 fi
 
-if [ "$what" = live-steady ]; then
-    # The paced-camera curve over 8 workers, with the capture latency after warm-up (issue 13's live target).
-    step "paced 1080p30 cameras over ${LIVE_WORKERS:-8} worker processes"
-    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-280}" python3 -m streamflow.cli bench "${many[@]}" --realtime \
-        --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
-        --workers "${LIVE_WORKERS:-8}" --frames-per-source 300 --warmup 512 --json "$out/live_steady.json" 2>&1 |
-        grep -v "INFO" | tail -16
-fi
 
 if [ "$what" = throughput ]; then
     # Issue 13's throughput target, REPEAT times (default 1): one process and 3 and 4 worker processes,
@@ -325,14 +317,17 @@ if [ "$what" = throughput ]; then
             --warmup 4096 --raw-threads 14,21 --json "$out/throughput_$round.json" 2>&1 | grep -v "INFO" | tail -12
     done
 fi
-if [ "$what" = live-curve ]; then
-    # Issue 13's live target: paced 1080p30 cameras, drops and the capture latency after the warm-up
-    # (9,000 results), for each worker count in LIVE_WORKERS (default "3 4") and LIVE_SOURCES.
-    for workers in ${LIVE_WORKERS:-3 4}; do
+if [ "$what" = live-curve ] || [ "$what" = live-steady ]; then
+    # Issue 13's live target: paced 1080p30 cameras, drops and the capture latency after the warm-up, for
+    # each worker count in LIVE_WORKERS and the counts in LIVE_SOURCES. live-curve: 450 frames a source,
+    # 9,000 results of warm-up, 3 and 4 workers; live-steady: 300 frames, 512 results, 8 workers.
+    if [ "$what" = live-curve ]; then defaults=("3 4" 450 9000 200); else defaults=(8 300 512 280); fi
+    for workers in ${LIVE_WORKERS:-${defaults[0]}}; do
         step "paced 1080p30 cameras over $workers worker processes"
-        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-200}" python3 -m streamflow.cli bench "${many[@]}" \
-            --realtime --set preprocess.batch_timeout_ms=20 ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} \
-            --workers "$workers" --frames-per-source 450 --warmup 9000 --json "$out/live_curve_$workers.json" 2>&1 |
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-${defaults[3]}}" python3 -m streamflow.cli bench \
+            "${many[@]}" --realtime --set preprocess.batch_timeout_ms=20 \
+            ${LIVE_SOURCES:---sources 64 --sources 96 --sources 112} --workers "$workers" \
+            --frames-per-source "${defaults[1]}" --warmup "${defaults[2]}" --json "$out/${what}_$workers.json" 2>&1 |
             grep -v "INFO" | tail -9
     done
 fi
