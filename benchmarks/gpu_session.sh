@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU tests and benchmarks, in one go, on a GPU machine (see benchmarks/README.md). From the repo root:
-#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|all|final]
+#   bash benchmarks/gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|live-graphs|all|final]
 # The environment: either the package installed (`pip install -e ".[gpu,dev]"`), or, on a host without
 # package access, .gpu/site.tar.xz and .gpu/streamflow-*.whl built elsewhere by benchmarks/gpu_bundle.sh.
 # Inputs: for the 1080p face benchmark .gpu/faces1080.mp4
@@ -9,7 +9,7 @@
 # for the GIL profile in `study`, a py-spy wheel in .gpu/. Any other mode only sets up the environment.
 # SCRATCH (default /tmp/streamflow-gpu): where unpacked packages and benchmark outputs go.
 set -uo pipefail
-usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|all|final]"
+usage="usage: gpu_session.sh OUTDIR [tests|face|face-models|bench|sr|sr-bench|sr-variants|sr-process|study|demo|operate|workers|workers-live|startup|sr-quick|live-steady|throughput|live-curve|live-graphs|all|final]"
 out=${1:?$usage}
 what=${2:-all}
 scratch=${SCRATCH:-/tmp/streamflow-gpu}
@@ -240,11 +240,14 @@ if [ "$what" = operate ]; then
 fi
 
 if [ "$what" = workers ] || [ "$what" = workers-live ] || [ "$what" = live-steady ] || [ "$what" = throughput ] ||
-    [ "$what" = live-curve ]; then
+    [ "$what" = live-curve ] || [ "$what" = live-graphs ]; then
     # Issue 13 and 14 over worker processes (streamflow run --workers): the many-source throughput of
     # one process against 4 and 8 workers and raw NVDEC, the paced-camera curve, and the control API
-    # at the driver. Detector batch 32 as in the README's many-source table.
+    # at the driver. Detector batch 32 as in the README's many-source table, with CUDA graphs at the
+    # smaller batches of GRAPH_BATCHES too (default [8,16,24]; empty: the batch-32 graph alone).
     many=(configs/face_detect_bench.yaml --set preprocess.batch_size=32 --set "detect.input_shapes={input.1: [32, 3, 384, 640]}")
+    graph_batches=${GRAPH_BATCHES-[8,16,24]}
+    [ -n "$graph_batches" ] && many+=(--set "detect.graph_batches=$graph_batches")
 fi
 if [ "$what" = workers ]; then
     step "many sources, unpaced: one process and worker processes, against raw NVDEC"
@@ -330,6 +333,34 @@ if [ "$what" = live-curve ] || [ "$what" = live-steady ]; then
             --frames-per-source "${defaults[1]}" --warmup "${defaults[2]}" --json "$out/${what}_$workers.json" 2>&1 |
             grep -v "INFO" | tail -9
     done
+fi
+
+if [ "$what" = live-graphs ]; then
+    # Paced cameras with and without CUDA graphs at the smaller batches (a batch that goes out after
+    # batch_timeout_ms replays the smallest graph that holds it, not the batch-32 one), both with the
+    # workers' sources started together. One bench call per variant; same clip, same settings else.
+    step "GPU tests of the inference backends"
+    timeout 120 python3 -m pytest -q -rs -m gpu -p no:cacheprovider tests/inference/test_inference_gpu.py 2>&1 | tail -4
+    live() {  # $1: name, $2: workers, $3: source counts (--sources N ...), the rest: extra bench arguments
+        local name=$1 workers=$2 counts=$3
+        shift 3
+        step "paced 1080p30 cameras, $name, $workers worker(s)"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-240}" python3 -m streamflow.cli bench \
+            "${many[@]}" --realtime --set preprocess.batch_timeout_ms=20 $counts --workers "$workers" \
+            --frames-per-source 450 --warmup 9000 --json "$out/live_${name}_$workers.json" "$@" 2>&1 |
+            grep -v "INFO" | tail -8
+    }
+    live graphs 4 "${LIVE_SOURCES:---sources 96 --sources 112 --sources 128}"
+    live one-graph 4 "--sources 96" --set "detect.graph_batches=[]"
+    live graphs 1 "${LIVE_ONE_SOURCES:---sources 48 --sources 64}"
+    for run in 1 2; do
+        step "start-up of streamflow run, 1 source, graphs at $graph_batches and 32 (run $run)"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
+            --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
+    done
+    step "start-up, the batch-32 graph alone"
+    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
+        --set "detect.graph_batches=[]" --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
 fi
 
 if [ "$what" = final ]; then

@@ -10,7 +10,10 @@ Backends (`backend`): `tensorrt` (engine built from ONNX once, then cached in `e
 `torch` (onnx2torch; CUDA graph replay for fixed shapes), `onnxruntime` (CPU, or CUDA with
 onnxruntime-gpu), or `auto` (TensorRT if it runs on this GPU, else torch on CUDA, else ONNX Runtime
 on the CPU; the choice is logged). Batches smaller than the captured or static batch are padded and
-the outputs sliced back; larger ones run in chunks.
+the outputs sliced back; larger ones run in chunks. A CUDA graph does its whole batch's work however
+little of it is filled, so where batches often go out partial (live sources with `batch_timeout_ms`)
+`graph_batches` captures more graphs at smaller batch sizes, and each batch replays the smallest graph
+that holds it (torch backend).
 
 `input_shapes` gives each input's shape, batch included: `{"input.1": [8, 3, 480, 640]}`, or a
 batch range for dynamic batch, `{"input.1": {"min": [1, 3, 480, 640], "opt": [8, 3, 480, 640],
@@ -29,6 +32,7 @@ Example (YAML):
       input_shapes: {input.1: [8, 3, 480, 640]}
       precision: fp16
       batch_size: 8
+      graph_batches: [2, 4]     # partial batches of up to 2 or 4 frames replay smaller graphs
 
 Example (Python):
     >>> import tempfile, pathlib, torch
@@ -116,6 +120,11 @@ class Infer(Stage):
         shape_cache: int = Field(
             4, ge=1, description="without input_shapes: how many input sizes keep a prepared model (LRU)"
         )
+        graph_batches: list[int] = Field(
+            default_factory=list,
+            description="torch backend with CUDA graphs: smaller batch sizes that get a graph of their own beside "
+            "the input_shapes batch; a partial batch replays the smallest graph that holds it",
+        )
 
         @field_validator("model")
         @classmethod
@@ -128,7 +137,17 @@ class Infer(Stage):
 
         @model_validator(mode="after")
         def _shapes_valid(self) -> Infer.Config:
-            self.specs()  # bad shapes fail when the pipeline is built, not when it starts
+            specs = self.specs()  # bad shapes fail when the pipeline is built, not when it starts
+            if self.graph_batches:
+                if specs is None:
+                    raise ValueError("graph_batches needs input_shapes: the largest batch is the one they give")
+                largest = min(spec.max_batch for spec in specs.values())
+                wrong = sorted(b for b in self.graph_batches if not 1 <= b < largest)
+                if wrong:
+                    raise ValueError(
+                        f"graph_batches {wrong}: each must be from 1 to below the input_shapes batch ({largest}), "
+                        "which has its graph anyway"
+                    )
             return self
 
         def specs(self) -> dict[str, InputSpec] | None:
@@ -187,6 +206,7 @@ class Infer(Stage):
             channels_last=cfg.channels_last,
             cudnn_benchmark=cfg.cudnn_benchmark,
             converter=cfg.converter,
+            graph_batches=cfg.graph_batches,
             logger=self.log,
         )
         backend.load()

@@ -448,6 +448,9 @@ class Pipeline:
         self._feeders: ThreadPoolExecutor | None = None
         self._pipeline_device: torch.device | None = None
         self._ended = False
+        #: Set once every stage is set up and the configured sources have started; a source added from
+        #: then on starts at once. Other threads wait on it (a worker process answers `ready` after it).
+        self.started = threading.Event()
         self._serial_error: BaseException | None = None  # the first stage failure of a serial run
         self._serial_devices: set[torch.device] = set()  # the CUDA devices a serial run waits for per item
         # Built with a source list (or grown by add_source): failures are reported per source.
@@ -753,6 +756,7 @@ class Pipeline:
                     runs = list(self._runs.values())
                 for run in runs:
                     self._start_run(run)
+                self.started.set()
                 if self._stop_event.is_set():
                     self._end_when_empty()
         except BaseExceptionGroup as group_error:

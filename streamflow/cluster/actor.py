@@ -6,6 +6,11 @@ builds it, stays open (`stay_open`) and runs in a thread of the actor, so the ac
 (`add_source`, `remove_source`, `report`) are answered while frames flow. A source that fails is
 reported and ends alone, as in one process; a stage that fails ends the pipeline, and `report()`
 says so.
+
+The sources an actor is created with wait for `start_sources()`: `ready()` answers once the
+pipeline's stages are set up, and the driver starts every actor's sources only when all of them
+are. Several workers share a GPU, and one that set up first would otherwise run its cameras while
+the others load models and capture CUDA graphs beside it, which is where paced sources drop frames.
 """
 
 from __future__ import annotations
@@ -58,10 +63,12 @@ class PipelineHost:
         # For benchmarks: every result's time, handed over with the run's figures by `finish`.
         self.results = ResultTimes() if record_results else None
         observers: list[Observer] = [self.progress] if self.results is None else [self.progress, self.results]
-        specs = list(sources)
-        self.pipeline: Pipeline = build_pipeline(config, observers=observers, sources=specs or [_TEMPLATE_CHECK])
-        if not specs:
-            self.pipeline.remove_source(_TEMPLATE_CHECK.id)
+        # The template is validated against the first real spec where there is one (its options
+        # apply to every source); the sources themselves start on `start_sources()`.
+        self._waiting = list(sources)
+        check = [self._waiting[0]] if self._waiting else [_TEMPLATE_CHECK]
+        self.pipeline: Pipeline = build_pipeline(config, observers=observers, sources=check)
+        self.pipeline.remove_source(check[0].id)
         # Sources come and go as the driver places them; the run ends on `finish()`.
         self.pipeline.stay_open = True
         self.metrics = PipelineMetrics(self.pipeline)  # before the run: its histograms observe every frame
@@ -81,12 +88,27 @@ class PipelineHost:
             self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
             log.error("pipeline failed: %s", self.failure)
 
-    def ready(self) -> dict[str, Any]:
-        """Where this actor runs: pid, host and Ray node (answered once the pipeline is built)."""
+    def ready(self, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Where this actor runs: pid, host and Ray node, answered once every stage is set up.
+
+        Raises `RuntimeError` with the pipeline's failure when a stage could not be set up, and
+        `TimeoutError` when the set-up takes longer than `timeout_s`.
+        """
+        while not self.pipeline.started.wait(0.05):
+            if not self._thread.is_alive():
+                raise RuntimeError(f"{self.name}: {self.failure or 'the pipeline ended before it started'}")
+            timeout_s -= 0.05
+            if timeout_s <= 0:
+                raise TimeoutError(f"{self.name}: the pipeline's stages are not set up yet")
         host = socket.gethostname()
         ray = sys.modules.get("ray")  # imported by Ray's worker; absent in a worker process of our own
         node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else host
         return {"pid": os.getpid(), "host": host, "node": node}
+
+    def start_sources(self) -> list[str]:
+        """Start the sources this actor was created with (the driver calls it once every actor is ready)."""
+        waiting, self._waiting = self._waiting, []
+        return [self.pipeline.add_source(spec) for spec in waiting]
 
     def add_source(self, spec: Mapping[str, Any]) -> str:
         return self.pipeline.add_source(SourceSpec(**spec))

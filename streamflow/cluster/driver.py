@@ -351,6 +351,11 @@ class ClusterRunner:
             specs = [self.sources[source_id].spec for source_id in placed[name]]
             self._start_actor(name, specs)
         self._wait_ready(list(self._actors.values()))
+        # Only now, with every actor's models loaded: see `PipelineHost` (why sources wait).
+        self._ray.get(
+            [actor.handle.start_sources.remote() for actor in self._actors.values()],
+            timeout=self.cluster.start_timeout_s,
+        )
         self._target_actors = len(names)
         for name in names:
             for source_id in placed[name]:
@@ -415,7 +420,7 @@ class ClusterRunner:
         return actor
 
     def _wait_ready(self, actors: Sequence[_Actor]) -> None:
-        refs = [actor.handle.ready.remote() for actor in actors]
+        refs = [actor.handle.ready.remote(self.cluster.start_timeout_s) for actor in actors]
         try:
             infos = self._ray.get(refs, timeout=self.cluster.start_timeout_s)
         except self._ray.exceptions.GetTimeoutError:
@@ -423,7 +428,7 @@ class ClusterRunner:
                 f"actors not up within {self.cluster.start_timeout_s:g} s: does the cluster have the "
                 f"resources ({self.cluster.gpus_per_actor:g} GPU, {self.cluster.cpus_per_actor:g} CPU each)?"
             ) from None
-        except self._ray.exceptions.RayActorError as error:
+        except Exception as error:  # the actor died (RayActorError), or its stages failed to set up
             raise ClusterError(f"an actor failed to start: {error}".splitlines()[0]) from None
         for actor, info in zip(actors, infos, strict=True):
             actor.info = info
@@ -458,7 +463,7 @@ class ClusterRunner:
             return
         actor = self._start_actor(f"{self._kind}-{len(self._actors)}", [])
         actor.alive = False  # not placeable until it answers
-        self._pending[actor.name] = actor.handle.ready.remote()
+        self._pending[actor.name] = actor.handle.ready.remote(self.cluster.start_timeout_s)
         log.info("starting %s in place of %s", actor.name, dead.name)
 
     def _adopt_replacements(self) -> None:
@@ -471,7 +476,7 @@ class ClusterRunner:
             del self._pending[name]
             try:
                 self._actors[name].info = self._ray.get(ref)
-            except self._ray.exceptions.RayActorError as error:
+            except Exception as error:  # died, or its stages failed to set up
                 log.error("%s did not start: %s", name, str(error).splitlines()[0])
                 continue
             self._actors[name].alive = True

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -70,6 +70,7 @@ def create_backend(
     channels_last: bool = False,
     cudnn_benchmark: bool = False,
     converter: TorchConverter | str = TorchConverter.AUTO,
+    graph_batches: Sequence[int] = (),
     logger: logging.Logger | None = None,
 ) -> InferenceBackend:
     """Choose (for `auto`), create and return a backend; `load()` it before `infer()`.
@@ -93,6 +94,7 @@ def create_backend(
             ("channels_last", channels_last),
             ("cudnn_benchmark", cudnn_benchmark),
             ("converter", converter is not TorchConverter.AUTO),
+            ("graph_batches", bool(graph_batches)),
         )
         if on
     ]
@@ -118,6 +120,7 @@ def create_backend(
             channels_last=channels_last,
             cudnn_benchmark=cudnn_benchmark,
             converter=converter,
+            graph_batches=graph_batches,
         )
     from streamflow.inference.onnxruntime_backend import OnnxRuntimeBackend
 

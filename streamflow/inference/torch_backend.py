@@ -17,6 +17,13 @@ buffers are overwritten by the next replay, and downstream stages may still be r
 ones). A partial batch is copied into the first rows of the static input and its outputs sliced back,
 so no padding tensor is built.
 
+A graph does the work of its whole batch whatever part of it is filled, and live sources send
+partial batches (a batch goes when `batch_timeout_ms` passes, full or not): a detector captured at
+batch 32 that mostly receives 12 frames spends most of the GPU on padding. `graph_batches` captures
+more graphs, one per smaller batch size listed, over the first rows of the same static input and in
+one shared memory pool (they replay one at a time on one stream, and each keeps its own outputs, so
+their scratch memory can overlap); a batch replays the smallest graph that holds it.
+
 Example (CPU, eager):
     >>> import torch, tempfile, pathlib
     >>> from streamflow.inference.base import InputSpec
@@ -34,7 +41,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -85,6 +93,7 @@ class TorchBackend(InferenceBackend):
         channels_last: bool = False,
         cudnn_benchmark: bool = False,
         converter: TorchConverter = TorchConverter.AUTO,
+        graph_batches: Sequence[int] = (),
     ) -> None:
         super().__init__(model, inputs, precision=precision, device=device)
         self.converter = TorchConverter(converter)
@@ -97,11 +106,21 @@ class TorchBackend(InferenceBackend):
         self.cudnn_benchmark = cudnn_benchmark
         if self.cuda_graph_mode is CudaGraphMode.ON and self.device.type != "cuda":
             raise ValueError(f"cuda_graph on needs a CUDA device, but this runs on {self.device}: use auto or off")
+        too_large = sorted(b for b in graph_batches if not 1 <= b < self.max_batch)
+        if too_large:
+            raise ValueError(
+                f"graph_batches {too_large}: each must be from 1 to below the largest batch ({self.max_batch}), "
+                "which always has its graph"
+            )
+        #: Batch sizes with a CUDA graph of their own, ascending; the largest is `max_batch`.
+        self.graph_batches = sorted({*graph_batches, self.max_batch})
         self.module: torch.nn.Module | None = None
+        #: The graph at the largest batch (None: eager); `_graphs` holds every captured size.
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._graph_batch: int | None = None
+        self._graphs: list[_CapturedGraph] = []
+        #: The batch size of the graph the last call replayed (None: none yet, or eager).
+        self.last_graph_batch: int | None = None
         self._static_inputs: dict[str, torch.Tensor] = {}
-        self._static_outputs: dict[str, torch.Tensor] = {}
         self._input_order: list[str] = []
         self._input_dtypes: dict[str, torch.dtype] = {}
 
@@ -158,12 +177,15 @@ class TorchBackend(InferenceBackend):
                 # Slice whose parameters are computed rather than constant, other onnx2torch ops that
                 # read tensor values), which CUDA graph capture forbids. `on` asked for a graph: fail;
                 # `auto` runs eagerly and says so once.
-                self.graph, self._static_inputs, self._static_outputs = None, {}, {}
+                self.graph, self._graphs, self._static_inputs = None, [], {}
                 reason = str(error).splitlines()[0]
                 if self.cuda_graph_mode is CudaGraphMode.ON:
                     raise ModelError(f"cannot capture {self.model_path.name} in a CUDA graph: {reason}") from error
                 log.warning("%s: CUDA graph capture failed, running eagerly (%s)", self.model_path.name, reason)
-        mode = f"CUDA graph at batch {self._graph_batch}" if self.graph is not None else "eager"
+        mode = "eager"
+        if self.graph is not None:
+            plural = "s" if len(self._graphs) > 1 else ""
+            mode = f"CUDA graph{plural} at batch {', '.join(str(g.batch) for g in self._graphs)}"
         if self.channels_last:
             mode += ", channels-last"
         if self.cudnn_benchmark and self.device.type == "cuda":
@@ -268,13 +290,32 @@ class TorchBackend(InferenceBackend):
                     raise RuntimeError(f"the forward pass synchronizes with the host: {second}")
                 if first is not None:
                     log.debug("%s: one host sync before capture, not repeated: %s", self.model_path.name, first)
+                for size in self.graph_batches[:-1]:
+                    # cuDNN chooses its algorithms (and may allocate) on a shape's first run, which
+                    # must not happen during capture.
+                    self._forward(self._rows(size))
             current.wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other stages' threads may touch CUDA while this one captures.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._static_outputs = self._forward(self._static_inputs)
-        self.graph = graph
-        self._graph_batch = batch
+            # Largest first: the smaller captures then reuse its freed scratch blocks in the shared pool.
+            pool = torch.cuda.graph_pool_handle()
+            captured = []
+            for size in reversed(self.graph_batches):
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: other stages' threads may touch CUDA while this one captures.
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    outputs = self._forward(self._rows(size))
+                wrong = {n: tuple(t.shape) for n, t in outputs.items() if t.dim() == 0 or t.shape[0] != size}
+                if wrong and size != batch:
+                    raise ModelError(
+                        f"{self.model_path.name}: graph_batches needs outputs whose first axis is the batch, "
+                        f"but at batch {size} the model gives {wrong} (its graph fixes the batch size)"
+                    )
+                captured.append(_CapturedGraph(size, graph, outputs))
+        self._graphs = captured[::-1]
+        self.graph = captured[0].graph
+
+    def _rows(self, count: int) -> dict[str, torch.Tensor]:
+        """The first `count` rows of the static inputs (views: a graph captured on them reads that memory)."""
+        return {name: tensor[:count] for name, tensor in self._static_inputs.items()}
 
     def infer(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_inputs(inputs)
@@ -301,18 +342,26 @@ class TorchBackend(InferenceBackend):
             count = next(iter(inputs.values())).shape[0]
             for name, tensor in inputs.items():
                 self._static_inputs[name][:count].copy_(tensor, non_blocking=True)
-            self.graph.replay()
+            chosen = next(g for g in self._graphs if g.batch >= count)  # check_inputs bounds count
+            chosen.graph.replay()
+            self.last_graph_batch = chosen.batch
             # The copy out of the graph's buffer also gives consumers the ordinary (contiguous) layout.
             return {
-                name: out[:count].clone(memory_format=torch.contiguous_format)
-                for name, out in self._static_outputs.items()
+                name: out[:count].clone(memory_format=torch.contiguous_format) for name, out in chosen.outputs.items()
             }
 
     def close(self) -> None:
         self.graph = None
+        self._graphs = []
         self._static_inputs.clear()
-        self._static_outputs.clear()
         self.module = None
+
+
+@dataclass(slots=True)
+class _CapturedGraph:
+    batch: int
+    graph: torch.cuda.CUDAGraph
+    outputs: dict[str, torch.Tensor]  # its static output buffers, overwritten by each replay
 
 
 def _host_sync_in(run: Callable[[], object]) -> str | None:

@@ -70,7 +70,10 @@ class Cli:
 
     def __init__(self, *args: str) -> None:
         command = [sys.executable, "-m", "streamflow.cli", "run", *args]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        # tests/ on the path: configs may name test stages (`support.stages:...`), in the workers too.
+        path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         stream = self.process.stderr
         assert stream is not None
@@ -138,6 +141,25 @@ def test_a_killed_worker_loses_its_sources_to_the_others_and_the_run_ends_with_e
         assert re.search(rf"source {source_id} moved from worker-1 to worker-[02] as {source_id}\.part1", cli.text)
     written = indices_by_source(out)
     assert all(set(written[s]) == set(range(30)) for s in ids), "every frame of every source at least once"
+
+
+def test_sources_start_only_once_every_worker_has_set_up(clips: dict[str, Path], tmp_path: Path) -> None:
+    # Workers share a GPU: one that started its cameras while another still loads its model would
+    # compete with that load (paced sources then drop frames). Here the second worker to set up
+    # takes 3 s longer than the first; no frame may reach either before both are set up.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    stage = f'  - {{name: stagger, type: "support.stages:StaggeredSetup", folder: "{marks}", delay: 3.0}}'
+    path = write_config(tmp_path, {"a": clips["small"], "b": clips["wide"]}, realtime=True)
+    path.write_text(path.read_text().replace("  - {name: out, type: jsonl", stage + "\n  - {name: out, type: jsonl"))
+    cli = Cli(str(path), "--workers", "2")
+    assert cli.wait(timeout=180) == 0, cli.text[-2000:]
+    set_up = [float((marks / f"set-up-{n}").read_text()) for n in range(2)]
+    first_frames = [float((marks / f"first-frame-{n}").read_text()) for n in range(2)]
+    assert set_up[1] - set_up[0] >= 2.5, "the second worker's set-up really was later"
+    assert min(first_frames) >= max(set_up), f"a frame before every worker was set up: {set_up} {first_frames}"
+    written = indices_by_source(tmp_path / "out")
+    assert written == {"a": list(range(30)), "b": list(range(20))}
 
 
 def test_the_control_api_adds_and_removes_sources_on_workers(clips: dict[str, Path], tmp_path: Path) -> None:

@@ -102,6 +102,45 @@ def test_cuda_graph_outputs_survive_the_next_replay_on_a_side_stream(centerface:
     assert _max_rel_diff(_reference(centerface, x1.cpu()), first) <= FP32_TOLERANCE
 
 
+def test_graph_batches_replay_the_smallest_graph_that_holds_the_batch(centerface: Path) -> None:
+    x = (torch.rand(SHAPE) * 255).cuda()
+    graphed = TorchBackend(centerface, _specs(), device="cuda", cuda_graph=CudaGraphMode.ON, graph_batches=[1, 2])
+    with graphed as backend:
+        assert "CUDA graphs at batch 1, 2, 4" in backend.description
+        with torch.no_grad():
+            eager = backend._forward({"input.1": x})  # the same module, run eagerly
+        for count, graph in ((1, 1), (2, 2), (3, 4), (4, 4), (2, 2), (1, 1)):  # in and out of order
+            out = backend.infer_partial({"input.1": x[:count]})
+            assert backend.last_graph_batch == graph
+            for name in eager:
+                assert out[name].shape[0] == count
+                torch.testing.assert_close(out[name], eager[name][:count], rtol=1e-5, atol=1e-5)
+        # Outputs handed out earlier are copies: a later replay of another graph (sharing the
+        # scratch pool) does not change them.
+        first = backend.infer_partial({"input.1": x[:2]})
+        kept = {k: v.clone() for k, v in first.items()}
+        backend.infer_partial({"input.1": torch.zeros_like(x)})
+        backend.infer_partial({"input.1": torch.zeros_like(x[:1])})
+        torch.cuda.synchronize()
+        for name, value in first.items():
+            assert torch.equal(value, kept[name])
+
+
+def test_graph_batches_refuse_a_model_that_fixes_its_batch(tmp_path: Path) -> None:
+    # Reshape to a constant [4, -1]: at batch 2 the graph still gives 4 rows (wrong data, silently,
+    # if it were let through).
+    x_info = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 3, 8, 8])
+    y_info = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 192])
+    shape = onnx.helper.make_tensor("shape", onnx.TensorProto.INT64, [2], [4, -1])
+    node = onnx.helper.make_node("Reshape", ["x", "shape"], ["y"])
+    graph = onnx.helper.make_graph([node], "fixed", [x_info], [y_info], initializer=[shape])
+    model = tmp_path / "fixed_batch.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8), model)
+    specs = {"x": InputSpec.static("x", [4, 3, 8, 8])}
+    with pytest.raises(ModelError, match="graph_batches needs outputs whose first axis is the batch"):
+        TorchBackend(model, specs, device="cuda", cuda_graph=CudaGraphMode.ON, graph_batches=[2]).load()
+
+
 def test_infer_stage_on_cuda_pads_partial_batches(centerface: Path) -> None:
     from stages.infer import Infer
 

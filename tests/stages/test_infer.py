@@ -143,6 +143,32 @@ def test_config_errors_are_clear(model: Path, tmp_path: Path) -> None:
         Infer(model=model, modle="x")
 
 
+def test_graph_batches_are_checked_against_the_input_shapes_batch(model: Path) -> None:
+    shapes = {"pixels": [8, 3, 16, 24]}
+    with pytest.raises(pydantic.ValidationError, match="graph_batches needs input_shapes"):
+        Infer(model=model, graph_batches=[2])
+    wrong = r"graph_batches \[0, 8, 16\]: .*below the input_shapes batch \(8\)"
+    with pytest.raises(pydantic.ValidationError, match=wrong):
+        Infer(model=model, input_shapes=shapes, graph_batches=[2, 0, 8, 16])
+    assert Infer(model=model, input_shapes=shapes, graph_batches=[2, 4]).config.graph_batches == [2, 4]
+    # The backend checks the same on its own (it is used without the stage too).
+    from streamflow.inference.base import InputSpec
+    from streamflow.inference.torch_backend import TorchBackend
+
+    with pytest.raises(ValueError, match=r"graph_batches \[8\]"):
+        TorchBackend(model, {"pixels": InputSpec.static("pixels", shapes["pixels"])}, graph_batches=[2, 8])
+
+
+def test_graph_batches_on_the_cpu_run_eagerly_with_the_same_results(model: Path) -> None:
+    # No CUDA graph on the CPU: the option changes nothing there (GPU tests check the graphs).
+    x = torch.rand(5, 3, 16, 24)
+    stage = Infer(model=model, backend="torch", input_shapes={"pixels": [8, 3, 16, 24]}, graph_batches=[2, 4])
+    out = run_stage(stage, [Batch(frames(5), data=x)])
+    expected = reference(model, x)
+    for name in ("heat", "pooled"):
+        np.testing.assert_allclose(out[0].results[name].numpy(), expected[name], rtol=1e-4, atol=1e-5)
+
+
 def test_setup_errors_are_one_line(model: Path, tmp_path: Path) -> None:
     with pytest.raises(
         ModelError, match=r"names \['image'\] do not match the inputs of tiny\.onnx: pixels \[4, 3, 16, 24\]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -94,3 +95,31 @@ class Tracker(Stage):
         self.max_in_flight = max(self.max_in_flight, emitted - self.consumed)
         time.sleep(0.005)
         self.consumed += len(item.frames)
+
+
+class StaggeredSetup(Stage):
+    """For worker-process tests: the first process to set this stage up takes no time, each later one
+    `delay` seconds more. Into `folder` it writes the wall-clock time its setup ended
+    (`set-up-N`) and the time it saw its first frame (`first-frame-N`), N its place in that order."""
+
+    class Config(StageConfig):
+        folder: Path
+        delay: float = 2.0
+
+    def setup(self) -> None:
+        self.slot = 0
+        while True:  # claim the next free place; O_EXCL makes that atomic between processes
+            try:
+                os.close(os.open(self.config.folder / f"slot-{self.slot}", os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                self.slot += 1
+        time.sleep(self.slot * self.config.delay)
+        self.seen_frame = False
+        (self.config.folder / f"set-up-{self.slot}").write_text(repr(time.time()))
+
+    def process(self, item: Frame | Batch) -> Frame | Batch:
+        if not self.seen_frame:
+            self.seen_frame = True
+            (self.config.folder / f"first-frame-{self.slot}").write_text(repr(time.time()))
+        return item
