@@ -350,7 +350,7 @@ if [ "$what" = live-graphs ]; then
             --frames-per-source 450 --warmup 9000 --json "$out/live_${name}_$workers.json" "$@" 2>&1 |
             grep -v "INFO" | tail -8
     }
-    live graphs 4 "${LIVE_SOURCES:---sources 96 --sources 112 --sources 128}"
+    live graphs 4 "${LIVE_SOURCES:---sources 96 --sources 104 --sources 112}"
     live one-graph 4 "--sources 96" --set "detect.graph_batches=[]"
     live graphs 1 "${LIVE_ONE_SOURCES:---sources 48 --sources 64}"
     for run in 1 2; do
