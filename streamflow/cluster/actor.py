@@ -10,7 +10,8 @@ says so.
 The sources an actor is created with wait for `start_sources()`: `ready()` answers once the
 pipeline's stages are set up, and the driver starts every actor's sources only when all of them
 are. Several workers share a GPU, and one that set up first would otherwise run its cameras while
-the others load models and capture CUDA graphs beside it, which is where paced sources drop frames.
+the others load models and capture CUDA graphs beside it: its paced sources would compete with those
+loads from their first frame.
 """
 
 from __future__ import annotations
