@@ -348,7 +348,7 @@ if [ "$what" = live-graphs ]; then
         FACES_CLIP=$clip FACES_OUT=$scratch/out timeout "${LIVE_LIMIT:-240}" python3 -m streamflow.cli bench \
             "${many[@]}" --realtime --set preprocess.batch_timeout_ms=20 $counts --workers "$workers" \
             --frames-per-source 450 --warmup 9000 --json "$out/live_${name}_$workers.json" "$@" 2>&1 |
-            grep -v "INFO" | tail -8
+            grep -v "INFO" | tail -12
     }
     live graphs 4 "${LIVE_SOURCES:---sources 96 --sources 104 --sources 112}"
     live one-graph 4 "--sources 96" --set "detect.graph_batches=[]"
