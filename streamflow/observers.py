@@ -178,7 +178,9 @@ class StartupTimes(Observer):
 class ResultTimes(Observer):
     """When results leave the last stage: one `time.perf_counter()` per frame, appended per call,
     and beside it the frame's capture latency (ms from its arrival to now; NaN for frames without an
-    arrival time), so that a benchmark can take the latency of the results after its warm-up.
+    arrival time), so that a benchmark can take the latency of the results after its warm-up. With
+    each result batch it also notes how many frames the sources' edges have dropped so far (when that
+    changed), so that drops after the warm-up can be told from drops while the pipeline started.
 
     For benchmarks over a bounded run (memory grows with frames). On Linux `perf_counter` reads
     the system-wide monotonic clock, so the times of worker processes on one machine merge.
@@ -187,16 +189,27 @@ class ResultTimes(Observer):
     def __init__(self) -> None:
         self.times: list[float] = []
         self.capture_latency_ms: list[float] = []
+        #: (perf_counter time, frames dropped so far by all source edges), whenever that count changed.
+        self.drops: list[tuple[float, int]] = []
+        self._source_edges: list[Edge] = []
         self._sink: str | None = None
 
     def on_start(self, stages: Sequence[Stage], edges: dict[str, Edge]) -> None:
         self._sink = stages[-1].name
 
+    def on_source_added(self, source_id: str, stage: Stage | None, edge: Edge | None) -> None:
+        if edge is not None:
+            self._source_edges.append(edge)
+
     def on_processed(
         self, stage: Stage, frames_in: Sequence[Frame], frames_out: Sequence[Frame], busy_s: float
     ) -> None:
         if stage.name == self._sink and frames_in:
-            self.times.extend([time.perf_counter()] * len(frames_in))
+            now_counter = time.perf_counter()
+            self.times.extend([now_counter] * len(frames_in))
+            dropped = sum(edge.dropped for edge in self._source_edges)
+            if dropped != (self.drops[-1][1] if self.drops else 0):
+                self.drops.append((now_counter, dropped))
             now = time.time()  # arrival times are wall-clock
             self.capture_latency_ms.extend(
                 math.nan if frame.arrival_time is None else (now - frame.arrival_time) * 1000 for frame in frames_in

@@ -67,6 +67,8 @@ class SourcesRun:
     # Worker runs: workers that died or stopped answering during the run. Their sources moved on, but
     # what they had delivered is missing from every figure of this row (their records died with them).
     workers_lost: int = 0
+    # Of `drops`, those noted after the warm-up's results (the rest fell while the pipeline started).
+    steady_drops: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "stats"}
@@ -147,6 +149,7 @@ def _one_run(
         stats,
         times,
         results.capture_latency_ms,
+        [results.drops],
         count=count,
         workers=1,
         warmup=warmup,
@@ -165,10 +168,21 @@ def _specs(count: int, uri: str, frames_per_source: int, realtime: bool) -> list
     ]
 
 
+def _dropped_by(log: Sequence[tuple[float, int]], moment: float) -> int:
+    """Frames one process's sources had dropped by `moment`, from its `ResultTimes.drops` log."""
+    count = 0
+    for noted, dropped in log:
+        if noted > moment:
+            break
+        count = dropped
+    return count
+
+
 def _figures(
     stats: RunStats,
     times: Sequence[float],
     capture_latency_ms: Sequence[float],
+    drop_logs: Sequence[Sequence[tuple[float, int]]],
     *,
     count: int,
     workers: int,
@@ -188,6 +202,7 @@ def _figures(
     fps = len(timed) / (timed[-1] - start)
     per_source = sorted(source.fps for source in stats.sources) or [0.0]
     sink = stats.stages[-1]
+    drops = sum(source.dropped for source in stats.sources)
     return SourcesRun(
         sources=count,
         workers=workers,
@@ -201,7 +216,8 @@ def _figures(
         ),
         capture_latency_p95_ms=percentile(sink.capture_latency_ms, 95),
         steady_capture_latency_ms=(percentile(steady, 50), percentile(steady, 95), percentile(steady, 99)),
-        drops=sum(source.dropped for source in stats.sources),
+        drops=drops,
+        steady_drops=drops - sum(_dropped_by(log, start) for log in drop_logs),
         first_result_s=first_result_s,
         peak_gpu_mib=peak_gpu_mib,
         host_mib_added=host_mib_added,
@@ -256,6 +272,7 @@ def _one_run_in_workers(
         merge_run_stats([run["stats"] for run in runs]),
         times,
         [ms for _, ms in merged],
+        [run["drops"] for run in runs],
         count=count,
         workers=workers,
         warmup=warmup,

@@ -119,8 +119,9 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
     """`bench --sources`: one row per source count, against the raw decode ceiling of the same run."""
     table = Table(title=f"{result.config}: {'paced' if result.realtime else 'unpaced'} sources of {result.uri}")
     columns = ["sources", "workers", "fps", "x raw", "per-source min/med/max", "lat p50/p95/p99 ms", "drops", "first s"]
-    if result.realtime:  # paced: capture latency of the results after the warm-up
+    if result.realtime:  # paced: capture latency and drops after the warm-up
         columns.insert(6, "steady capture p50/p95/p99 ms")
+        columns[columns.index("drops")] = "drops (after warm-up)"
     for column in [*columns, "GPU MiB", "host MiB", "failed"]:
         table.add_column(column, justify="right")
     ceiling = result.ceiling
@@ -135,7 +136,7 @@ def sources_bench_table(result: SourcesBenchResult) -> Table:
             f"{low:.1f}/{mid:.1f}/{high:.1f}",
             _percentiles_ms(run.latency_ms),
             *steady,
-            str(run.drops),
+            f"{run.drops} ({run.steady_drops})" if result.realtime else str(run.drops),
             "-" if run.first_result_s is None else f"{run.first_result_s:.1f}",
             "-" if run.peak_gpu_mib is None else f"{run.peak_gpu_mib:.0f}",
             f"{run.host_mib_added:.0f}",

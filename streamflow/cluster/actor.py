@@ -156,6 +156,7 @@ class PipelineHost:
             "stats": stats,
             "result_times": list(self.results.times),
             "result_capture_latency_ms": list(self.results.capture_latency_ms),
+            "drops": list(self.results.drops),
             "peak_gpu_mib": peak_gpu,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
