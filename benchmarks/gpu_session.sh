@@ -350,17 +350,26 @@ if [ "$what" = live-graphs ]; then
             --frames-per-source 450 --warmup 9000 --json "$out/live_${name}_$workers.json" "$@" 2>&1 |
             grep -v "INFO" | tail -12
     }
-    live graphs 4 "${LIVE_SOURCES:---sources 96 --sources 104 --sources 112}"
+    # One bench call per count, the comparison first: a call cut short by its time limit still leaves
+    # the JSON of every count before it.
+    live graphs 4 "--sources 96"
     live one-graph 4 "--sources 96" --set "detect.graph_batches=[]"
-    live graphs 1 "${LIVE_ONE_SOURCES:---sources 48 --sources 64}"
-    for run in 1 2; do
+    for count in ${LIVE_MORE:-112 104}; do
+        live "graphs_$count" 4 "--sources $count"
+    done
+    for run in $(seq "${STARTUP_RUNS:-2}"); do
         step "start-up of streamflow run, 1 source, graphs at $graph_batches and 32 (run $run)"
         FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
             --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
     done
-    step "start-up, the batch-32 graph alone"
-    FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
-        --set "detect.graph_batches=[]" --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
+    if [ "${STARTUP_RUNS:-2}" != 0 ]; then
+        step "start-up, the batch-32 graph alone"
+        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
+            --set "detect.graph_batches=[]" --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
+    fi
+    for count in ${LIVE_ONE_PROCESS:-48 64}; do
+        live "graphs_$count" 1 "--sources $count"
+    done
 fi
 
 if [ "$what" = final ]; then
