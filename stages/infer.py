@@ -67,6 +67,7 @@ from streamflow.inference.base import (
     Precision,
     ShapeError,
     TorchConverter,
+    check_graph_batches,
 )
 from streamflow.inference.onnx_tools import Dim, graph_inputs, load_onnx
 from streamflow.inference.per_shape import PerShapeBackends, is_dynamic
@@ -141,13 +142,7 @@ class Infer(Stage):
             if self.graph_batches:
                 if specs is None:
                     raise ValueError("graph_batches needs input_shapes: the largest batch is the one they give")
-                largest = min(spec.max_batch for spec in specs.values())
-                wrong = sorted(b for b in self.graph_batches if not 1 <= b < largest)
-                if wrong:
-                    raise ValueError(
-                        f"graph_batches {wrong}: each must be from 1 to below the input_shapes batch ({largest}), "
-                        "which has its graph anyway"
-                    )
+                check_graph_batches(self.graph_batches, min(spec.max_batch for spec in specs.values()))
             return self
 
         def specs(self) -> dict[str, InputSpec] | None:

@@ -39,6 +39,7 @@ __all__ = [
     "ModelError",
     "Precision",
     "ShapeError",
+    "check_graph_batches",
     "format_shape",
     "parse_input_shapes",
 ]
@@ -198,6 +199,16 @@ class InputSpec:
 
     def as_key(self) -> dict[str, Any]:
         return {"name": self.name, "min": list(self.min_shape), "opt": list(self.shape), "max": list(self.max_shape)}
+
+
+def check_graph_batches(batches: Sequence[int], largest: int) -> None:
+    """`graph_batches` must lie below the largest batch, which has its CUDA graph anyway (ValueError)."""
+    wrong = sorted(b for b in batches if not 1 <= b < largest)
+    if wrong:
+        raise ValueError(
+            f"graph_batches {wrong}: each must be from 1 to below the largest batch ({largest}), "
+            "which has its graph anyway"
+        )
 
 
 def parse_input_shapes(config: Mapping[str, Sequence[int] | Mapping[str, Sequence[int]]]) -> dict[str, InputSpec]:

@@ -58,6 +58,7 @@ from streamflow.inference.base import (
     ModelError,
     Precision,
     TorchConverter,
+    check_graph_batches,
 )
 from streamflow.inference.onnx_tools import (
     check_model_inputs,
@@ -106,12 +107,7 @@ class TorchBackend(InferenceBackend):
         self.cudnn_benchmark = cudnn_benchmark
         if self.cuda_graph_mode is CudaGraphMode.ON and self.device.type != "cuda":
             raise ValueError(f"cuda_graph on needs a CUDA device, but this runs on {self.device}: use auto or off")
-        too_large = sorted(b for b in graph_batches if not 1 <= b < self.max_batch)
-        if too_large:
-            raise ValueError(
-                f"graph_batches {too_large}: each must be from 1 to below the largest batch ({self.max_batch}), "
-                "which always has its graph"
-            )
+        check_graph_batches(graph_batches, self.max_batch)
         #: Batch sizes with a CUDA graph of their own, ascending; the largest is `max_batch`.
         self.graph_batches = sorted({*graph_batches, self.max_batch})
         self.module: torch.nn.Module | None = None

@@ -147,7 +147,7 @@ def test_graph_batches_are_checked_against_the_input_shapes_batch(model: Path) -
     shapes = {"pixels": [8, 3, 16, 24]}
     with pytest.raises(pydantic.ValidationError, match="graph_batches needs input_shapes"):
         Infer(model=model, graph_batches=[2])
-    wrong = r"graph_batches \[0, 8, 16\]: .*below the input_shapes batch \(8\)"
+    wrong = r"graph_batches \[0, 8, 16\]: .*below the largest batch \(8\)"
     with pytest.raises(pydantic.ValidationError, match=wrong):
         Infer(model=model, input_shapes=shapes, graph_batches=[2, 0, 8, 16])
     assert Infer(model=model, input_shapes=shapes, graph_batches=[2, 4]).config.graph_batches == [2, 4]
