@@ -354,6 +354,7 @@ if [ "$what" = live-graphs ]; then
     # the JSON of every count before it.
     live graphs 4 "--sources 96"
     live one-graph 4 "--sources 96" --set "detect.graph_batches=[]"
+    live graph16 4 "--sources 96" --set "detect.graph_batches=[16]"
     for count in ${LIVE_MORE:-112 104}; do
         live "graphs_$count" 4 "--sources $count"
     done
@@ -363,9 +364,11 @@ if [ "$what" = live-graphs ]; then
             --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
     done
     if [ "${STARTUP_RUNS:-2}" != 0 ]; then
-        step "start-up, the batch-32 graph alone"
-        FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
-            --set "detect.graph_batches=[]" --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
+        for graphs in "[]" "[16]"; do
+            step "start-up, graph_batches $graphs (and the batch-32 graph)"
+            FACES_CLIP=$clip FACES_OUT=$scratch/out timeout 60 python3 -m streamflow.cli run "${many[@]}" \
+                --set "detect.graph_batches=$graphs" --max-frames 60 2>&1 | grep -E "start-up:|loaded in"
+        done
     fi
     for count in ${LIVE_ONE_PROCESS:-48 64}; do
         live "graphs_$count" 1 "--sources $count"
