@@ -179,6 +179,8 @@ class TorchBackend(InferenceBackend):
                     raise ModelError(f"cannot capture {self.model_path.name} in a CUDA graph: {reason}") from error
                 log.warning("%s: CUDA graph capture failed, running eagerly (%s)", self.model_path.name, reason)
         mode = "eager"
+        if self.graph is None and len(self.graph_batches) > 1:
+            log.info("%s: graph_batches unused: no CUDA graph here (it runs eagerly)", self.model_path.name)
         if self.graph is not None:
             plural = "s" if len(self._graphs) > 1 else ""
             mode = f"CUDA graph{plural} at batch {', '.join(str(g.batch) for g in self._graphs)}"

@@ -159,11 +159,15 @@ def test_graph_batches_are_checked_against_the_input_shapes_batch(model: Path) -
         TorchBackend(model, {"pixels": InputSpec.static("pixels", shapes["pixels"])}, graph_batches=[2, 8])
 
 
-def test_graph_batches_on_the_cpu_run_eagerly_with_the_same_results(model: Path) -> None:
-    # No CUDA graph on the CPU: the option changes nothing there (GPU tests check the graphs).
+def test_graph_batches_on_the_cpu_run_eagerly_with_the_same_results(
+    model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No CUDA graph on the CPU: the option changes nothing there, and says so (GPU tests check the graphs).
     x = torch.rand(5, 3, 16, 24)
     stage = Infer(model=model, backend="torch", input_shapes={"pixels": [8, 3, 16, 24]}, graph_batches=[2, 4])
-    out = run_stage(stage, [Batch(frames(5), data=x)])
+    with caplog.at_level("INFO"):
+        out = run_stage(stage, [Batch(frames(5), data=x)])
+    assert "graph_batches unused" in caplog.text
     expected = reference(model, x)
     for name in ("heat", "pooled"):
         np.testing.assert_allclose(out[0].results[name].numpy(), expected[name], rtol=1e-4, atol=1e-5)
