@@ -21,8 +21,9 @@ A graph does the work of its whole batch whatever part of it is filled, and live
 partial batches (a batch goes when `batch_timeout_ms` passes, full or not): a detector captured at
 batch 32 that mostly receives 12 frames spends most of the GPU on padding. `graph_batches` captures
 more graphs, one per smaller batch size listed, over the first rows of the same static input and in
-one shared memory pool (they replay one at a time on one stream, and each keeps its own outputs, so
-their scratch memory can overlap); a batch replays the smallest graph that holds it.
+one shared memory pool: one graph's scratch memory, even its output buffers, may lie in another's,
+which is safe because they replay one at a time on one stream and every replay's outputs are copied
+out before the next replay. A batch replays the smallest graph that holds it.
 
 Example (CPU, eager):
     >>> import torch, tempfile, pathlib
@@ -359,7 +360,7 @@ class TorchBackend(InferenceBackend):
 class _CapturedGraph:
     batch: int
     graph: torch.cuda.CUDAGraph
-    outputs: dict[str, torch.Tensor]  # its static output buffers, overwritten by each replay
+    outputs: dict[str, torch.Tensor]  # its static output buffers: overwritten by replays of any graph of the pool
 
 
 def _host_sync_in(run: Callable[[], object]) -> str | None:
