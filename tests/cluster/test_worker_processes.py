@@ -145,8 +145,8 @@ def test_a_killed_worker_loses_its_sources_to_the_others_and_the_run_ends_with_e
 
 def test_sources_start_only_once_every_worker_has_set_up(clips: dict[str, Path], tmp_path: Path) -> None:
     # Workers share a GPU: one that started its cameras while another still loads its model would
-    # compete with that load (paced sources then drop frames). Here the second worker to set up
-    # takes 3 s longer than the first; no frame may reach either before both are set up.
+    # compete with that load. Here the second worker to set up takes 3 s longer than the first; no
+    # frame may reach either before both are set up.
     marks = tmp_path / "marks"
     marks.mkdir()
     stage = f'  - {{name: stagger, type: "support.stages:StaggeredSetup", folder: "{marks}", delay: 3.0}}'
