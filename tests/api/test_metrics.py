@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 from prometheus_client import generate_latest
@@ -35,8 +38,15 @@ def test_the_served_text_holds_the_same_samples_as_generate_latest_of_the_collec
     metrics = PipelineMetrics(pipeline)
     pipeline.run_sync()
 
-    served = metrics.render().decode()
-    reference = generate_latest(metrics.registry).decode()
+    # `streamflow_threads` is the live thread count: the run's worker threads can still be ending
+    # while the two texts are rendered (seen under load), so render both while it stays the same.
+    for _ in range(100):
+        threads = threading.active_count()
+        served = metrics.render().decode()
+        reference = generate_latest(metrics.registry).decode()
+        if threading.active_count() == threads:
+            break
+        time.sleep(0.05)
     assert samples(served) == samples(reference)
     families = {family.name: family for family in text_string_to_metric_families(served)}
     assert {family.type for family in families.values()} == {"counter", "gauge", "histogram"}
